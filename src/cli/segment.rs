@@ -1,0 +1,355 @@
+//! `cosam segment`: run the pipeline over a batch and write masks, overlays and
+//! report.json. A failing input is reported and skipped; the batch goes on.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use cosam::io::{self, Limits};
+use cosam::pipeline::VolumeSegmentation;
+use cosam::preprocess::display_slice;
+use cosam::{
+    Mask, Modality, PreprocessOptions, Prompts, Segmenter, SegmenterOptions, Spacing, Volume,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use super::args::{parse_box, parse_point, ModalityArg, SegmentArgs};
+
+/// One input with its prompts.
+struct Job {
+    id: String,
+    input: PathBuf,
+    /// Prompt errors are per case, so a bad case does not stop the batch.
+    prompts: Result<Prompts, String>,
+    slices: Option<(usize, usize)>,
+}
+
+/// A case of a `--cases` file; unknown keys (reference, label, source) are ignored.
+#[derive(Deserialize)]
+struct CaseEntry {
+    id: Option<String>,
+    input: PathBuf,
+    #[serde(rename = "box")]
+    bbox: Option<Vec<f64>>,
+    #[serde(default)]
+    points: Vec<Vec<f64>>,
+    slices: Option<(usize, usize)>,
+}
+
+#[derive(Deserialize)]
+struct CasesFile {
+    cases: Vec<CaseEntry>,
+}
+
+#[derive(Serialize)]
+struct RunReport {
+    cosam_version: &'static str,
+    model: String,
+    onnxruntime: PathBuf,
+    threads: usize,
+    started_unix_s: u64,
+    seconds: f64,
+    ok: usize,
+    failed: usize,
+    inputs: Vec<CaseReport>,
+}
+
+#[derive(Serialize, Default)]
+struct CaseReport {
+    id: String,
+    input: PathBuf,
+    status: &'static str,
+    error: Option<String>,
+    seconds: f64,
+    modality: Option<Modality>,
+    spacing_mm: Option<Spacing>,
+    slices_segmented: usize,
+    /// Mean of the IoU head over segmented, non-constant slices.
+    predicted_iou: Option<f32>,
+    mask_pixels: usize,
+    /// For single-slice inputs.
+    mask_area_mm2: Option<f64>,
+    /// For multi-slice inputs.
+    mask_volume_mm3: Option<f64>,
+    outputs: Vec<PathBuf>,
+}
+
+pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
+    let jobs = jobs(args)?;
+    if jobs.is_empty() {
+        bail!("no inputs: give -i PATH... or --cases FILE");
+    }
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("cannot create output folder {}", args.output.display()))?;
+    let config = args.model.config();
+    let options = SegmenterOptions::default()
+        .with_model(config.clone())
+        .with_preprocess(PreprocessOptions::default().with_intensity(args.intensity()));
+    let segmenter = Segmenter::new(options).context("cannot load the model")?;
+    let limits = Limits::default().with_max_voxels(args.max_voxels);
+
+    let started = Instant::now();
+    let bar = ProgressBar::new(jobs.len() as u64).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut used = HashSet::new();
+    let mut reports = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        let id = unique_id(&job.id, &mut used);
+        bar.set_message(id.clone());
+        let t0 = Instant::now();
+        let report = match run_job(&segmenter, job, &id, args, &limits, &bar) {
+            Ok(report) => report,
+            Err(e) => {
+                let message = name_input(&job.input, &format!("{e:#}"));
+                bar.suspend(|| eprintln!("cosam: {message}"));
+                CaseReport {
+                    id: id.clone(),
+                    input: job.input.clone(),
+                    status: "failed",
+                    error: Some(message),
+                    ..CaseReport::default()
+                }
+            }
+        };
+        reports.push(CaseReport {
+            seconds: t0.elapsed().as_secs_f64(),
+            ..report
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let failed = reports.iter().filter(|r| r.status != "ok").count();
+    let report = RunReport {
+        cosam_version: env!("CARGO_PKG_VERSION"),
+        model: segmenter.model().manifest().model.clone(),
+        onnxruntime: cosam::model::runtime::init(None)
+            .map(|r| r.library().to_path_buf())
+            .unwrap_or_default(),
+        threads: config.threads,
+        started_unix_s: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        seconds: started.elapsed().as_secs_f64(),
+        ok: reports.len() - failed,
+        failed,
+        inputs: reports,
+    };
+    let report_path = args.output.join("report.json");
+    let json = serde_json::to_vec_pretty(&report).context("cannot encode report.json")?;
+    io::write_bytes(&report_path, &json)?;
+    eprintln!(
+        "cosam: {} of {} inputs segmented in {:.1} s; report: {}",
+        report.ok,
+        report.ok + failed,
+        report.seconds,
+        report_path.display()
+    );
+    Ok(failed == 0)
+}
+
+/// Prefixes the input's path unless the message already names it.
+fn name_input(input: &Path, message: &str) -> String {
+    let shown = input.display().to_string();
+    if message.contains(&shown) {
+        message.to_string()
+    } else {
+        format!("{shown}: {message}")
+    }
+}
+
+fn jobs(args: &SegmentArgs) -> anyhow::Result<Vec<Job>> {
+    let mut jobs: Vec<Job> = args
+        .inputs
+        .iter()
+        .map(|input| Job {
+            id: stem(input),
+            input: input.clone(),
+            prompts: Ok(args.prompts()),
+            slices: args.slices,
+        })
+        .collect();
+    if let Some(path) = &args.cases {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read cases file {}", path.display()))?;
+        let file: CasesFile = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a valid cases file", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for case in file.cases {
+            let input = base.join(&case.input);
+            let prompts = if case.bbox.is_none() && case.points.is_empty() {
+                Ok(args.prompts())
+            } else {
+                case_prompts(&case)
+            };
+            jobs.push(Job {
+                id: case.id.unwrap_or_else(|| stem(&input)),
+                input,
+                prompts,
+                slices: case.slices.or(args.slices),
+            });
+        }
+    }
+    Ok(jobs)
+}
+
+fn case_prompts(case: &CaseEntry) -> Result<Prompts, String> {
+    let join = |v: &[f64]| v.iter().map(f64::to_string).collect::<Vec<_>>().join(",");
+    let bbox = case
+        .bbox
+        .as_deref()
+        .map(|b| parse_box(&join(b)))
+        .transpose()?;
+    let points = case
+        .points
+        .iter()
+        .map(|p| parse_point(&join(p)))
+        .collect::<Result<_, _>>()?;
+    Ok(Prompts { points, bbox })
+}
+
+/// The file name without image extensions; a folder's own name.
+fn stem(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "input".into());
+    let lower = name.to_ascii_lowercase();
+    for ext in [
+        ".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
+    ] {
+        if lower.ends_with(ext) {
+            return name[..name.len() - ext.len()].to_string();
+        }
+    }
+    name
+}
+
+fn unique_id(id: &str, used: &mut HashSet<String>) -> String {
+    let mut candidate = id.to_string();
+    let mut n = 2;
+    while !used.insert(candidate.clone()) {
+        candidate = format!("{id}-{n}");
+        n += 1;
+    }
+    candidate
+}
+
+fn run_job(
+    segmenter: &Segmenter,
+    job: &Job,
+    id: &str,
+    args: &SegmentArgs,
+    limits: &Limits,
+    bar: &ProgressBar,
+) -> anyhow::Result<CaseReport> {
+    let prompts = job
+        .prompts
+        .clone()
+        .map_err(|reason| anyhow::anyhow!("bad prompt in the cases file: {reason}"))?;
+    let mut volume = io::read_with_limits(&job.input, limits)?;
+    match args.modality {
+        ModalityArg::Ct => volume.set_modality(Modality::Ct),
+        ModalityArg::Mr => volume.set_modality(Modality::Mr),
+        ModalityArg::Display => volume.set_modality(Modality::Display),
+        ModalityArg::Auto => {}
+    }
+    let n = volume.slices();
+    let result =
+        segmenter.segment_volume(&volume, &prompts, job.slices.map(|(a, b)| a..=b), |z| {
+            bar.set_message(format!("{id} slice {}/{n}", z + 1));
+        })?;
+    let outputs = write_outputs(&args.output, id, &volume, &result)?;
+    let spacing = volume.spacing();
+    let pixels = result.voxel_count();
+    let single = volume.slices() == 1;
+    Ok(CaseReport {
+        id: id.to_string(),
+        input: job.input.clone(),
+        status: "ok",
+        modality: Some(volume.modality()),
+        spacing_mm: Some(spacing),
+        slices_segmented: result.slices.len(),
+        predicted_iou: result.mean_iou(),
+        mask_pixels: pixels,
+        mask_area_mm2: single.then(|| pixels as f64 * spacing.pixel_area_mm2()),
+        mask_volume_mm3: (!single).then(|| pixels as f64 * spacing.voxel_volume_mm3()),
+        outputs,
+        ..CaseReport::default()
+    })
+}
+
+fn write_outputs(
+    dir: &Path,
+    id: &str,
+    volume: &Volume,
+    result: &VolumeSegmentation,
+) -> cosam::Result<Vec<PathBuf>> {
+    let mut outputs = Vec::new();
+    if volume.is_2d() {
+        let path = dir.join(format!("{id}_mask.png"));
+        io::write_mask_png(
+            &path,
+            &Mask(result.mask.index_axis(ndarray::Axis(0), 0).to_owned()),
+        )?;
+        outputs.push(path);
+    } else {
+        let path = dir.join(format!("{id}_mask.nii.gz"));
+        io::write_mask_nifti(&path, &result.mask, volume)?;
+        outputs.push(path);
+    }
+    // The quick look shows the segmented slice with the largest mask.
+    if let Some(best) = result
+        .slices
+        .iter()
+        .max_by_key(|s| (s.area_px, std::cmp::Reverse(s.slice)))
+    {
+        let path = dir.join(format!("{id}_overlay.png"));
+        let display = display_slice(volume, best.slice, &result.intensity);
+        let mask = Mask(
+            result
+                .mask
+                .index_axis(ndarray::Axis(0), best.slice)
+                .to_owned(),
+        );
+        io::write_overlay_png(&path, display.view(), &mask)?;
+        outputs.push(path);
+    }
+    Ok(outputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stems_drop_image_extensions() {
+        assert_eq!(stem(Path::new("/a/ct.nii.gz")), "ct");
+        assert_eq!(stem(Path::new("b/Slice.DCM")), "Slice");
+        assert_eq!(stem(Path::new("series_dir")), "series_dir");
+    }
+
+    #[test]
+    fn ids_are_made_unique() {
+        let mut used = HashSet::new();
+        assert_eq!(unique_id("ct", &mut used), "ct");
+        assert_eq!(unique_id("ct", &mut used), "ct-2");
+        assert_eq!(unique_id("ct", &mut used), "ct-3");
+    }
+
+    #[test]
+    fn messages_name_the_input_once() {
+        assert_eq!(
+            name_input(Path::new("a.png"), "a.png: broken"),
+            "a.png: broken"
+        );
+        assert_eq!(
+            name_input(Path::new("a.png"), "box outside"),
+            "a.png: box outside"
+        );
+    }
+}

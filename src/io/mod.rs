@@ -1,0 +1,451 @@
+//! Reading images into [`Volume`]s and writing masks.
+//!
+//! Owns every file format: PNG/JPEG/TIFF ([`raster`]), NIfTI ([`nifti`]) and DICOM
+//! ([`dicom`]). It must not import `model`, `pipeline` or `post`.
+//!
+//! Conventions used everywhere in cosam:
+//! - voxels are stored `[slice, row, column, channel]`; a 2D image is a volume with one slice;
+//! - the slice axis is the third storage axis of the file (NIfTI `k`, DICOM slice order),
+//!   which is axial for axially acquired scans;
+//! - [`Affine`] maps a voxel index `(column, row, slice)` to world millimetres in RAS+
+//!   (the NIfTI convention; DICOM's LPS coordinates are converted on read).
+
+pub mod dicom;
+pub mod nifti;
+pub mod raster;
+mod window;
+mod write;
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array2, Array4, ArrayView2, Axis};
+
+pub use window::{WindowError, WindowLevel};
+pub use write::{
+    write_atomic, write_bytes, write_mask_nifti, write_mask_png, write_overlay_png, WriteError,
+};
+
+/// Failure to read an input. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The path does not exist.
+    #[error("{path}: no such file or folder")]
+    NotFound {
+        /// The missing path.
+        path: PathBuf,
+    },
+    /// The operating system refused to read the file.
+    #[error("{path}: cannot read")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is of a known format but its content is broken (truncated, bad header).
+    #[error("{path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The file is not an image cosam can read, or uses a feature not supported yet.
+    #[error("{path}: unsupported input: {reason}")]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// What is not supported.
+        reason: String,
+    },
+    /// A folder holds no readable DICOM file.
+    #[error("{path}: folder holds no DICOM files")]
+    EmptyFolder {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// The image is larger than [`Limits`] allow.
+    #[error("{path}: {reason} (raise the limit with --max-voxels)")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Which limit was hit.
+        reason: String,
+    },
+}
+
+/// Size caps checked by every reader before it allocates voxel memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest number of voxels (all channels counted) a volume may hold.
+    pub max_voxels: u64,
+}
+
+impl Default for Limits {
+    /// 2^30 voxels: a 512x512x4096 CT, 4 GiB as f32.
+    fn default() -> Self {
+        Limits {
+            max_voxels: 1 << 30,
+        }
+    }
+}
+
+impl Limits {
+    /// Limits with a different voxel cap.
+    pub fn with_max_voxels(mut self, max_voxels: u64) -> Self {
+        self.max_voxels = max_voxels;
+        self
+    }
+
+    pub(crate) fn check(&self, path: &Path, dims: &[u64]) -> Result<(), ReadError> {
+        let total = dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .unwrap_or(u64::MAX);
+        if total > self.max_voxels {
+            return Err(ReadError::TooLarge {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "{total} voxels ({dims:?}) exceed the limit of {}",
+                    self.max_voxels
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Input formats cosam reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImageFormat {
+    /// A 2D PNG, JPEG or TIFF image.
+    Raster,
+    /// A NIfTI-1 volume, `.nii` or `.nii.gz`.
+    Nifti,
+    /// One DICOM file (a slice or a multi-frame image).
+    Dicom,
+    /// A folder holding one DICOM series.
+    DicomSeries,
+}
+
+/// Acquisition modality; decides the default intensity mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Modality {
+    /// Computed tomography, voxels in Hounsfield units.
+    Ct,
+    /// Magnetic resonance, arbitrary units.
+    Mr,
+    /// A display image (photograph, screenshot, exported PNG) already in 0..255.
+    Display,
+    /// Any other modality (CR, US, XA, ...): intensities mapped like MR.
+    Other,
+}
+
+/// Voxel spacing in millimetres along the storage axes.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Spacing {
+    /// Distance between neighbouring columns, mm.
+    pub column_mm: f64,
+    /// Distance between neighbouring rows, mm.
+    pub row_mm: f64,
+    /// Distance between neighbouring slices, mm.
+    pub slice_mm: f64,
+}
+
+impl Spacing {
+    /// Area of one pixel in a slice, mm^2.
+    pub fn pixel_area_mm2(&self) -> f64 {
+        self.column_mm * self.row_mm
+    }
+
+    /// Volume of one voxel, mm^3.
+    pub fn voxel_volume_mm3(&self) -> f64 {
+        self.column_mm * self.row_mm * self.slice_mm
+    }
+}
+
+/// A 4x4 matrix mapping a voxel index `(column, row, slice, 1)` to RAS+ millimetres.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Affine(pub [[f64; 4]; 4]);
+
+impl Affine {
+    /// The affine of an image without geometry: unit spacing, origin at zero. The
+    /// column axis runs to the left and rows downwards, as a display image is seen.
+    pub fn from_spacing(spacing: Spacing) -> Affine {
+        Affine([
+            [spacing.column_mm, 0.0, 0.0, 0.0],
+            [0.0, spacing.row_mm, 0.0, 0.0],
+            [0.0, 0.0, spacing.slice_mm, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ])
+    }
+
+    /// World position (RAS+ mm) of a voxel index.
+    pub fn apply(&self, index: [f64; 3]) -> [f64; 3] {
+        let m = &self.0;
+        let mut out = [0.0; 3];
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = m[r][0] * index[0] + m[r][1] * index[1] + m[r][2] * index[2] + m[r][3];
+        }
+        out
+    }
+}
+
+/// An image or volume with its geometry, as read from disk.
+#[derive(Debug, Clone)]
+pub struct Volume {
+    voxels: Array4<f32>,
+    spacing: Spacing,
+    affine: Affine,
+    modality: Modality,
+    window: Option<WindowLevel>,
+    format: ImageFormat,
+    source: PathBuf,
+    pub(crate) nifti_header: Option<Box<::nifti::NiftiHeader>>,
+}
+
+impl Volume {
+    /// A volume from voxels `[slice, row, column, channel]` (1 or 3 channels).
+    ///
+    /// # Errors
+    /// [`ReadError::Unsupported`] for a channel count other than 1 or 3 or an empty array.
+    pub fn new(
+        voxels: Array4<f32>,
+        spacing: Spacing,
+        affine: Affine,
+        modality: Modality,
+        source: PathBuf,
+    ) -> Result<Volume, ReadError> {
+        let (slices, rows, cols, channels) = voxels.dim();
+        if slices == 0 || rows == 0 || cols == 0 {
+            return Err(ReadError::Corrupt {
+                path: source,
+                reason: format!("image has no pixels ({slices}x{rows}x{cols})"),
+            });
+        }
+        if channels != 1 && channels != 3 {
+            return Err(ReadError::Unsupported {
+                path: source,
+                reason: format!("{channels} channels per pixel (1 or 3 are supported)"),
+            });
+        }
+        Ok(Volume {
+            voxels,
+            spacing,
+            affine,
+            modality,
+            window: None,
+            format: ImageFormat::Raster,
+            source,
+            nifti_header: None,
+        })
+    }
+
+    pub(crate) fn with_format(mut self, format: ImageFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    pub(crate) fn with_window(mut self, window: Option<WindowLevel>) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Voxels `[slice, row, column, channel]`, in the file's physical units (HU for CT).
+    pub fn voxels(&self) -> &Array4<f32> {
+        &self.voxels
+    }
+
+    /// Number of slices (1 for a 2D image).
+    pub fn slices(&self) -> usize {
+        self.voxels.dim().0
+    }
+
+    /// Rows and columns of each slice.
+    pub fn slice_size(&self) -> (usize, usize) {
+        let (_, rows, cols, _) = self.voxels.dim();
+        (rows, cols)
+    }
+
+    /// Channels per pixel: 1 (grey) or 3 (RGB).
+    pub fn channels(&self) -> usize {
+        self.voxels.dim().3
+    }
+
+    /// Voxel spacing, mm.
+    pub fn spacing(&self) -> Spacing {
+        self.spacing
+    }
+
+    /// Voxel index to RAS+ world millimetres.
+    pub fn affine(&self) -> &Affine {
+        &self.affine
+    }
+
+    /// The acquisition modality, as read or guessed.
+    pub fn modality(&self) -> Modality {
+        self.modality
+    }
+
+    /// Replaces the modality (for example when the user states it).
+    pub fn set_modality(&mut self, modality: Modality) {
+        self.modality = modality;
+    }
+
+    /// The display window stored in the file (DICOM WindowCenter/Width), if any.
+    pub fn window(&self) -> Option<WindowLevel> {
+        self.window
+    }
+
+    /// The format the volume was read from.
+    pub fn format(&self) -> ImageFormat {
+        self.format
+    }
+
+    /// The file or folder the volume was read from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// True when the volume is 2D (one slice), as PNG/JPEG/TIFF images are.
+    pub fn is_2d(&self) -> bool {
+        self.slices() == 1 && self.format == ImageFormat::Raster
+    }
+
+    /// One channel of one slice, `[row, column]`.
+    ///
+    /// # Panics
+    /// When `slice` or `channel` is out of range (a caller's bug, not user input).
+    pub fn slice_channel(&self, slice: usize, channel: usize) -> ArrayView2<'_, f32> {
+        self.voxels
+            .index_axis(Axis(0), slice)
+            .index_axis_move(Axis(2), channel)
+    }
+}
+
+/// A binary mask over one slice, `[row, column]`, values 0 or 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mask(pub Array2<u8>);
+
+impl Mask {
+    /// Number of foreground pixels.
+    pub fn area(&self) -> usize {
+        self.0.iter().filter(|&&v| v != 0).count()
+    }
+
+    /// Rows and columns.
+    pub fn dim(&self) -> (usize, usize) {
+        self.0.dim()
+    }
+}
+
+/// Works out the format of `path` from its kind, name and first bytes.
+///
+/// # Errors
+/// [`ReadError::NotFound`] when the path does not exist, [`ReadError::Unsupported`] when
+/// the file is none of the formats cosam reads.
+pub fn detect_format(path: &Path) -> Result<ImageFormat, ReadError> {
+    let meta = std::fs::metadata(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            ReadError::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            ReadError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    if meta.is_dir() {
+        return Ok(ImageFormat::DicomSeries);
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if name.ends_with(".nii") || name.ends_with(".nii.gz") {
+        return Ok(ImageFormat::Nifti);
+    }
+    let head = read_head(path, 132)?;
+    if dicom::has_preamble(&head) || name.ends_with(".dcm") {
+        return Ok(ImageFormat::Dicom);
+    }
+    if raster::sniff(&head) {
+        return Ok(ImageFormat::Raster);
+    }
+    Err(ReadError::Unsupported {
+        path: path.to_path_buf(),
+        reason: "not a PNG, JPEG, TIFF, NIfTI (.nii, .nii.gz) or DICOM file".into(),
+    })
+}
+
+fn read_head(path: &Path, n: usize) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut head = Vec::with_capacity(n);
+    file.take(n as u64)
+        .read_to_end(&mut head)
+        .map_err(|source| ReadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(head)
+}
+
+/// Reads any supported input with default [`Limits`].
+///
+/// # Errors
+/// Any [`ReadError`]; the error names `path`.
+pub fn read(path: &Path) -> Result<Volume, ReadError> {
+    read_with_limits(path, &Limits::default())
+}
+
+/// Reads any supported input, refusing volumes larger than `limits`.
+///
+/// # Errors
+/// Any [`ReadError`]; the error names `path`.
+pub fn read_with_limits(path: &Path, limits: &Limits) -> Result<Volume, ReadError> {
+    match detect_format(path)? {
+        ImageFormat::Raster => raster::read(path, limits),
+        ImageFormat::Nifti => nifti::read(path, limits),
+        ImageFormat::Dicom => dicom::read_file(path, limits),
+        ImageFormat::DicomSeries => dicom::read_series(path, limits),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affine_from_spacing_scales_indices() {
+        let a = Affine::from_spacing(Spacing {
+            column_mm: 0.5,
+            row_mm: 2.0,
+            slice_mm: 3.0,
+        });
+        assert_eq!(a.apply([2.0, 1.0, 1.0]), [1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn limits_refuse_oversized_volume() {
+        let l = Limits::default().with_max_voxels(100);
+        assert!(l.check(Path::new("x"), &[10, 10]).is_ok());
+        assert!(matches!(
+            l.check(Path::new("x"), &[10, 11]),
+            Err(ReadError::TooLarge { .. })
+        ));
+        // overflow counts as too large, never wraps
+        assert!(l.check(Path::new("x"), &[u64::MAX, 3]).is_err());
+    }
+}

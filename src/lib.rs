@@ -1,0 +1,54 @@
+//! cosam segments medical images with LiteMedSAM, a Segment-Anything model for medical
+//! images, run on ONNX Runtime.
+//!
+//! The data path, one module per stage:
+//!
+//! 1. [`io`] reads PNG/JPEG/TIFF images, NIfTI volumes and DICOM files or series into a
+//!    [`Volume`] (voxels, spacing, affine to world millimetres) and writes masks.
+//! 2. [`preprocess`] maps intensities to the model's 0..255 range (CT windows, MR
+//!    percentile clipping), resizes the longest side to 256 and pads, and records the
+//!    [`Transform`] that maps model outputs back onto the source pixel grid.
+//! 3. [`model`] holds the ONNX Runtime sessions: the image encoder embeds a slice once; the
+//!    promptable mask decoder turns an embedding plus point, box and mask prompts into
+//!    logits.
+//! 4. [`post`] upsamples logits to the source grid and thresholds them.
+//! 5. [`pipeline`] ties the stages together for slices and volumes; [`metrics`] scores
+//!    masks against references.
+//!
+//! A viewer embeds cosam by loading the models once, embedding the slice on display, and
+//! calling the decoder for every click; each click then costs one decoder call:
+//!
+//! ```no_run
+//! use cosam::{BoxXyxy, Prompts, Segmenter, SegmenterOptions};
+//!
+//! # fn main() -> cosam::Result<()> {
+//! let segmenter = Segmenter::new(SegmenterOptions::default())?;
+//! let volume = cosam::io::read(std::path::Path::new("data/demo/ct_liver.png"))?;
+//! let slice = segmenter.embed_slice(&volume, 0)?;
+//! let prompts = Prompts::from_box(BoxXyxy::new(40.0, 60.0, 180.0, 200.0)?);
+//! let prediction = segmenter.predict(&slice, &prompts)?;
+//! println!("{} mask pixels, predicted IoU {:.2}", prediction.mask.area(), prediction.iou);
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod error;
+pub mod io;
+pub mod metrics;
+pub mod model;
+pub mod pipeline;
+pub mod post;
+pub mod preprocess;
+
+pub use error::{Error, Result};
+pub use io::{Mask, Modality, Spacing, Volume, WindowLevel};
+pub use model::{BoxXyxy, ModelConfig, Point, PointLabel, Prompts};
+pub use pipeline::{
+    EmbeddedSlice, Segmenter, SegmenterOptions, SlicePrediction, VolumeSegmentation,
+};
+pub use preprocess::{IntensityMode, PreprocessOptions, Transform};

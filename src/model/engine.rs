@@ -1,0 +1,87 @@
+//! One ONNX Runtime session, its graph signature checked when it loads.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionInputs, SessionOutputs};
+
+use super::runtime::Runtime;
+use super::ModelError;
+
+/// A session plus what is needed to name it in errors. `Session::run` needs `&mut`, so the
+/// session sits behind a mutex and an `Engine` can be shared between threads.
+pub(crate) struct Engine {
+    name: &'static str,
+    session: Mutex<Session>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("name", &self.name).finish()
+    }
+}
+
+impl Engine {
+    /// Creates a session for `path` and checks that the graph has exactly the named
+    /// inputs and at least the named outputs.
+    pub(crate) fn load(
+        runtime: &Runtime,
+        name: &'static str,
+        path: &Path,
+        threads: usize,
+        inputs: &[&str],
+        outputs: &[&str],
+    ) -> Result<Engine, ModelError> {
+        let session_error = |reason: String| ModelError::Session {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let build = || -> ort::Result<Session> {
+            Session::builder(&runtime.environment)?
+                .with_optimization_level(GraphOptimizationLevel::Level3)?
+                .with_intra_threads(threads.max(1))?
+                .with_inter_threads(1)?
+                .commit_from_file(path)
+        };
+        let session = build().map_err(|e| session_error(e.to_string()))?;
+        let found_in: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
+        let found_out: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+        let mut sorted_in = found_in.clone();
+        sorted_in.sort_unstable();
+        let mut expected_in = inputs.to_vec();
+        expected_in.sort_unstable();
+        if sorted_in != expected_in || !outputs.iter().all(|o| found_out.contains(o)) {
+            return Err(ModelError::Signature {
+                path: PathBuf::from(path),
+                expected: format!("inputs {inputs:?} -> outputs {outputs:?}"),
+                found: format!("inputs {found_in:?} -> outputs {found_out:?}"),
+            });
+        }
+        Ok(Engine {
+            name,
+            session: Mutex::new(session),
+        })
+    }
+
+    /// Runs the graph and hands its outputs to `read`, which copies out what it needs.
+    pub(crate) fn run<'i, 'v: 'i, const N: usize, T>(
+        &self,
+        inputs: impl Into<SessionInputs<'i, 'v, N>>,
+        read: impl FnOnce(&SessionOutputs<'_>) -> Result<T, String>,
+    ) -> Result<T, ModelError> {
+        let mut session = self
+            .session
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let outputs = session.run(inputs).map_err(|e| self.error(e.to_string()))?;
+        read(&outputs).map_err(|reason| self.error(reason))
+    }
+
+    pub(crate) fn error(&self, reason: String) -> ModelError {
+        ModelError::Inference {
+            model: self.name.to_string(),
+            reason,
+        }
+    }
+}

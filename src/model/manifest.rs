@@ -1,0 +1,103 @@
+//! `models/manifest.json`: which ONNX files make up a model, with their sha256 digests.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::ModelError;
+
+/// The parsed manifest (written by `models/export/export.py`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Manifest {
+    /// Model family, e.g. "LiteMedSAM".
+    pub model: String,
+    /// Side of the square model input, pixels.
+    pub image_size: usize,
+    /// One entry per ONNX file.
+    pub models: Vec<ModelEntry>,
+    #[serde(skip)]
+    dir: PathBuf,
+}
+
+/// One ONNX file of the manifest.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ModelEntry {
+    /// Role name ("encoder", "decoder").
+    pub name: String,
+    /// File name, relative to the manifest.
+    pub file: String,
+    /// Expected sha256, lowercase hex.
+    pub sha256: String,
+    /// Expected size, bytes.
+    pub size_bytes: u64,
+}
+
+impl Manifest {
+    /// Reads `dir/manifest.json`.
+    ///
+    /// # Errors
+    /// [`ModelError::Manifest`] when the file is missing or malformed.
+    pub fn load(dir: &Path) -> Result<Manifest, ModelError> {
+        let path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Manifest {
+            path: path.clone(),
+            reason: format!("cannot read the model manifest: {e}"),
+        })?;
+        let mut manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| ModelError::Manifest {
+                path: path.clone(),
+                reason: format!("malformed model manifest: {e}"),
+            })?;
+        manifest.dir = dir.to_path_buf();
+        Ok(manifest)
+    }
+
+    /// The path of the entry named `name`, after checking its size and sha256.
+    ///
+    /// # Errors
+    /// [`ModelError::Manifest`] for an unknown name or unreadable file,
+    /// [`ModelError::Checksum`] when the file's digest differs.
+    pub fn verified_path(&self, name: &str) -> Result<PathBuf, ModelError> {
+        let entry =
+            self.models
+                .iter()
+                .find(|m| m.name == name)
+                .ok_or_else(|| ModelError::Manifest {
+                    path: self.dir.join("manifest.json"),
+                    reason: format!("no model named '{name}' in the manifest"),
+                })?;
+        let path = self.dir.join(&entry.file);
+        let found = sha256_file(&path).map_err(|e| ModelError::Manifest {
+            path: path.clone(),
+            reason: format!("cannot read model file: {e}"),
+        })?;
+        if !found.eq_ignore_ascii_case(&entry.sha256) {
+            return Err(ModelError::Checksum {
+                path,
+                expected: entry.sha256.clone(),
+                found,
+            });
+        }
+        Ok(path)
+    }
+}
+
+/// Lowercase hex sha256 of a file.
+pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}

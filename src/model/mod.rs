@@ -1,0 +1,97 @@
+//! ONNX Runtime sessions for LiteMedSAM, split as in SAM: [`ImageEncoder`] embeds a slice
+//! once; [`MaskDecoder`] (SAM's prompt encoder and mask decoder in one graph) turns an
+//! embedding and prompts into mask logits.
+//!
+//! Owns the runtime library discovery ([`runtime`]), the model manifest and its checksums,
+//! and the prompt types. Must not import `pipeline`, `post` or the CLI.
+
+mod engine;
+mod image_encoder;
+mod manifest;
+mod mask_decoder;
+mod prompt;
+pub mod runtime;
+mod sam;
+
+use std::path::PathBuf;
+
+pub use image_encoder::{ImageEmbedding, ImageEncoder};
+pub use manifest::{Manifest, ModelEntry};
+pub use mask_decoder::{DecoderOutput, MaskDecoder};
+pub use prompt::{BoxXyxy, ModelPrompts, Point, PointLabel, PromptError, Prompts};
+pub use sam::{LiteMedSam, ModelConfig};
+
+/// Failure to load or run a model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// No ONNX Runtime library was found in any searched place.
+    #[error(
+        "ONNX Runtime library not found; looked in: {}\n  hint: run scripts/fetch-onnxruntime, \
+         or pass --ort-lib PATH / set ORT_DYLIB_PATH to libonnxruntime.so",
+        tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    RuntimeNotFound {
+        /// Every path that was tried, in order.
+        tried: Vec<PathBuf>,
+    },
+    /// The runtime library exists but could not be loaded.
+    #[error("cannot load ONNX Runtime from {path}: {reason}")]
+    RuntimeLoad {
+        /// The library.
+        path: PathBuf,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The model folder or manifest is missing or unreadable.
+    #[error("{path}: {reason}")]
+    Manifest {
+        /// The manifest or model folder.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A model file's checksum does not match the manifest.
+    #[error("{path}: sha256 {found} does not match the manifest's {expected}; re-export or restore the file")]
+    Checksum {
+        /// The model file.
+        path: PathBuf,
+        /// Digest from the manifest.
+        expected: String,
+        /// Digest of the file.
+        found: String,
+    },
+    /// A session could not be created from a model file.
+    #[error("{path}: cannot create an ONNX Runtime session: {reason}")]
+    Session {
+        /// The model file.
+        path: PathBuf,
+        /// ONNX Runtime's message.
+        reason: String,
+    },
+    /// The graph's inputs or outputs are not what cosam expects.
+    #[error("{path}: graph signature mismatch: expected {expected}, found {found}")]
+    Signature {
+        /// The model file.
+        path: PathBuf,
+        /// What cosam needs.
+        expected: String,
+        /// What the graph declares.
+        found: String,
+    },
+    /// Running a graph failed, or it returned an unexpected tensor.
+    #[error("{model}: inference failed: {reason}")]
+    Inference {
+        /// The graph's name (encoder, decoder).
+        model: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl ModelError {
+    /// True for failures of the environment (library, files) rather than of one input.
+    pub fn is_setup(&self) -> bool {
+        !matches!(self, ModelError::Inference { .. })
+    }
+}

@@ -1,0 +1,147 @@
+//! LiteMedSAM assembled: configuration preset, model discovery, encoder and decoder.
+
+use std::path::{Path, PathBuf};
+
+use super::image_encoder::ImageEncoder;
+use super::manifest::Manifest;
+use super::mask_decoder::MaskDecoder;
+use super::{runtime, ModelError};
+use crate::preprocess::MODEL_SIZE;
+
+/// Where the models live relative to a checkout or an installed executable.
+const MODELS_DIR: &str = "models";
+
+/// Threads ONNX Runtime uses inside one graph by default: the machine's cores.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// How to find and run the model files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ModelConfig {
+    /// Folder holding `manifest.json` and the ONNX files; `None` searches (see
+    /// [`ModelConfig::resolve_model_dir`]).
+    pub model_dir: Option<PathBuf>,
+    /// ONNX Runtime library; `None` searches (see [`runtime`]).
+    pub ort_library: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads per session.
+    pub threads: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self::lite_medsam()
+    }
+}
+
+impl ModelConfig {
+    /// LiteMedSAM from `models/` with one thread per core.
+    pub fn lite_medsam() -> ModelConfig {
+        ModelConfig {
+            model_dir: None,
+            ort_library: None,
+            threads: default_threads(),
+        }
+    }
+
+    /// Uses the models in `dir`.
+    pub fn with_model_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.model_dir = Some(dir.into());
+        self
+    }
+
+    /// Uses the ONNX Runtime library at `path` (a file, or a folder holding it).
+    pub fn with_ort_library(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ort_library = Some(path.into());
+        self
+    }
+
+    /// Sets intra-op threads (at least 1).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// The model folder: the configured one, else `COSAM_MODELS`, else `models/` beside
+    /// the executable, in the current folder, or in the checkout the binary was built from.
+    ///
+    /// # Errors
+    /// [`ModelError::Manifest`] listing the folders searched when none has a manifest.
+    pub fn resolve_model_dir(&self) -> Result<PathBuf, ModelError> {
+        if let Some(dir) = &self.model_dir {
+            return Ok(dir.clone());
+        }
+        let mut tried = Vec::new();
+        if let Some(p) = std::env::var_os("COSAM_MODELS").filter(|p| !p.is_empty()) {
+            tried.push(PathBuf::from(p));
+        }
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+        {
+            tried.push(dir.join(MODELS_DIR));
+        }
+        if let Ok(cwd) = std::env::current_dir() {
+            tried.push(cwd.join(MODELS_DIR));
+        }
+        tried.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(MODELS_DIR));
+        tried
+            .iter()
+            .find(|d| d.join("manifest.json").is_file())
+            .cloned()
+            .ok_or_else(|| ModelError::Manifest {
+                path: tried.first().cloned().unwrap_or_default(),
+                reason: format!(
+                    "no models/manifest.json found (looked in {}); pass --models DIR or set COSAM_MODELS",
+                    tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            })
+    }
+}
+
+/// LiteMedSAM's encoder and promptable decoder, loaded and checked.
+#[derive(Debug)]
+pub struct LiteMedSam {
+    /// The image encoder.
+    pub encoder: ImageEncoder,
+    /// The promptable mask decoder.
+    pub decoder: MaskDecoder,
+    manifest: Manifest,
+}
+
+impl LiteMedSam {
+    /// Loads ONNX Runtime, verifies the manifest's checksums and creates both sessions.
+    ///
+    /// # Errors
+    /// Any [`ModelError`] of setup: runtime missing, manifest missing, checksum mismatch,
+    /// session or signature failure.
+    pub fn load(config: &ModelConfig) -> Result<LiteMedSam, ModelError> {
+        let runtime = runtime::init(config.ort_library.as_deref())?;
+        let dir = config.resolve_model_dir()?;
+        let manifest = Manifest::load(&dir)?;
+        if manifest.image_size != MODEL_SIZE {
+            return Err(ModelError::Manifest {
+                path: dir.join("manifest.json"),
+                reason: format!(
+                    "image_size {} but cosam's preprocessing makes {MODEL_SIZE}",
+                    manifest.image_size
+                ),
+            });
+        }
+        let encoder =
+            ImageEncoder::load(runtime, &manifest.verified_path("encoder")?, config.threads)?;
+        let decoder =
+            MaskDecoder::load(runtime, &manifest.verified_path("decoder")?, config.threads)?;
+        Ok(LiteMedSam {
+            encoder,
+            decoder,
+            manifest,
+        })
+    }
+
+    /// The manifest the models were loaded from.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+}

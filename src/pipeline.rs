@@ -1,0 +1,257 @@
+//! The segmentation pipeline for slices and volumes: preprocess, embed once, decode per
+//! prompt, post-process.
+//!
+//! Volumes are processed one slice at a time and each slice's embedding is dropped after
+//! its decoder call, so memory holds the volume, its mask and one embedding (4 MiB),
+//! whatever the number of slices.
+
+use std::ops::RangeInclusive;
+use std::time::Instant;
+
+use ndarray::{s, Array3};
+
+use crate::io::{Mask, Volume};
+use crate::model::{ImageEmbedding, LiteMedSam, ModelConfig, PromptError, Prompts};
+use crate::post::{logits_to_mask, THRESHOLD_LOGIT};
+use crate::preprocess::{prepare_slice, IntensityMap, Prepared, PreprocessOptions, Transform};
+use crate::Result;
+
+/// Options of a [`Segmenter`].
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct SegmenterOptions {
+    /// Where the models and ONNX Runtime are, and how many threads they use.
+    pub model: ModelConfig,
+    /// Intensity mapping.
+    pub preprocess: PreprocessOptions,
+}
+
+impl SegmenterOptions {
+    /// Options with a model configuration.
+    pub fn with_model(mut self, model: ModelConfig) -> Self {
+        self.model = model;
+        self
+    }
+
+    /// Options with preprocessing options.
+    pub fn with_preprocess(mut self, preprocess: PreprocessOptions) -> Self {
+        self.preprocess = preprocess;
+        self
+    }
+}
+
+/// A slice after the encoder: what every later decoder call on it needs.
+#[derive(Debug, Clone)]
+pub struct EmbeddedSlice {
+    /// `None` when the slice is constant after intensity mapping: its masks are empty.
+    embedding: Option<ImageEmbedding>,
+    transform: Transform,
+}
+
+impl EmbeddedSlice {
+    /// Where the slice sits in the model frame.
+    pub fn transform(&self) -> &Transform {
+        &self.transform
+    }
+
+    /// The embedding, unless the slice is constant.
+    pub fn embedding(&self) -> Option<&ImageEmbedding> {
+        self.embedding.as_ref()
+    }
+}
+
+/// A mask predicted on one slice.
+#[derive(Debug, Clone)]
+pub struct SlicePrediction {
+    /// Binary mask on the source grid.
+    pub mask: Mask,
+    /// The IoU head's quality estimate (0 for a constant slice).
+    pub iou: f32,
+}
+
+/// Per-slice outcome of [`Segmenter::segment_volume`].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct SliceResult {
+    /// Slice index.
+    pub slice: usize,
+    /// The IoU head's estimate; `None` for a constant slice that was not run.
+    pub iou: Option<f32>,
+    /// Foreground pixels.
+    pub area_px: usize,
+    /// Encoder + decoder + post-processing time, seconds.
+    pub seconds: f64,
+}
+
+/// The result of segmenting a volume.
+#[derive(Debug, Clone)]
+pub struct VolumeSegmentation {
+    /// `[slice, row, column]`, 0 or 1; slices not asked for are 0.
+    pub mask: Array3<u8>,
+    /// One entry per segmented slice, in order.
+    pub slices: Vec<SliceResult>,
+    /// The intensity mapping used (for display of the same slices).
+    pub intensity: IntensityMap,
+}
+
+impl VolumeSegmentation {
+    /// Foreground voxels.
+    pub fn voxel_count(&self) -> usize {
+        self.slices.iter().map(|s| s.area_px).sum()
+    }
+
+    /// Mean IoU estimate over slices that were run, if any.
+    pub fn mean_iou(&self) -> Option<f32> {
+        let ious: Vec<f32> = self.slices.iter().filter_map(|s| s.iou).collect();
+        (!ious.is_empty()).then(|| ious.iter().sum::<f32>() / ious.len() as f32)
+    }
+}
+
+/// LiteMedSAM with its preprocessing and post-processing: the library's entry point.
+#[derive(Debug)]
+pub struct Segmenter {
+    sam: LiteMedSam,
+    options: SegmenterOptions,
+}
+
+impl Segmenter {
+    /// Loads the models.
+    ///
+    /// # Errors
+    /// Setup errors of [`LiteMedSam::load`].
+    pub fn new(options: SegmenterOptions) -> Result<Segmenter> {
+        let sam = LiteMedSam::load(&options.model)?;
+        Ok(Segmenter { sam, options })
+    }
+
+    /// The loaded models.
+    pub fn model(&self) -> &LiteMedSam {
+        &self.sam
+    }
+
+    /// Resolves the intensity mapping of `volume` once, for many slices.
+    ///
+    /// # Errors
+    /// [`crate::preprocess::PreprocessError::ConstantImage`] for a constant volume.
+    pub fn intensity_map(&self, volume: &Volume) -> Result<IntensityMap> {
+        Ok(IntensityMap::for_volume(
+            volume,
+            self.options.preprocess.intensity,
+        )?)
+    }
+
+    /// Runs the encoder on one slice. For many slices of one volume, compute
+    /// [`Segmenter::intensity_map`] once and use [`Segmenter::embed_slice_with`].
+    ///
+    /// # Errors
+    /// A slice index out of range, a constant volume, or an inference failure.
+    pub fn embed_slice(&self, volume: &Volume, slice: usize) -> Result<EmbeddedSlice> {
+        let map = self.intensity_map(volume)?;
+        self.embed_slice_with(volume, slice, &map)
+    }
+
+    /// Runs the encoder on one slice with a precomputed intensity mapping.
+    ///
+    /// # Errors
+    /// A slice index out of range or an inference failure.
+    pub fn embed_slice_with(
+        &self,
+        volume: &Volume,
+        slice: usize,
+        map: &IntensityMap,
+    ) -> Result<EmbeddedSlice> {
+        if slice >= volume.slices() {
+            return Err(PromptError::SliceOutOfRange {
+                slice,
+                slices: volume.slices(),
+            }
+            .into());
+        }
+        Ok(match prepare_slice(volume, slice, map) {
+            Prepared::Input(input) => EmbeddedSlice {
+                embedding: Some(self.sam.encoder.embed(&input.tensor)?),
+                transform: input.transform,
+            },
+            Prepared::Constant(transform) => EmbeddedSlice {
+                embedding: None,
+                transform,
+            },
+        })
+    }
+
+    /// Decodes a mask for `prompts` on an embedded slice: one decoder call.
+    ///
+    /// # Errors
+    /// [`PromptError`] when there is no prompt or one lies outside the slice;
+    /// an inference failure.
+    pub fn predict(&self, slice: &EmbeddedSlice, prompts: &Prompts) -> Result<SlicePrediction> {
+        let t = slice.transform;
+        if prompts.is_empty() {
+            return Err(PromptError::NoPrompt.into());
+        }
+        prompts.check_inside(t.source_rows, t.source_cols)?;
+        let Some(embedding) = &slice.embedding else {
+            return Ok(SlicePrediction {
+                mask: Mask(ndarray::Array2::zeros((t.source_rows, t.source_cols))),
+                iou: 0.0,
+            });
+        };
+        let out = self
+            .sam
+            .decoder
+            .predict(embedding, &prompts.to_model(&t), None)?;
+        Ok(SlicePrediction {
+            mask: logits_to_mask(out.logits.view(), &t, THRESHOLD_LOGIT),
+            iou: out.iou,
+        })
+    }
+
+    /// Segments `slices` of `volume` (all when `None`) with the same prompts on each,
+    /// calling `progress` after every slice.
+    ///
+    /// # Errors
+    /// A constant volume, a slice range past the end, prompts outside the slice, or an
+    /// inference failure.
+    pub fn segment_volume(
+        &self,
+        volume: &Volume,
+        prompts: &Prompts,
+        slices: Option<RangeInclusive<usize>>,
+        mut progress: impl FnMut(usize),
+    ) -> Result<VolumeSegmentation> {
+        let n = volume.slices();
+        let range = slices.unwrap_or(0..=n.saturating_sub(1));
+        if *range.end() >= n || range.start() > range.end() {
+            return Err(PromptError::SliceOutOfRange {
+                slice: *range.end(),
+                slices: n,
+            }
+            .into());
+        }
+        let (rows, cols) = volume.slice_size();
+        if prompts.is_empty() {
+            return Err(PromptError::NoPrompt.into());
+        }
+        prompts.check_inside(rows, cols)?;
+        let map = self.intensity_map(volume)?;
+        let mut mask = Array3::<u8>::zeros((n, rows, cols));
+        let mut results = Vec::with_capacity(range.clone().count());
+        for z in range {
+            let started = Instant::now();
+            let embedded = self.embed_slice_with(volume, z, &map)?;
+            let prediction = self.predict(&embedded, prompts)?;
+            mask.slice_mut(s![z, .., ..]).assign(&prediction.mask.0);
+            results.push(SliceResult {
+                slice: z,
+                iou: embedded.embedding.is_some().then_some(prediction.iou),
+                area_px: prediction.mask.area(),
+                seconds: started.elapsed().as_secs_f64(),
+            });
+            progress(z);
+        }
+        Ok(VolumeSegmentation {
+            mask,
+            slices: results,
+            intensity: map,
+        })
+    }
+}

@@ -1,0 +1,1 @@
+//! Readers on real files.

@@ -1,0 +1,6 @@
+//! The single integration-test binary: real models, real readers, real files.
+
+mod cli;
+mod io;
+mod pipeline;
+mod util;

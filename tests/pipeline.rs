@@ -1,0 +1,125 @@
+//! The model path end to end: parity with PyTorch and Dice on the demo cases.
+
+use cosam::model::ModelPrompts;
+use cosam::{BoxXyxy, Prompts};
+use ndarray::{s, Array2, Axis};
+use serde_json::Value;
+
+use crate::util::{demo, fixture, read_mask_png, read_npy_f32, segmenter};
+
+/// The export's parity fixture: ONNX Runtime from Rust must reproduce PyTorch's logits.
+#[test]
+fn decoder_logits_match_pytorch_within_1e3_and_flip_no_pixel() {
+    let dir = fixture("parity");
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("parity.json")).unwrap()).unwrap();
+    let seg = segmenter();
+    let cases = index["cases"].as_array().unwrap();
+    assert!(cases.len() >= 4, "parity fixture has {} cases", cases.len());
+    for case in cases {
+        let id = case["id"].as_str().unwrap();
+        let volume = cosam::io::read(&dir.join(case["image"].as_str().unwrap())).unwrap();
+        let slice = seg.embed_slice(&volume, 0).unwrap();
+        let embedding = slice.embedding().expect("parity image is not constant");
+        let prompts = ModelPrompts {
+            coords: case["point_coords"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| [p[0].as_f64().unwrap() as f32, p[1].as_f64().unwrap() as f32])
+                .collect(),
+            labels: case["point_labels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_f64().unwrap() as f32)
+                .collect(),
+        };
+        let mask_input: Option<Array2<f32>> = case["mask_input"]
+            .as_str()
+            .map(|m| read_mask_png(&dir.join(m)).mapv(f32::from));
+        let out = seg
+            .model()
+            .decoder
+            .predict(embedding, &prompts, mask_input.as_ref().map(|m| m.view()))
+            .unwrap();
+        let (shape, expected) = read_npy_f32(&dir.join(case["logits"].as_str().unwrap()));
+        assert_eq!(shape, vec![256, 256]);
+        let mut worst = 0.0f32;
+        let mut flipped = 0;
+        for (a, b) in out.logits.iter().zip(&expected) {
+            worst = worst.max((a - b).abs());
+            flipped += usize::from((*a > 0.0) != (*b > 0.0));
+        }
+        let iou_diff = (out.iou - case["iou"].as_f64().unwrap() as f32).abs();
+        println!("parity {id}: max |logit diff| {worst:.2e}, flipped {flipped}, |iou diff| {iou_diff:.1e}");
+        assert!(worst <= 1e-3, "{id}: max |logit diff| {worst}");
+        assert_eq!(flipped, 0, "{id}: {flipped} mask pixels flipped");
+        assert!(iou_diff <= 1e-3, "{id}: iou differs by {iou_diff}");
+    }
+}
+
+/// Box-prompted segmentation of every demo case against its reference mask.
+#[test]
+fn demo_cases_reach_their_dice_floor_with_a_box() {
+    let cases: Value =
+        serde_json::from_str(&std::fs::read_to_string(demo("cases.json")).unwrap()).unwrap();
+    let seg = segmenter();
+    let mut dices = Vec::new();
+    for case in cases["cases"].as_array().unwrap() {
+        let id = case["id"].as_str().unwrap();
+        let volume = cosam::io::read(&demo(case["input"].as_str().unwrap())).unwrap();
+        let b: Vec<f64> = case["box"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let prompts = Prompts::from_box(BoxXyxy::new(b[0], b[1], b[2], b[3]).unwrap());
+        let range = case["slices"]
+            .as_array()
+            .map(|r| r[0].as_u64().unwrap() as usize..=r[1].as_u64().unwrap() as usize);
+        let result = seg
+            .segment_volume(&volume, &prompts, range.clone(), |_| {})
+            .unwrap();
+        let reference_path = demo(case["reference"].as_str().unwrap());
+        let (predicted, reference) = if reference_path.to_string_lossy().ends_with(".nii.gz") {
+            let r = range.clone().unwrap();
+            let reference = cosam::io::read(&reference_path).unwrap();
+            let reference = reference
+                .voxels()
+                .index_axis(Axis(3), 0)
+                .mapv(|v| u8::from(v > 0.0));
+            (
+                result
+                    .mask
+                    .slice(s![*r.start()..=*r.end(), .., ..])
+                    .to_owned()
+                    .into_dyn(),
+                reference
+                    .slice(s![*r.start()..=*r.end(), .., ..])
+                    .to_owned()
+                    .into_dyn(),
+            )
+        } else {
+            (
+                result.mask.index_axis(Axis(0), 0).to_owned().into_dyn(),
+                read_mask_png(&reference_path).into_dyn(),
+            )
+        };
+        let dice = cosam::metrics::dice(&predicted, &reference).unwrap();
+        println!(
+            "dice {id}: {dice:.3} (predicted IoU {:.3})",
+            result.mean_iou().unwrap()
+        );
+        let floor = case["min_dice"].as_f64().unwrap();
+        dices.push((id.to_string(), dice, floor));
+    }
+    let organs = dices.iter().filter(|(_, _, floor)| *floor >= 0.80).count();
+    assert!(
+        organs >= 4,
+        "at least four demo cases must be held to Dice 0.80"
+    );
+    let low: Vec<_> = dices.iter().filter(|(_, d, floor)| d < floor).collect();
+    assert!(low.is_empty(), "Dice below the case's floor: {low:?}");
+}

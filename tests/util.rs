@@ -1,0 +1,73 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use cosam::{Segmenter, SegmenterOptions};
+
+/// The repository root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn demo(name: &str) -> PathBuf {
+    root().join("data/demo").join(name)
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+/// One segmenter for the whole test binary (loading costs ~0.5 s). A missing runtime or
+/// model fails the test: models are part of the product, never skipped.
+pub fn segmenter() -> &'static Segmenter {
+    static SEGMENTER: OnceLock<Segmenter> = OnceLock::new();
+    SEGMENTER.get_or_init(|| match Segmenter::new(SegmenterOptions::default()) {
+        Ok(s) => s,
+        Err(e) => panic!("cannot load the models (run scripts/fetch-onnxruntime): {e}"),
+    })
+}
+
+/// Reads a little-endian f32 `.npy` file written by numpy (format 1.0).
+pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        &bytes[..6],
+        b"\x93NUMPY",
+        "{}: not an npy file",
+        path.display()
+    );
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(header.contains("'descr': '<f4'"), "{header}");
+    assert!(header.contains("'fortran_order': False"), "{header}");
+    let shape_text = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = shape_text
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let data: Vec<f32> = bytes[10 + header_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(data.len(), shape.iter().product::<usize>());
+    (shape, data)
+}
+
+/// A PNG mask as 0/1.
+pub fn read_mask_png(path: &Path) -> ndarray::Array2<u8> {
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_luma8();
+    let (w, h) = img.dimensions();
+    ndarray::Array2::from_shape_fn((h as usize, w as usize), |(r, c)| {
+        u8::from(img.get_pixel(c as u32, r as u32).0[0] > 0)
+    })
+}
