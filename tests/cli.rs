@@ -1,1 +1,261 @@
-//! The built binary on real and broken inputs.
+//! The built binary on real and broken inputs: exit codes, outputs, report.json.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::util::{demo, root};
+
+fn cosam(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cosam"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the cosam binary runs")
+}
+
+fn text(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+fn report(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
+}
+
+fn entry<'a>(report: &'a Value, file_name: &str) -> &'a Value {
+    report["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["input"].as_str().unwrap().ends_with(file_name))
+        .unwrap_or_else(|| panic!("no report entry for {file_name}"))
+}
+
+fn no_partial_files(dir: &Path) {
+    let partial: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".partial")
+        })
+        .collect();
+    assert!(partial.is_empty(), "half-written files left: {partial:?}");
+}
+
+/// A folder of images with good and broken files: the good ones are written, every broken
+/// one is named in report.json and on stderr, and the exit code is 1.
+#[test]
+fn mixed_folder_with_bad_files_exits_1_and_writes_the_good_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::copy(demo("mr_abdomen.png"), input.join("mr.png")).unwrap();
+    std::fs::copy(demo("brain_t1.png"), input.join("brain.png")).unwrap();
+    let png = std::fs::read(demo("brain_t1.png")).unwrap();
+    std::fs::write(input.join("truncated.png"), &png[..png.len() / 3]).unwrap();
+    std::fs::write(input.join("notes.txt"), b"not an image\n").unwrap();
+    image::GrayImage::from_pixel(80, 80, image::Luma([90]))
+        .save(input.join("constant.png"))
+        .unwrap();
+    let out = tmp.path().join("out");
+
+    let o = cosam(&[
+        "segment",
+        "-i",
+        &text(&input),
+        "-o",
+        &text(&out),
+        "--box",
+        "10,10,60,60",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "stderr: {stderr}");
+    assert!(out.join("mr_mask.png").is_file() && out.join("mr_overlay.png").is_file());
+    assert!(out.join("brain_mask.png").is_file());
+    let r = report(&out);
+    assert_eq!((r["ok"].as_u64(), r["failed"].as_u64()), (Some(2), Some(3)));
+    for (name, reason) in [
+        ("truncated.png", "truncated.png:"),
+        ("notes.txt", "not a PNG, JPEG, TIFF, NIfTI"),
+        ("constant.png", "image is constant"),
+    ] {
+        let e = entry(&r, name);
+        assert_eq!(e["status"], "failed");
+        let msg = e["error"].as_str().unwrap();
+        assert!(msg.contains(name) && msg.contains(reason), "{name}: {msg}");
+        assert!(stderr.contains(msg), "stderr lacks {msg}: {stderr}");
+    }
+    assert!(!out.join("truncated_mask.png").exists());
+    no_partial_files(&out);
+    let good = entry(&r, "mr.png");
+    assert!(good["predicted_iou"].as_f64().unwrap() > 0.0);
+    assert!(good["mask_pixels"].as_u64().unwrap() > 0);
+    assert_eq!(good["mask_area_mm2"].as_f64(), good["mask_pixels"].as_f64());
+}
+
+/// Missing path, empty folder and a box off the image fail their case, not the batch.
+#[test]
+fn missing_path_empty_folder_and_box_outside_fail_per_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let missing = tmp.path().join("nowhere.nii.gz");
+    let out = tmp.path().join("out");
+    let o = cosam(&[
+        "segment",
+        "-i",
+        &text(&missing),
+        &text(&empty),
+        &text(&demo("mr_abdomen.png")),
+        "-o",
+        &text(&out),
+        "--box",
+        "10,10,100,95",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r = report(&out);
+    let m = entry(&r, "nowhere.nii.gz")["error"].as_str().unwrap();
+    assert!(
+        m.contains("nowhere.nii.gz") && m.contains("no such file"),
+        "{m}"
+    );
+    let e = entry(&r, "empty")["error"].as_str().unwrap();
+    assert!(e.contains("empty") && e.contains("no DICOM files"), "{e}");
+    // mr_abdomen.png is 117 columns by 91 rows: y1 = 95 is outside
+    let b = entry(&r, "mr_abdomen.png")["error"].as_str().unwrap();
+    assert!(
+        b.contains("mr_abdomen.png")
+            && b.contains("box 10,10,100,95 lies outside the 117x91 image"),
+        "{b}"
+    );
+    no_partial_files(&out);
+}
+
+/// Bad flags are usage errors: exit 2, a message saying what is wrong, nothing written.
+#[test]
+fn inverted_box_and_bad_point_label_are_usage_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let img = text(&demo("mr_abdomen.png"));
+    let o = cosam(&[
+        "segment",
+        "-i",
+        &img,
+        "-o",
+        &text(&out),
+        "--box",
+        "50,10,20,40",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("inverted"));
+    let o = cosam(&["segment", "-i", &img, "-o", &text(&out), "--point", "5,5,2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("point label 2 is not 0"));
+    assert!(!out.exists(), "a usage error must not create outputs");
+}
+
+/// No ONNX Runtime: one message with the fix, exit 2.
+#[test]
+fn missing_runtime_library_says_what_to_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = cosam(&[
+        "segment",
+        "-i",
+        &text(&demo("mr_abdomen.png")),
+        "-o",
+        &text(&tmp.path().join("o")),
+        "--box",
+        "1,1,9,9",
+        "--ort-lib",
+        "/nonexistent/libonnxruntime.so",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("ONNX Runtime library not found") && e.contains("scripts/fetch-onnxruntime"),
+        "{e}"
+    );
+}
+
+/// A model file whose digest differs from the manifest is refused at load.
+#[test]
+fn model_checksum_mismatch_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("models/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    for m in manifest["models"].as_array_mut().unwrap() {
+        let file = root().join("models").join(m["file"].as_str().unwrap());
+        m["file"] = Value::String(text(&file));
+    }
+    manifest["models"][1]["sha256"] = Value::String("0".repeat(64));
+    std::fs::write(tmp.path().join("manifest.json"), manifest.to_string()).unwrap();
+    let o = cosam(&[
+        "segment",
+        "-i",
+        &text(&demo("mr_abdomen.png")),
+        "-o",
+        &text(&tmp.path().join("o")),
+        "--box",
+        "1,1,9,9",
+        "--models",
+        &text(tmp.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("decoder.onnx") && e.contains("does not match the manifest"),
+        "{e}"
+    );
+}
+
+/// The demo cases file: every case written, volumes as NIfTI with the input's affine.
+#[test]
+fn demo_cases_file_segments_every_case() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let o = cosam(&[
+        "segment",
+        "--cases",
+        &text(&demo("cases.json")),
+        "-o",
+        &text(&out),
+        "--threads",
+        "2",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r = report(&out);
+    assert_eq!(r["failed"].as_u64(), Some(0));
+    let vol = r["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == "ct_liver_volume")
+        .unwrap();
+    assert_eq!(vol["slices_segmented"].as_u64(), Some(5));
+    assert!(vol["mask_volume_mm3"].as_f64().unwrap() > 0.0);
+    let mask = cosam::io::read(&out.join("ct_liver_volume_mask.nii.gz")).unwrap();
+    let input = cosam::io::read(&demo("ct_abdomen.nii.gz")).unwrap();
+    assert_eq!(
+        mask.affine(),
+        input.affine(),
+        "mask keeps the input's affine"
+    );
+    assert_eq!(mask.voxels().dim(), input.voxels().dim());
+    assert!(out.join("ct_liver_mask.nii.gz").is_file() && out.join("brain_mask.png").is_file());
+}

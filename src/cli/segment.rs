@@ -166,9 +166,10 @@ fn jobs(args: &SegmentArgs) -> anyhow::Result<Vec<Job>> {
     let mut jobs: Vec<Job> = args
         .inputs
         .iter()
+        .flat_map(|input| expand(input))
         .map(|input| Job {
-            id: stem(input),
-            input: input.clone(),
+            id: stem(&input),
+            input,
             prompts: Ok(args.prompts()),
             slices: args.slices,
         })
@@ -195,6 +196,32 @@ fn jobs(args: &SegmentArgs) -> anyhow::Result<Vec<Job>> {
         }
     }
     Ok(jobs)
+}
+
+/// A folder of DICOM files is one input (a series); any other folder stands for the
+/// files in it, each its own input, so a folder of PNG or NIfTI files is a batch.
+fn expand(input: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(input) else {
+        return vec![input.to_path_buf()];
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    let dicom = files
+        .iter()
+        .any(|f| matches!(io::detect_format(f), Ok(io::ImageFormat::Dicom)));
+    if files.is_empty() || dicom {
+        vec![input.to_path_buf()]
+    } else {
+        files
+    }
 }
 
 fn case_prompts(case: &CaseEntry) -> Result<Prompts, String> {
