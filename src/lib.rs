@@ -18,16 +18,17 @@
 //! A viewer embeds cosam by loading the models once, embedding the slice on display, and
 //! calling the decoder for every click; each click then costs one decoder call:
 //!
-//! ```no_run
+//! ```
 //! use cosam::{BoxXyxy, Prompts, Segmenter, SegmenterOptions};
 //!
 //! # fn main() -> cosam::Result<()> {
 //! let segmenter = Segmenter::new(SegmenterOptions::default())?;
-//! let volume = cosam::io::read(std::path::Path::new("data/demo/ct_liver.png"))?;
+//! let volume = cosam::io::read(std::path::Path::new("data/demo/mr_abdomen.png"))?;
 //! let slice = segmenter.embed_slice(&volume, 0)?;
-//! let prompts = Prompts::from_box(BoxXyxy::new(40.0, 60.0, 180.0, 200.0)?);
+//! let prompts = Prompts::from_box(BoxXyxy::new(10.0, 15.0, 62.0, 74.0)?);
 //! let prediction = segmenter.predict(&slice, &prompts)?;
 //! println!("{} mask pixels, predicted IoU {:.2}", prediction.mask.area(), prediction.iou);
+//! assert!(prediction.mask.area() > 1000 && prediction.iou > 0.5);
 //! # Ok(())
 //! # }
 //! ```
