@@ -39,6 +39,7 @@
 )]
 
 mod error;
+pub mod eval;
 pub mod io;
 pub mod metrics;
 pub mod model;

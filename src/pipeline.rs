@@ -106,6 +106,16 @@ impl VolumeSegmentation {
     }
 }
 
+/// A store of encoder outputs, so re-running methods over the same slices costs decoder
+/// time only. Keys are hex digests of the model input tensor and the encoder file, so a
+/// change of image, preprocessing or model never hits a stale entry.
+pub trait EmbeddingCache: Sync {
+    /// The embedding stored under `key`, if any (a corrupt entry is a miss).
+    fn get(&self, key: &str) -> Option<ImageEmbedding>;
+    /// Stores an embedding; failures are the cache's to log, never the caller's.
+    fn put(&self, key: &str, embedding: &ImageEmbedding);
+}
+
 /// LiteMedSAM with its preprocessing and post-processing: the library's entry point.
 #[derive(Debug)]
 pub struct Segmenter {
@@ -159,6 +169,20 @@ impl Segmenter {
         slice: usize,
         map: &IntensityMap,
     ) -> Result<EmbeddedSlice> {
+        self.embed_slice_cached(volume, slice, map, None)
+    }
+
+    /// As [`Segmenter::embed_slice_with`], looking the embedding up in `cache` first.
+    ///
+    /// # Errors
+    /// A slice index out of range or an inference failure.
+    pub fn embed_slice_cached(
+        &self,
+        volume: &Volume,
+        slice: usize,
+        map: &IntensityMap,
+        cache: Option<&dyn EmbeddingCache>,
+    ) -> Result<EmbeddedSlice> {
         if slice >= volume.slices() {
             return Err(PromptError::SliceOutOfRange {
                 slice,
@@ -167,15 +191,50 @@ impl Segmenter {
             .into());
         }
         Ok(match prepare_slice(volume, slice, map) {
-            Prepared::Input(input) => EmbeddedSlice {
-                embedding: Some(self.sam.encoder.embed(&input.tensor)?),
-                transform: input.transform,
-            },
+            Prepared::Input(input) => {
+                let Some(cache) = cache else {
+                    return Ok(EmbeddedSlice {
+                        embedding: Some(self.sam.encoder.embed(&input.tensor)?),
+                        transform: input.transform,
+                    });
+                };
+                let key = self.cache_key(&input.tensor);
+                let embedding = match cache.get(&key) {
+                    Some(e) => e,
+                    None => {
+                        let e = self.sam.encoder.embed(&input.tensor)?;
+                        cache.put(&key, &e);
+                        e
+                    }
+                };
+                EmbeddedSlice {
+                    embedding: Some(embedding),
+                    transform: input.transform,
+                }
+            }
             Prepared::Constant(transform) => EmbeddedSlice {
                 embedding: None,
                 transform,
             },
         })
+    }
+
+    fn cache_key(&self, tensor: &ndarray::Array4<f32>) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for v in tensor.iter() {
+            h.update(v.to_le_bytes());
+        }
+        if let Some(m) = self
+            .sam
+            .manifest()
+            .models
+            .iter()
+            .find(|m| m.name == "encoder")
+        {
+            h.update(m.sha256.as_bytes());
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Decodes a mask for `prompts` on an embedded slice: one decoder call.

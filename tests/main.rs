@@ -1,6 +1,8 @@
 //! The single integration-test binary: real models, real readers, real files.
 
 mod cli;
+mod eval;
 mod io;
+mod metrics;
 mod pipeline;
 mod util;

@@ -20,6 +20,8 @@ pub enum Command {
     Segment(SegmentArgs),
     /// Measure encoder and decoder latency, throughput and peak memory.
     Bench(BenchArgs),
+    /// Evaluate methods on a multi-domain dataset (per-case metrics, summaries, plots).
+    Eval(EvalArgs),
 }
 
 /// Where the models and ONNX Runtime are, shared by every subcommand.
@@ -141,6 +143,50 @@ pub struct BenchArgs {
     /// Folder with manifest.json and the ONNX models.
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Dataset manifest (cosam-dataset/1 JSON, see docs/dataset-manifest.md) or a folder
+    /// of nnU-Net style domain folders.
+    #[arg(long, value_name = "PATH")]
+    pub dataset: PathBuf,
+    /// Task to evaluate (as named in the manifest).
+    #[arg(long)]
+    pub task: String,
+    /// Methods, comma-separated: full-box, gt-box, gt-box:JITTER_PX, gt-box-3d.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "full-box,gt-box,gt-box-3d"
+    )]
+    pub methods: Vec<String>,
+    /// Domains a trained method may learn from (recorded in the report).
+    #[arg(long, value_delimiter = ',')]
+    pub train_domains: Vec<String>,
+    /// Domains to evaluate; default: every domain of the task.
+    #[arg(long, value_delimiter = ',')]
+    pub test_domains: Vec<String>,
+    /// Hold out each domain in turn (train on the others, test on it).
+    #[arg(long, conflicts_with_all = ["train_domains", "test_domains"])]
+    pub leave_one_domain_out: bool,
+    /// Output folder for cases.csv, cases.json, summary.md, summary.json and the plot.
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Embedding cache folder; default: $XDG_CACHE_HOME/cosam/embeddings or ~/.cache/...
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Size cap of the embedding cache, GiB.
+    #[arg(long, value_name = "GIB", default_value_t = 8.0)]
+    pub cache_max_gb: f64,
+    /// Do not read or write cached embeddings.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Refuse inputs with more voxels than this.
+    #[arg(long, value_name = "N", default_value_t = cosam::io::Limits::default().max_voxels)]
+    pub max_voxels: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 fn numbers(s: &str, n: usize, what: &str) -> Result<Vec<f64>, String> {

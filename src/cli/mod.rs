@@ -3,6 +3,7 @@
 
 mod args;
 mod bench;
+mod eval;
 mod segment;
 
 use std::process::ExitCode;
@@ -31,6 +32,7 @@ pub fn run() -> ExitCode {
     let result = match cli.command {
         Command::Segment(args) => segment::run(&args),
         Command::Bench(args) => bench::run(&args).map(|()| true),
+        Command::Eval(args) => eval::run(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

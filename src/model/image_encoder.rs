@@ -19,6 +19,21 @@ pub const EMBEDDING_SHAPE: [usize; 3] = [256, 64, 64];
 pub struct ImageEmbedding(pub(crate) Array4<f32>);
 
 impl ImageEmbedding {
+    /// Wraps a tensor (for example one read back from a cache).
+    ///
+    /// # Errors
+    /// [`ModelError::Inference`] unless the shape is `[1, 256, 64, 64]`.
+    pub fn from_tensor(tensor: Array4<f32>) -> Result<ImageEmbedding, ModelError> {
+        let [c, h, w] = EMBEDDING_SHAPE;
+        if tensor.dim() != (1, c, h, w) {
+            return Err(ModelError::Inference {
+                model: "encoder".into(),
+                reason: format!("embedding of shape {:?}", tensor.shape()),
+            });
+        }
+        Ok(ImageEmbedding(tensor))
+    }
+
     /// The raw tensor, `[1, 256, 64, 64]`.
     pub fn tensor(&self) -> &Array4<f32> {
         &self.0

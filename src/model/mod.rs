@@ -15,7 +15,7 @@ mod sam;
 
 use std::path::PathBuf;
 
-pub use image_encoder::{ImageEmbedding, ImageEncoder};
+pub use image_encoder::{ImageEmbedding, ImageEncoder, EMBEDDING_SHAPE};
 pub use manifest::{Manifest, ModelEntry};
 pub use mask_decoder::{DecoderOutput, MaskDecoder};
 pub use prompt::{BoxXyxy, ModelPrompts, Point, PointLabel, PromptError, Prompts};

@@ -1,0 +1,167 @@
+//! `cosam eval`: methods x cases of a multi-domain dataset, with reports.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use cosam::eval::{
+    aggregate, evaluate_case, write_reports, Dataset, DiskCache, EvalOptions, Method,
+};
+use cosam::io::Limits;
+use cosam::pipeline::EmbeddingCache;
+use cosam::{Segmenter, SegmenterOptions};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::args::EvalArgs;
+
+fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("cosam").join("embeddings")
+}
+
+pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
+    let dataset = Dataset::load(&args.dataset)?;
+    let tasks = dataset.tasks();
+    if !tasks.contains(&args.task) {
+        bail!(
+            "task '{}' is not in {}; available tasks: {}",
+            args.task,
+            args.dataset.display(),
+            tasks.join(", ")
+        );
+    }
+    let methods: Vec<Method> = args
+        .methods
+        .iter()
+        .map(|m| m.parse::<Method>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()?;
+    let domains = dataset.domains(&args.task);
+    for d in args.test_domains.iter().chain(&args.train_domains) {
+        if !domains.contains(d) {
+            bail!(
+                "domain '{d}' is not in task '{}'; its domains: {}",
+                args.task,
+                domains.join(", ")
+            );
+        }
+    }
+    // (held-out domains, training domains) per round
+    let rounds: Vec<(Vec<String>, Vec<String>)> = if args.leave_one_domain_out {
+        domains
+            .iter()
+            .map(|d| {
+                (
+                    vec![d.clone()],
+                    domains.iter().filter(|x| *x != d).cloned().collect(),
+                )
+            })
+            .collect()
+    } else {
+        let test = if args.test_domains.is_empty() {
+            domains.clone()
+        } else {
+            args.test_domains.clone()
+        };
+        vec![(test, args.train_domains.clone())]
+    };
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("cannot create output folder {}", args.output.display()))?;
+    let segmenter = Segmenter::new(SegmenterOptions::default().with_model(args.model.config()))
+        .context("cannot load the model")?;
+    let cache = if args.no_cache {
+        None
+    } else {
+        let dir = args.cache.clone().unwrap_or_else(default_cache_dir);
+        let bytes = (args.cache_max_gb.max(0.0) * 1024.0 * 1024.0 * 1024.0) as u64;
+        Some(
+            DiskCache::new(&dir, bytes)
+                .with_context(|| format!("cannot create cache folder {}", dir.display()))?,
+        )
+    };
+    let options = EvalOptions::default()
+        .with_methods(methods.clone())
+        .with_limits(Limits::default().with_max_voxels(args.max_voxels));
+
+    let started = Instant::now();
+    let total: usize = rounds
+        .iter()
+        .map(|(test, _)| dataset.select(&args.task, Some(test)).len())
+        .sum();
+    let bar = ProgressBar::new(total as u64).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut rows = Vec::new();
+    for (test, _train) in &rounds {
+        for case in dataset.select(&args.task, Some(test)) {
+            bar.set_message(case.id.clone());
+            let case_rows = evaluate_case(
+                &segmenter,
+                case,
+                &options,
+                cache.as_ref().map(|c| c as &dyn EmbeddingCache),
+            );
+            for r in case_rows.iter().filter(|r| r.status != "ok") {
+                bar.suspend(|| {
+                    eprintln!(
+                        "cosam: {} {} {}: {}",
+                        r.case,
+                        r.structure,
+                        r.method,
+                        r.error.as_deref().unwrap_or("")
+                    )
+                });
+            }
+            rows.extend(case_rows);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let summaries = aggregate(&rows);
+    let label_kinds: Vec<String> = {
+        let mut k: Vec<String> = dataset
+            .select(&args.task, None)
+            .iter()
+            .map(|c| c.label_kind.clone())
+            .collect();
+        k.sort();
+        k.dedup();
+        k
+    };
+    let command: Vec<String> = std::env::args().collect();
+    let header = format!(
+        "# cosam eval: task {}\n\n- command: `{}`\n- dataset: {}\n- methods: {}\n- rounds: {}\n- metrics per case \
+         (per volume, never pooled over slices); Dice of a non-empty reference against an empty prediction is 0\n\
+         - references: {}\n- time: {:.0} s, cosam {}",
+        args.task,
+        command.join(" "),
+        args.dataset.display(),
+        methods.iter().map(Method::name).collect::<Vec<_>>().join(", "),
+        rounds
+            .iter()
+            .map(|(t, tr)| format!("test [{}] train [{}]", t.join(", "), tr.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; "),
+        label_kinds.join("; "),
+        seconds,
+        env!("CARGO_PKG_VERSION"),
+    );
+    let files = write_reports(&args.output, &header, &rows, &summaries)?;
+    print!("{}", cosam::eval::markdown_table(&summaries));
+    let failed = rows.iter().filter(|r| r.status != "ok").count();
+    eprintln!(
+        "cosam: {} rows ({} failed) in {seconds:.0} s; reports: {}",
+        rows.len(),
+        failed,
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(failed == 0)
+}

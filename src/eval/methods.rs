@@ -1,0 +1,253 @@
+//! Evaluation methods, by name. Each turns a volume (and, for the oracle methods, the
+//! reference mask of one structure) into a predicted mask.
+//!
+//! - `full-box`: LiteMedSAM with a whole-slice box on every slice, the naive prompt-free
+//!   baseline (it cannot tell structures apart, nor say "nothing here").
+//! - `gt-box[:J]`: the reference's bounding box on every slice that holds the structure,
+//!   each side moved by a seeded uniform integer in [-J, J] pixels (default J = 0);
+//!   slices without it predict nothing. The upper bound a clinician's box gives.
+//! - `gt-box-3d`: one 3-D box from the reference, as LiteMedSAM's 3-D inference: the middle
+//!   slice of the box's z-range is segmented with its 2-D box, then each neighbouring slice
+//!   uses the bounding box of the previous slice's prediction (the 3-D box's 2-D extent when
+//!   that prediction is empty), up to the box's z-range.
+
+use std::str::FromStr;
+
+use ndarray::{s, Array2, Array3, ArrayView2};
+
+use crate::io::Volume;
+use crate::model::{BoxXyxy, Prompts};
+use crate::pipeline::{EmbeddingCache, Segmenter};
+use crate::preprocess::IntensityMap;
+use crate::Result;
+
+/// A method of `cosam eval`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub enum Method {
+    /// Whole-slice box on every slice.
+    FullBox,
+    /// Reference box per slice, with jitter in pixels.
+    GtBox {
+        /// Largest shift of each side, pixels.
+        jitter_px: u32,
+    },
+    /// One reference 3-D box, propagated slice to slice.
+    GtBox3d,
+}
+
+impl Method {
+    /// The method's name as written on the command line.
+    pub fn name(&self) -> String {
+        match self {
+            Method::FullBox => "full-box".into(),
+            Method::GtBox { jitter_px: 0 } => "gt-box".into(),
+            Method::GtBox { jitter_px } => format!("gt-box:{jitter_px}"),
+            Method::GtBox3d => "gt-box-3d".into(),
+        }
+    }
+
+    /// True when the prediction does not depend on the reference (so one run serves
+    /// every structure of a case).
+    pub fn is_reference_free(&self) -> bool {
+        matches!(self, Method::FullBox)
+    }
+}
+
+/// The methods `cosam eval` knows.
+pub const METHOD_NAMES: &[&str] = &["full-box", "gt-box", "gt-box:J", "gt-box-3d"];
+
+impl FromStr for Method {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "full-box" => Ok(Method::FullBox),
+            "gt-box" => Ok(Method::GtBox { jitter_px: 0 }),
+            "gt-box-3d" => Ok(Method::GtBox3d),
+            other => match other.strip_prefix("gt-box:").map(str::parse::<u32>) {
+                Some(Ok(j)) => Ok(Method::GtBox { jitter_px: j }),
+                _ => Err(format!(
+                    "unknown method '{other}'; available: {}",
+                    METHOD_NAMES.join(", ")
+                )),
+            },
+        }
+    }
+}
+
+/// Bounding box `[x0, y0, x1, y1]` (inclusive pixels) of a 2-D mask.
+pub fn bounding_box(mask: ArrayView2<u8>) -> Option<[usize; 4]> {
+    let mut b: Option<[usize; 4]> = None;
+    for ((r, c), &v) in mask.indexed_iter() {
+        if v != 0 {
+            b = Some(match b {
+                None => [c, r, c, r],
+                Some([x0, y0, x1, y1]) => [x0.min(c), y0.min(r), x1.max(c), y1.max(r)],
+            });
+        }
+    }
+    b
+}
+
+/// splitmix64: a tiny seeded generator so jitter is identical on every run.
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn jittered(b: [usize; 4], jitter: u32, seed: u64, rows: usize, cols: usize) -> [f64; 4] {
+    let mut out = b.map(|v| v as f64);
+    if jitter > 0 {
+        let span = 2 * u64::from(jitter) + 1;
+        for (i, v) in out.iter_mut().enumerate() {
+            let shift = (splitmix(seed.wrapping_add(i as u64)) % span) as f64 - f64::from(jitter);
+            *v += shift;
+        }
+    }
+    let (w, h) = ((cols - 1) as f64, (rows - 1) as f64);
+    let [x0, y0, x1, y1] = out;
+    let (x0, x1) = (x0.clamp(0.0, w), x1.clamp(0.0, w));
+    let (y0, y1) = (y0.clamp(0.0, h), y1.clamp(0.0, h));
+    [x0.min(x1), y0.min(y1), x0.max(x1), y0.max(y1)]
+}
+
+fn box_prompt(b: [f64; 4]) -> Result<Prompts> {
+    Ok(Prompts::from_box(BoxXyxy::new(b[0], b[1], b[2], b[3])?))
+}
+
+/// Everything a method needs to run on one case.
+pub struct Context<'a> {
+    /// The loaded model.
+    pub segmenter: &'a Segmenter,
+    /// The case's image.
+    pub volume: &'a Volume,
+    /// Its intensity mapping, computed once.
+    pub map: &'a IntensityMap,
+    /// Embedding cache, if any.
+    pub cache: Option<&'a dyn EmbeddingCache>,
+    /// Seed for jitter (derived from the case and structure).
+    pub seed: u64,
+}
+
+impl Context<'_> {
+    fn predict_slice(&self, z: usize, b: [f64; 4]) -> Result<Array2<u8>> {
+        let embedded = self
+            .segmenter
+            .embed_slice_cached(self.volume, z, self.map, self.cache)?;
+        Ok(self.segmenter.predict(&embedded, &box_prompt(b)?)?.mask.0)
+    }
+}
+
+/// Runs `method` on a volume; `reference` is the structure's binary mask `[slice, row, col]`.
+///
+/// # Errors
+/// Inference failures.
+pub fn run(method: Method, ctx: &Context<'_>, reference: &Array3<u8>) -> Result<Array3<u8>> {
+    let (n, rows, cols) = reference.dim();
+    let mut pred = Array3::<u8>::zeros((n, rows, cols));
+    match method {
+        Method::FullBox => {
+            let full = [0.0, 0.0, (cols - 1) as f64, (rows - 1) as f64];
+            for z in 0..n {
+                pred.slice_mut(s![z, .., ..])
+                    .assign(&ctx.predict_slice(z, full)?);
+            }
+        }
+        Method::GtBox { jitter_px } => {
+            for z in 0..n {
+                if let Some(b) = bounding_box(reference.slice(s![z, .., ..])) {
+                    let seed = splitmix(ctx.seed ^ (z as u64).wrapping_mul(0x1000_0001));
+                    let bx = jittered(b, jitter_px, seed, rows, cols);
+                    pred.slice_mut(s![z, .., ..])
+                        .assign(&ctx.predict_slice(z, bx)?);
+                }
+            }
+        }
+        Method::GtBox3d => {
+            let slices: Vec<usize> = (0..n)
+                .filter(|&z| reference.slice(s![z, .., ..]).iter().any(|&v| v != 0))
+                .collect();
+            let (Some(&z0), Some(&z1)) = (slices.first(), slices.last()) else {
+                return Ok(pred);
+            };
+            let Some(b2d) = bounding_box(reference.max_projection().view()) else {
+                return Ok(pred);
+            };
+            let box3 = b2d.map(|v| v as f64);
+            let mid = (z0 + z1) / 2;
+            let first = ctx.predict_slice(mid, box3)?;
+            pred.slice_mut(s![mid, .., ..]).assign(&first);
+            for range in [
+                (mid + 1..=z1).collect::<Vec<_>>(),
+                (z0..mid).rev().collect(),
+            ] {
+                let mut prev = first.clone();
+                for z in range {
+                    let b = bounding_box(prev.view()).map_or(box3, |b| b.map(|v| v as f64));
+                    let m = ctx.predict_slice(z, b)?;
+                    pred.slice_mut(s![z, .., ..]).assign(&m);
+                    prev = m;
+                }
+            }
+        }
+    }
+    Ok(pred)
+}
+
+/// Maximum over slices of a `[slice, row, col]` mask.
+trait MaxProjection {
+    fn max_projection(&self) -> Array2<u8>;
+}
+
+impl MaxProjection for Array3<u8> {
+    fn max_projection(&self) -> Array2<u8> {
+        let (_, rows, cols) = self.dim();
+        let mut out = Array2::<u8>::zeros((rows, cols));
+        for slice in self.outer_iter() {
+            out.zip_mut_with(&slice, |o, &v| *o = (*o).max(u8::from(v != 0)));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_names_round_trip() {
+        for name in ["full-box", "gt-box", "gt-box:5", "gt-box-3d"] {
+            assert_eq!(name.parse::<Method>().unwrap().name(), name);
+        }
+        assert!("magic"
+            .parse::<Method>()
+            .unwrap_err()
+            .contains("available: full-box"));
+    }
+
+    #[test]
+    fn bounding_box_is_inclusive() {
+        let mut m = Array2::<u8>::zeros((10, 8));
+        m[[2, 3]] = 1;
+        m[[6, 5]] = 1;
+        assert_eq!(bounding_box(m.view()), Some([3, 2, 5, 6]));
+        assert_eq!(bounding_box(Array2::<u8>::zeros((3, 3)).view()), None);
+    }
+
+    #[test]
+    fn jitter_is_seeded_bounded_and_clamped() {
+        let a = jittered([10, 10, 20, 20], 3, 42, 64, 64);
+        assert_eq!(a, jittered([10, 10, 20, 20], 3, 42, 64, 64));
+        assert!(a
+            .iter()
+            .zip([10.0, 10.0, 20.0, 20.0])
+            .all(|(x, y)| (x - y).abs() <= 3.0));
+        let edge = jittered([0, 0, 63, 63], 5, 7, 64, 64);
+        assert!(edge.iter().all(|v| (0.0..=63.0).contains(v)));
+        assert_eq!(jittered([1, 2, 3, 4], 0, 9, 64, 64), [1.0, 2.0, 3.0, 4.0]);
+    }
+}

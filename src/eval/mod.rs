@@ -1,0 +1,331 @@
+//! Domain-shift evaluation: run methods over the cases of a dataset and score each case
+//! (per volume, never pooled over slices) in physical units.
+//!
+//! Nothing in the crate depends on `eval`; it uses `io`, `pipeline` and `metrics`.
+
+mod cache;
+mod dataset;
+mod methods;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ndarray::{Array3, Axis};
+
+pub use cache::DiskCache;
+pub use dataset::{Case, Dataset, MANIFEST_FORMAT};
+pub use methods::{bounding_box, Method, METHOD_NAMES};
+pub use report::{aggregate, bootstrap_ci, markdown, markdown_table, write_reports, Summary};
+
+use crate::io::{Affine, Limits, Volume};
+use crate::metrics;
+use crate::pipeline::{EmbeddingCache, Segmenter};
+
+/// Failure to load a dataset.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvalError {
+    /// The manifest or folder cannot be used.
+    #[error("{path}: {reason}")]
+    Dataset {
+        /// The manifest or folder.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Options of [`evaluate_case`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EvalOptions {
+    /// Methods to run, in order.
+    pub methods: Vec<Method>,
+    /// Tolerance of the normalised surface distance, mm.
+    pub nsd_tolerance_mm: f64,
+    /// Size caps for reading images.
+    pub limits: Limits,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions {
+            methods: vec![
+                Method::FullBox,
+                Method::GtBox { jitter_px: 0 },
+                Method::GtBox3d,
+            ],
+            nsd_tolerance_mm: 2.0,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl EvalOptions {
+    /// Options running `methods`.
+    pub fn with_methods(mut self, methods: Vec<Method>) -> Self {
+        self.methods = methods;
+        self
+    }
+
+    /// Options with reading limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+/// One (case, structure, method) result.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Row {
+    /// Case id.
+    pub case: String,
+    /// Task.
+    pub task: String,
+    /// Domain.
+    pub domain: String,
+    /// Generated domain shift.
+    pub synthetic: bool,
+    /// Where the reference comes from.
+    pub label_kind: String,
+    /// Structure name.
+    pub structure: String,
+    /// Method name.
+    pub method: String,
+    /// `ok` or `failed`.
+    pub status: String,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Dice; `None` only when prediction and reference are both empty.
+    pub dice: Option<f64>,
+    /// IoU; as Dice.
+    pub iou: Option<f64>,
+    /// Predicted voxels.
+    pub pred_voxels: usize,
+    /// Reference voxels.
+    pub ref_voxels: usize,
+    /// Wall time of the method on this case and structure, seconds.
+    pub seconds: f64,
+}
+
+impl Row {
+    fn new(case: &Case, structure: &str, method: &str) -> Row {
+        Row {
+            case: case.id.clone(),
+            task: case.task.clone(),
+            domain: case.domain.clone(),
+            synthetic: case.synthetic,
+            label_kind: case.label_kind.clone(),
+            structure: structure.to_string(),
+            method: method.to_string(),
+            status: "failed".into(),
+            error: None,
+            dice: None,
+            iou: None,
+            pred_voxels: 0,
+            ref_voxels: 0,
+            seconds: 0.0,
+        }
+    }
+
+    fn failed(mut self, error: String) -> Row {
+        self.error = Some(error);
+        self
+    }
+}
+
+/// A stable seed for one case and structure (FNV-1a of their names).
+fn seed_of(case: &str, structure: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in case.bytes().chain([0]).chain(structure.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Evaluates every method on every structure of one case. A broken case gives rows with
+/// status `failed` and the reason, never an error that stops the run.
+pub fn evaluate_case(
+    segmenter: &Segmenter,
+    case: &Case,
+    options: &EvalOptions,
+    cache: Option<&dyn EmbeddingCache>,
+) -> Vec<Row> {
+    let all_failed = |reason: String| -> Vec<Row> {
+        case.labels
+            .keys()
+            .flat_map(|s| options.methods.iter().map(move |m| (s, m)))
+            .map(|(s, m)| Row::new(case, s, &m.name()).failed(reason.clone()))
+            .collect()
+    };
+    let volume = match crate::io::read_with_limits(&case.image, &options.limits) {
+        Ok(v) => v,
+        Err(e) => return all_failed(format!("image: {e}")),
+    };
+    let label = match crate::io::read_with_limits(&case.label, &options.limits) {
+        Ok(v) => v,
+        Err(e) => return all_failed(format!("label: {e}")),
+    };
+    let label = match align_label(&label, &volume) {
+        Ok(l) => l,
+        Err(e) => return all_failed(format!("{}: {e}", case.label.display())),
+    };
+    let map = match segmenter.intensity_map(&volume) {
+        Ok(m) => m,
+        Err(e) => return all_failed(e.to_string()),
+    };
+    let mut rows = Vec::new();
+    let mut reference_free: Vec<(Method, Array3<u8>, f64)> = Vec::new();
+    for (structure, &value) in &case.labels {
+        let reference = label.mapv(|v| u8::from(v == value));
+        let ref_voxels = reference.iter().filter(|&&v| v != 0).count();
+        for method in &options.methods {
+            let mut row = Row::new(case, structure, &method.name());
+            if ref_voxels == 0 {
+                rows.push(row.failed(format!(
+                    "label value {value} ({structure}) does not occur in {}",
+                    case.label.display()
+                )));
+                continue;
+            }
+            let ctx = methods::Context {
+                segmenter,
+                volume: &volume,
+                map: &map,
+                cache,
+                seed: seed_of(&case.id, structure),
+            };
+            let started = Instant::now();
+            let reused = reference_free.iter().find(|(m, _, _)| m == method);
+            let result = match reused {
+                Some((_, pred, secs)) => Ok((pred.clone(), *secs)),
+                None => methods::run(*method, &ctx, &reference)
+                    .map(|p| (p, started.elapsed().as_secs_f64())),
+            };
+            match result {
+                Ok((pred, seconds)) => {
+                    if method.is_reference_free() && reused.is_none() {
+                        reference_free.push((*method, pred.clone(), seconds));
+                    }
+                    row.status = "ok".into();
+                    row.dice = metrics::dice(&pred, &reference);
+                    row.iou = metrics::iou(&pred, &reference);
+                    row.pred_voxels = pred.iter().filter(|&&v| v != 0).count();
+                    row.ref_voxels = ref_voxels;
+                    row.seconds = seconds;
+                    rows.push(row);
+                }
+                Err(e) => rows.push(row.failed(e.to_string())),
+            }
+        }
+    }
+    rows
+}
+
+/// The label map on the image's voxel grid `[slice, row, col]`. Equal shapes are taken as
+/// they are; otherwise the label grid must be the image grid with axes permuted or
+/// flipped (as a LAS label map of an LPS-ordered DICOM series is), checked voxel by voxel
+/// through both affines.
+pub fn align_label(label: &Volume, image: &Volume) -> Result<Array3<u32>, String> {
+    let lv = label
+        .voxels()
+        .index_axis(Axis(3), 0)
+        .mapv(|v| v.round().max(0.0) as u32);
+    let (n, rows, cols) = (image.slices(), image.slice_size().0, image.slice_size().1);
+    if lv.dim() == (n, rows, cols) {
+        return Ok(lv);
+    }
+    let inverse = invert(label.affine()).ok_or("label affine is singular")?;
+    let (ln, lr, lc) = lv.dim();
+    let to_label = |i: [f64; 3]| inverse.apply(image.affine().apply(i));
+    let mismatch = || {
+        format!(
+            "label grid {}x{}x{} (slices x rows x cols) does not match the image grid {n}x{rows}x{cols}",
+            ln, lr, lc
+        )
+    };
+    // the grid must map integer voxels to integer voxels inside the label volume
+    for corner in [
+        [0.0, 0.0, 0.0],
+        [(cols - 1) as f64, (rows - 1) as f64, (n - 1) as f64],
+    ] {
+        let p = to_label(corner);
+        let inside = p.iter().zip([lc, lr, ln]).all(|(v, len)| {
+            (v.round() - v).abs() < 1e-2 && v.round() >= 0.0 && v.round() < len as f64
+        });
+        if !inside {
+            return Err(mismatch());
+        }
+    }
+    let mut out = Array3::<u32>::zeros((n, rows, cols));
+    for ((z, r, c), o) in out.indexed_iter_mut() {
+        let p = to_label([c as f64, r as f64, z as f64]);
+        let [i, j, k] = p.map(|v| v.round());
+        if i < 0.0 || j < 0.0 || k < 0.0 || i as usize >= lc || j as usize >= lr || k as usize >= ln
+        {
+            return Err(mismatch());
+        }
+        *o = lv[[k as usize, j as usize, i as usize]];
+    }
+    Ok(out)
+}
+
+/// Inverse of an affine (3x3 linear part plus translation), if it is invertible.
+fn invert(a: &Affine) -> Option<Affine> {
+    let m = a.0;
+    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+    if det.abs() < 1e-12 {
+        return None;
+    }
+    let mut inv = [[0.0; 4]; 4];
+    for r in 0..3 {
+        for c in 0..3 {
+            let (r1, r2) = ((c + 1) % 3, (c + 2) % 3);
+            let (c1, c2) = ((r + 1) % 3, (r + 2) % 3);
+            inv[r][c] = (m[r1][c1] * m[r2][c2] - m[r1][c2] * m[r2][c1]) / det;
+        }
+    }
+    for r in 0..3 {
+        inv[r][3] = -(0..3).map(|c| inv[r][c] * m[c][3]).sum::<f64>();
+    }
+    inv[3][3] = 1.0;
+    Some(Affine(inv))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affine_inverse_round_trips() {
+        let a = Affine([
+            [-0.98, 0.0, 0.0, 249.5],
+            [0.0, -0.98, 0.0, 437.5],
+            [0.0, 0.0, 2.0, -766.5],
+            [0.0, 0.0, 0.0, 1.0],
+        ]);
+        let inv = invert(&a).unwrap();
+        let p = a.apply([12.0, 300.0, 7.0]);
+        let back = inv.apply(p);
+        for (x, y) in back.iter().zip([12.0, 300.0, 7.0]) {
+            assert!((x - y).abs() < 1e-9);
+        }
+        let singular = Affine([
+            [1.0, 0.0, 0.0, 0.0],
+            [2.0, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ]);
+        assert!(invert(&singular).is_none());
+    }
+
+    #[test]
+    fn seeds_differ_by_case_and_structure() {
+        assert_ne!(seed_of("a", "liver"), seed_of("a", "spleen"));
+        assert_eq!(seed_of("a", "liver"), seed_of("a", "liver"));
+    }
+}
