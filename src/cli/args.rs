@@ -145,6 +145,27 @@ pub struct BenchArgs {
     pub models: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Hd95Arg {
+    /// medpy: 95th percentile of both directions' voxel-surface distances pooled.
+    Medpy,
+    /// MONAI: the larger of the two per-direction 95th percentiles.
+    Monai,
+    /// DeepMind surface-distance: surfel-weighted robust Hausdorff.
+    Surface,
+}
+
+impl Hd95Arg {
+    pub fn convention(self) -> cosam::metrics::Hd95Convention {
+        use cosam::metrics::Hd95Convention as C;
+        match self {
+            Hd95Arg::Medpy => C::MedpyPooled,
+            Hd95Arg::Monai => C::MonaiMaxDirection,
+            Hd95Arg::Surface => C::SurfaceWeighted,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// Dataset manifest (cosam-dataset/1 JSON, see docs/dataset-manifest.md) or a folder
@@ -182,6 +203,13 @@ pub struct EvalArgs {
     /// Do not read or write cached embeddings.
     #[arg(long)]
     pub no_cache: bool,
+    /// HD95 convention: medpy (pooled percentile), monai (max of per-direction
+    /// percentiles) or surface (DeepMind, surfel-weighted).
+    #[arg(long, value_enum, default_value_t = Hd95Arg::Surface)]
+    pub hd95: Hd95Arg,
+    /// Tolerance of the normalised surface Dice, mm.
+    #[arg(long, value_name = "MM", default_value_t = 2.0)]
+    pub nsd_tolerance_mm: f64,
     /// Refuse inputs with more voxels than this.
     #[arg(long, value_name = "N", default_value_t = cosam::io::Limits::default().max_voxels)]
     pub max_voxels: u64,

@@ -8,6 +8,7 @@ use cosam::eval::{
     aggregate, evaluate_case, write_reports, Dataset, DiskCache, EvalOptions, Method,
 };
 use cosam::io::Limits;
+use cosam::metrics::MetricsOptions;
 use cosam::pipeline::EmbeddingCache;
 use cosam::{Segmenter, SegmenterOptions};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -81,8 +82,12 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
                 .with_context(|| format!("cannot create cache folder {}", dir.display()))?,
         )
     };
+    let metrics = MetricsOptions::default()
+        .with_hd95_convention(args.hd95.convention())
+        .with_nsd_tolerance_mm(args.nsd_tolerance_mm);
     let options = EvalOptions::default()
         .with_methods(methods.clone())
+        .with_metrics(metrics)
         .with_limits(Limits::default().with_max_voxels(args.max_voxels));
 
     let started = Instant::now();
@@ -135,7 +140,9 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
     let command: Vec<String> = std::env::args().collect();
     let header = format!(
         "# cosam eval: task {}\n\n- command: `{}`\n- dataset: {}\n- methods: {}\n- rounds: {}\n- metrics per case \
-         (per volume, never pooled over slices); Dice of a non-empty reference against an empty prediction is 0\n\
+         and structure (per volume, never pooled over slices), in mm from the image spacing; HD95 convention: {:?}; \
+         NSD at {} mm (DeepMind, surfel-weighted); an empty prediction against a non-empty reference scores Dice 0, \
+         NSD 0, HD95 +inf (counted in 'empty pred', ranked above every finite value in the median)\n\
          - references: {}\n- time: {:.0} s, cosam {}",
         args.task,
         command.join(" "),
@@ -146,6 +153,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
             .map(|(t, tr)| format!("test [{}] train [{}]", t.join(", "), tr.join(", ")))
             .collect::<Vec<_>>()
             .join("; "),
+        args.hd95.convention(),
+        args.nsd_tolerance_mm,
         label_kinds.join("; "),
         seconds,
         env!("CARGO_PKG_VERSION"),

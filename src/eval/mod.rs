@@ -19,7 +19,7 @@ pub use methods::{bounding_box, Method, METHOD_NAMES};
 pub use report::{aggregate, bootstrap_ci, markdown, markdown_table, write_reports, Summary};
 
 use crate::io::{Affine, Limits, Volume};
-use crate::metrics;
+use crate::metrics::{self, MetricsOptions};
 use crate::pipeline::{EmbeddingCache, Segmenter};
 
 /// Failure to load a dataset.
@@ -42,8 +42,8 @@ pub enum EvalError {
 pub struct EvalOptions {
     /// Methods to run, in order.
     pub methods: Vec<Method>,
-    /// Tolerance of the normalised surface distance, mm.
-    pub nsd_tolerance_mm: f64,
+    /// HD95 convention and NSD tolerance.
+    pub metrics: MetricsOptions,
     /// Size caps for reading images.
     pub limits: Limits,
 }
@@ -56,7 +56,7 @@ impl Default for EvalOptions {
                 Method::GtBox { jitter_px: 0 },
                 Method::GtBox3d,
             ],
-            nsd_tolerance_mm: 2.0,
+            metrics: MetricsOptions::default(),
             limits: Limits::default(),
         }
     }
@@ -66,6 +66,12 @@ impl EvalOptions {
     /// Options running `methods`.
     pub fn with_methods(mut self, methods: Vec<Method>) -> Self {
         self.methods = methods;
+        self
+    }
+
+    /// Options with metric conventions.
+    pub fn with_metrics(mut self, metrics: MetricsOptions) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -101,6 +107,14 @@ pub struct Row {
     pub dice: Option<f64>,
     /// IoU; as Dice.
     pub iou: Option<f64>,
+    /// Hausdorff distance, mm (+inf when the prediction is empty).
+    pub hd_mm: Option<f64>,
+    /// HD95 under the run's convention, mm (+inf when the prediction is empty).
+    pub hd95_mm: Option<f64>,
+    /// Average symmetric surface distance, mm (+inf when the prediction is empty).
+    pub assd_mm: Option<f64>,
+    /// Normalised surface Dice at the run's tolerance (0 when the prediction is empty).
+    pub nsd: Option<f64>,
     /// Predicted voxels.
     pub pred_voxels: usize,
     /// Reference voxels.
@@ -123,6 +137,10 @@ impl Row {
             error: None,
             dice: None,
             iou: None,
+            hd_mm: None,
+            hd95_mm: None,
+            assd_mm: None,
+            nsd: None,
             pred_voxels: 0,
             ref_voxels: 0,
             seconds: 0.0,
@@ -176,6 +194,8 @@ pub fn evaluate_case(
         Ok(m) => m,
         Err(e) => return all_failed(e.to_string()),
     };
+    let sp = volume.spacing();
+    let spacing_mm = [sp.slice_mm, sp.row_mm, sp.column_mm];
     let mut rows = Vec::new();
     let mut reference_free: Vec<(Method, Array3<u8>, f64)> = Vec::new();
     for (structure, &value) in &case.labels {
@@ -206,16 +226,25 @@ pub fn evaluate_case(
             };
             match result {
                 Ok((pred, seconds)) => {
-                    if method.is_reference_free() && reused.is_none() {
-                        reference_free.push((*method, pred.clone(), seconds));
-                    }
-                    row.status = "ok".into();
-                    row.dice = metrics::dice(&pred, &reference);
-                    row.iou = metrics::iou(&pred, &reference);
-                    row.pred_voxels = pred.iter().filter(|&&v| v != 0).count();
-                    row.ref_voxels = ref_voxels;
                     row.seconds = seconds;
-                    rows.push(row);
+                    match metrics::evaluate_case(&pred, &reference, &spacing_mm, &options.metrics) {
+                        Ok(m) => {
+                            row.status = "ok".into();
+                            row.dice = m.dice;
+                            row.iou = m.iou;
+                            row.hd_mm = m.hd_mm;
+                            row.hd95_mm = m.hd95_mm;
+                            row.assd_mm = m.assd_mm;
+                            row.nsd = m.nsd;
+                            row.pred_voxels = m.prediction_voxels;
+                            row.ref_voxels = m.reference_voxels;
+                            rows.push(row);
+                        }
+                        Err(e) => rows.push(row.failed(format!("metrics: {e}"))),
+                    }
+                    if method.is_reference_free() && reused.is_none() {
+                        reference_free.push((*method, pred, seconds));
+                    }
                 }
                 Err(e) => rows.push(row.failed(e.to_string())),
             }

@@ -37,6 +37,12 @@ pub struct Summary {
     pub dice_std: Option<f64>,
     /// 95% bootstrap interval of the mean Dice (`None` for one row).
     pub dice_ci95: Option<(f64, f64)>,
+    /// Median HD95 over rows, mm (+inf rows count as larger than any value).
+    pub hd95_median_mm: Option<f64>,
+    /// Rows whose prediction was empty (HD95 = +inf).
+    pub empty_predictions: usize,
+    /// Mean NSD.
+    pub nsd_mean: Option<f64>,
 }
 
 fn xorshift(state: &mut u64) -> u64 {
@@ -98,7 +104,22 @@ pub fn aggregate(rows: &[Row]) -> Vec<Summary> {
             let std = (n > 1).then(|| {
                 (dice.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
             });
+            let ok: Vec<&&Row> = g.iter().filter(|r| r.status == "ok").collect();
+            let mut hd95: Vec<f64> = ok.iter().filter_map(|r| r.hd95_mm).collect();
+            hd95.sort_by(f64::total_cmp);
+            let hd95_median_mm = (!hd95.is_empty()).then(|| {
+                let m = hd95.len();
+                if m % 2 == 1 {
+                    hd95[m / 2]
+                } else {
+                    (hd95[m / 2 - 1] + hd95[m / 2]) / 2.0
+                }
+            });
+            let nsd: Vec<f64> = ok.iter().filter_map(|r| r.nsd).collect();
             Some(Summary {
+                hd95_median_mm,
+                empty_predictions: ok.iter().filter(|r| r.pred_voxels == 0).count(),
+                nsd_mean: (!nsd.is_empty()).then(|| nsd.iter().sum::<f64>() / nsd.len() as f64),
                 task: key.0.clone(),
                 domain: key.1.clone(),
                 synthetic: g.first().is_some_and(|r| r.synthetic),
@@ -137,11 +158,13 @@ pub fn write_reports(
     summaries: &[Summary],
 ) -> Result<Vec<PathBuf>, WriteError> {
     let mut written = Vec::new();
-    let mut csv = String::from("case,task,domain,synthetic,structure,method,status,dice,iou,pred_voxels,ref_voxels,seconds,error,label_kind\n");
+    let mut csv = String::from(
+        "case,task,domain,synthetic,structure,method,status,dice,iou,hd_mm,hd95_mm,assd_mm,nsd,pred_voxels,ref_voxels,seconds,error,label_kind\n",
+    );
     for r in rows {
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{},{},{},{},{},{:.3},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{},{}",
             csv_field(&r.case),
             csv_field(&r.task),
             csv_field(&r.domain),
@@ -151,6 +174,10 @@ pub fn write_reports(
             r.status,
             opt(r.dice),
             opt(r.iou),
+            opt(r.hd_mm),
+            opt(r.hd95_mm),
+            opt(r.assd_mm),
+            opt(r.nsd),
             r.pred_voxels,
             r.ref_voxels,
             r.seconds,
@@ -202,11 +229,13 @@ pub fn markdown(header: &str, summaries: &[Summary]) -> String {
 
 /// The summary table, one row per domain and method.
 pub fn markdown_table(summaries: &[Summary]) -> String {
-    let mut md = String::from("| task | domain | method | n | Dice mean | std | 95% CI | failed |\n|---|---|---|---|---|---|---|---|\n");
+    let mut md = String::from(
+        "| task | domain | method | n | Dice mean | std | 95% CI | HD95 median (mm) | NSD@tol mean | empty pred | failed |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
     for s in summaries {
         let _ = writeln!(
             md,
-            "| {} | {}{} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.task,
             s.domain,
             if s.synthetic { " (synthetic)" } else { "" },
@@ -220,6 +249,13 @@ pub fn markdown_table(summaries: &[Summary]) -> String {
             s.dice_std.map_or("n/a".into(), |v| format!("{v:.3}")),
             s.dice_ci95
                 .map_or("n/a".into(), |(a, b)| format!("{a:.3}-{b:.3}")),
+            s.hd95_median_mm.map_or("n/a".into(), |v| if v.is_finite() {
+                format!("{v:.1}")
+            } else {
+                "inf".into()
+            }),
+            s.nsd_mean.map_or("n/a".into(), |v| format!("{v:.3}")),
+            s.empty_predictions,
             s.failed
         );
     }
@@ -326,6 +362,10 @@ mod tests {
             error: None,
             dice: Some(dice),
             iou: None,
+            hd_mm: None,
+            hd95_mm: Some(1.0),
+            assd_mm: None,
+            nsd: Some(0.5),
             pred_voxels: 1,
             ref_voxels: 1,
             seconds: 0.0,
@@ -368,6 +408,9 @@ mod tests {
         let svg = std::fs::read_to_string(dir.path().join("dice_by_domain.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("<rect"));
         let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
-        assert!(md.contains("| t | a | gt-box | 1 | 0.900 |"), "{md}");
+        assert!(
+            md.contains("| t | a | gt-box | 1 | 0.900 | n/a | n/a | 1.0 | 0.500 | 0 | 0 |"),
+            "{md}"
+        );
     }
 }
