@@ -3,4 +3,5 @@
 mod cli;
 mod io;
 mod pipeline;
+mod post;
 mod util;

@@ -221,37 +221,6 @@ impl GpuContext {
             .min(MAX_CHUNK_BYTES)
     }
 
-    /// How many slices fit in one chunk when the largest buffer takes `bytes_per_slice`.
-    fn chunk_slices(
-        &self,
-        operation: &'static str,
-        bytes_per_slice: u64,
-    ) -> Result<usize, GpuError> {
-        let limit = self.max_buffer();
-        if bytes_per_slice > limit {
-            return Err(GpuError::TooLarge {
-                operation,
-                bytes: bytes_per_slice,
-                limit,
-            });
-        }
-        Ok(usize::try_from(limit / bytes_per_slice.max(1))
-            .unwrap_or(usize::MAX)
-            .max(1))
-    }
-
-    fn check_size(&self, operation: &'static str, bytes: u64) -> Result<(), GpuError> {
-        let limit = self.max_buffer();
-        if bytes > limit {
-            return Err(GpuError::TooLarge {
-                operation,
-                bytes,
-                limit,
-            });
-        }
-        Ok(())
-    }
-
     /// A storage buffer holding `data` (padded to a multiple of 4 bytes).
     fn upload(&self, data: &[u8]) -> wgpu::Buffer {
         let padded;
@@ -504,6 +473,8 @@ fn context() -> Result<Arc<GpuContext>, GpuError> {
 #[derive(Debug, Clone)]
 pub struct GpuMaskOps {
     ctx: Arc<GpuContext>,
+    /// Cap on each buffer, bytes (the adapter's limit and `MAX_CHUNK_BYTES` otherwise).
+    max_buffer: Option<u64>,
 }
 
 impl GpuMaskOps {
@@ -514,7 +485,47 @@ impl GpuMaskOps {
     /// [`GpuError::RequestDevice`] when the device will not open, [`GpuError::Shader`]
     /// when a kernel does not build.
     pub fn new() -> Result<GpuMaskOps, GpuError> {
-        Ok(GpuMaskOps { ctx: context()? })
+        Ok(GpuMaskOps {
+            ctx: context()?,
+            max_buffer: None,
+        })
+    }
+
+    /// Caps every GPU buffer at `bytes` (at least 4 KiB): volumes are then processed in more,
+    /// smaller chunks of slices, and an operation that cannot be split (26-connected
+    /// labelling) fails with [`GpuError::TooLarge`] when the whole volume does not fit.
+    pub fn with_max_buffer_bytes(mut self, bytes: u64) -> GpuMaskOps {
+        self.max_buffer = Some(bytes.max(4096));
+        self
+    }
+
+    fn max_buffer(&self) -> u64 {
+        let adapter = self.ctx.max_buffer();
+        self.max_buffer.map_or(adapter, |cap| cap.min(adapter))
+    }
+
+    fn check_size(&self, operation: &'static str, bytes: u64) -> Result<(), GpuError> {
+        let limit = self.max_buffer();
+        if bytes > limit {
+            return Err(GpuError::TooLarge {
+                operation,
+                bytes,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// How many slices fit in one chunk when the largest buffer takes `bytes_per_slice`.
+    fn chunk_slices(
+        &self,
+        operation: &'static str,
+        bytes_per_slice: u64,
+    ) -> Result<usize, GpuError> {
+        self.check_size(operation, bytes_per_slice)?;
+        Ok(usize::try_from(self.max_buffer() / bytes_per_slice.max(1))
+            .unwrap_or(usize::MAX)
+            .max(1))
     }
 
     /// The adapter's name and graphics API.
@@ -603,10 +614,10 @@ impl GpuMaskOps {
     ) -> Result<Vec<std::ops::Range<usize>>, GpuError> {
         let s = dims.0;
         if whole {
-            self.ctx.check_size(operation, per_slice * s as u64)?;
+            self.check_size(operation, per_slice * s as u64)?;
             return Ok(vec![0..s]);
         }
-        let step = self.ctx.chunk_slices(operation, per_slice)?;
+        let step = self.chunk_slices(operation, per_slice)?;
         Ok((0..s).step_by(step).map(|a| a..(a + step).min(s)).collect())
     }
 
@@ -1004,7 +1015,7 @@ impl GpuMaskOps {
         };
         let frame = MODEL_SIZE * MODEL_SIZE;
         let per_slice = (frame as u64 * 4).max(plane as u64 * 4);
-        let step = ctx.chunk_slices(OP, per_slice)?;
+        let step = self.chunk_slices(OP, per_slice)?;
         let mut out = Vec::with_capacity(n * plane * if threshold.is_some() { 1 } else { 4 });
         for start in (0..n).step_by(step) {
             let end = (start + step).min(n);
@@ -1178,7 +1189,7 @@ impl MaskOps for GpuMaskOps {
         if k == 0 || data.is_empty() {
             return Ok(Vec::new());
         }
-        let per_chunk = usize::try_from(self.ctx.max_buffer() / 4)
+        let per_chunk = usize::try_from(self.max_buffer() / 4)
             .unwrap_or(usize::MAX)
             .max(1);
         let mut candidates = Vec::new();
