@@ -85,9 +85,11 @@ fn union(parent: &mut [u32], a: u32, b: u32) {
     }
 }
 
-/// Union-find labelling of the pixels whose foreground state equals `target`, in a block
-/// of `dims = (slices, rows, cols)`. Afterwards `parent[i]` is the smallest index of `i`'s
+/// Pixel-by-pixel union-find labelling (the reference the run-based [`Runs`] is tested
+/// against, and the algorithm of the kernels) of the pixels whose foreground state equals
+/// `target`, in a block of `dims = (slices, rows, cols)`. Afterwards `parent[i]` is the smallest index of `i`'s
 /// component (its root), or [`NONE`] outside the set.
+#[cfg(test)]
 pub(crate) fn label_roots(
     mask: &[u8],
     dims: (usize, usize, usize),
@@ -153,11 +155,12 @@ pub(crate) fn label_roots(
     }
 }
 
-/// Runs `f(slice_index, input_block, output_block, scratch)` over blocks of `block` pixels
-/// in parallel, with a per-thread `u32` scratch of `block` entries.
-fn per_block<T: Send, F>(input: &[u8], output: &mut [T], block: usize, f: F)
+/// Runs `f(block_index, input_block, output_block, scratch)` over blocks of `block` pixels
+/// in parallel, with one scratch per thread.
+fn per_block<T: Send, S, F>(input: &[u8], output: &mut [T], block: usize, f: F)
 where
-    F: Fn(usize, &[u8], &mut [T], &mut Vec<u32>) + Send + Sync,
+    S: Default,
+    F: Fn(usize, &[u8], &mut [T], &mut S) + Send + Sync,
 {
     if block == 0 {
         return;
@@ -166,10 +169,129 @@ where
         .par_chunks_mut(block)
         .zip(input.par_chunks(block))
         .enumerate()
-        .for_each_init(Vec::new, |scratch, (z, (out, inp))| {
-            scratch.resize(block, 0);
+        .for_each_init(S::default, |scratch, (z, (out, inp))| {
             f(z, inp, out, scratch);
         });
+}
+
+/// Row-run labelling: the runs of pixels whose foreground state equals a target, joined
+/// by union-find over runs (far fewer than pixels). Runs are numbered in raster order and
+/// unions link the larger root under the smaller, so each component's root is its first
+/// run, which holds its smallest linear index: the same canonical labels as the kernels.
+#[derive(Debug, Default)]
+pub(crate) struct Runs {
+    /// Row (`slice * rows + row`) of each run.
+    row: Vec<u32>,
+    /// First column of each run.
+    c0: Vec<u32>,
+    /// One past the last column of each run.
+    c1: Vec<u32>,
+    /// Root run of each run after [`Runs::label`].
+    parent: Vec<u32>,
+    /// Index of the first run of each row, and the number of runs at the end.
+    first: Vec<u32>,
+    /// Pixels per root run (filled by [`Runs::sizes`]).
+    size: Vec<u32>,
+}
+
+impl Runs {
+    /// Labels the pixels of `mask` (a block of `dims = (slices, rows, cols)`) whose
+    /// foreground state is `target`.
+    pub(crate) fn label(
+        &mut self,
+        mask: &[u8],
+        dims: (usize, usize, usize),
+        neighbours: Neighbours,
+        target: bool,
+    ) {
+        let (slices, rows, cols) = dims;
+        self.row.clear();
+        self.c0.clear();
+        self.c1.clear();
+        self.parent.clear();
+        self.first.clear();
+        let ext = u32::from(neighbours != Neighbours::Four);
+        for z in 0..slices {
+            for r in 0..rows {
+                let row_id = z * rows + r;
+                let first = self.parent.len();
+                self.first.push(first as u32);
+                let line = &mask[row_id * cols..(row_id + 1) * cols];
+                let mut c = 0;
+                while c < cols {
+                    match line[c..].iter().position(|&b| (b != 0) == target) {
+                        Some(o) => c += o,
+                        None => break,
+                    }
+                    let start = c;
+                    c += line[c..]
+                        .iter()
+                        .position(|&b| (b != 0) != target)
+                        .unwrap_or(cols - c);
+                    self.parent.push(self.parent.len() as u32);
+                    self.row.push(row_id as u32);
+                    self.c0.push(start as u32);
+                    self.c1.push(c as u32);
+                }
+                let end = self.parent.len();
+                if r > 0 {
+                    self.merge(first..end, row_id - 1, ext);
+                }
+                if neighbours == Neighbours::TwentySix && z > 0 {
+                    for rr in r.saturating_sub(1)..=(r + 1).min(rows - 1) {
+                        self.merge(first..end, (z - 1) * rows + rr, 1);
+                    }
+                }
+            }
+        }
+        self.first.push(self.parent.len() as u32);
+        // parent[i] <= i, so one increasing pass flattens every tree
+        for i in 0..self.parent.len() {
+            let p = self.parent[i] as usize;
+            self.parent[i] = self.parent[p];
+        }
+    }
+
+    /// Joins the runs `current` with the runs of row `earlier` that touch them (`ext` = 1
+    /// lets runs touch diagonally).
+    fn merge(&mut self, current: std::ops::Range<usize>, earlier: usize, ext: u32) {
+        let (a, b) = (
+            self.first[earlier] as usize,
+            self.first[earlier + 1] as usize,
+        );
+        let mut j = a;
+        for i in current {
+            let (q0, q1) = (self.c0[i], self.c1[i]);
+            while j < b && self.c1[j] + ext <= q0 {
+                j += 1;
+            }
+            let mut k = j;
+            while k < b && self.c0[k] < q1 + ext {
+                union(&mut self.parent, i as u32, k as u32);
+                k += 1;
+            }
+        }
+    }
+
+    /// Number of runs.
+    fn len(&self) -> usize {
+        self.parent.len()
+    }
+
+    /// The pixel range of run `i` in its block.
+    fn range(&self, i: usize, cols: usize) -> std::ops::Range<usize> {
+        let base = self.row[i] as usize * cols;
+        base + self.c0[i] as usize..base + self.c1[i] as usize
+    }
+
+    /// Counts the pixels of each component into `size[root]`.
+    fn sizes(&mut self) {
+        self.size.clear();
+        self.size.resize(self.parent.len(), 0);
+        for i in 0..self.parent.len() {
+            self.size[self.parent[i] as usize] += self.c1[i] - self.c0[i];
+        }
+    }
 }
 
 /// Block size and neighbourhood of a connectivity for `dims`.
@@ -185,16 +307,6 @@ fn block_dims(dims: (usize, usize, usize), connectivity: Connectivity) -> (usize
     match connectivity {
         Connectivity::Planar => (1, dims.1, dims.2),
         Connectivity::Volumetric => dims,
-    }
-}
-
-/// Sizes of the components of a labelled block, indexed by root, into `sizes`.
-fn count_sizes(parent: &[u32], sizes: &mut [u32]) {
-    sizes.fill(0);
-    for &p in parent {
-        if p != NONE {
-            sizes[p as usize] += 1;
-        }
     }
 }
 
@@ -262,7 +374,8 @@ pub(crate) fn sq_distance_slice(
 }
 
 /// Lower envelope of parabolas along one row (Felzenszwalb and Huttenlocher), the twin of
-/// envelope_rows.wgsl.
+/// envelope_rows.wgsl (indexed loops on purpose, to read like the kernel).
+#[allow(clippy::needless_range_loop)]
 fn envelope_row(g: &[f32], out: &mut [f32], v: &mut [u32], z: &mut [f32], sx2: f32, border: bool) {
     let n = g.len();
     let mut k = 0usize;
@@ -572,13 +685,16 @@ impl MaskOps for CpuMaskOps {
         let dims = mask.dim();
         let (block, neighbours) = blocks(dims, connectivity);
         let bdims = block_dims(dims, connectivity);
+        let cols = dims.2;
         let input = contiguous(&mask);
         let mut out = vec![0u32; input.len()];
-        per_block(&input, &mut out, block, |z, inp, out, _| {
-            label_roots(inp, bdims, neighbours, true, out);
-            let offset = (z * block) as u32;
-            for l in out.iter_mut() {
-                *l = if *l == NONE { 0 } else { *l + offset + 1 };
+        per_block(&input, &mut out, block, |z, inp, out, runs: &mut Runs| {
+            runs.label(inp, bdims, neighbours, true);
+            let offset = (z * block) as u32 + 1;
+            for i in 0..runs.len() {
+                let root = runs.parent[i] as usize;
+                let label = runs.range(root, cols).start as u32 + offset;
+                out[runs.range(i, cols)].fill(label);
             }
         });
         shaped(dims, out)
@@ -592,20 +708,23 @@ impl MaskOps for CpuMaskOps {
         let dims = mask.dim();
         let (block, neighbours) = blocks(dims, connectivity);
         let bdims = block_dims(dims, connectivity);
+        let cols = dims.2;
         let input = contiguous(&mask);
         let mut out = vec![0u8; input.len()];
-        per_block(&input, &mut out, block, |_, inp, out, parent| {
-            label_roots(inp, bdims, neighbours, true, parent);
-            let mut sizes = vec![0u32; block];
-            count_sizes(parent, &mut sizes);
-            let mut best = (0u32, NONE);
-            for (i, &s) in sizes.iter().enumerate() {
+        per_block(&input, &mut out, block, |_, inp, out, runs: &mut Runs| {
+            runs.label(inp, bdims, neighbours, true);
+            runs.sizes();
+            // the first root of the largest size: ties go to the smallest label
+            let mut best = (0u32, usize::MAX);
+            for (i, &s) in runs.size.iter().enumerate() {
                 if s > best.0 {
-                    best = (s, i as u32);
+                    best = (s, i);
                 }
             }
-            for (o, &p) in out.iter_mut().zip(parent.iter()) {
-                *o = u8::from(p != NONE && p == best.1);
+            for i in 0..runs.len() {
+                if runs.parent[i] as usize == best.1 {
+                    out[runs.range(i, cols)].fill(1);
+                }
             }
         });
         shaped(dims, out)
@@ -620,14 +739,16 @@ impl MaskOps for CpuMaskOps {
         let dims = mask.dim();
         let (block, neighbours) = blocks(dims, connectivity);
         let bdims = block_dims(dims, connectivity);
+        let cols = dims.2;
         let input = contiguous(&mask);
         let mut out = vec![0u8; input.len()];
-        per_block(&input, &mut out, block, |_, inp, out, parent| {
-            label_roots(inp, bdims, neighbours, true, parent);
-            let mut sizes = vec![0u32; block];
-            count_sizes(parent, &mut sizes);
-            for (o, &p) in out.iter_mut().zip(parent.iter()) {
-                *o = u8::from(p != NONE && sizes[p as usize] as usize >= min_pixels);
+        per_block(&input, &mut out, block, |_, inp, out, runs: &mut Runs| {
+            runs.label(inp, bdims, neighbours, true);
+            runs.sizes();
+            for i in 0..runs.len() {
+                if runs.size[runs.parent[i] as usize] as usize >= min_pixels {
+                    out[runs.range(i, cols)].fill(1);
+                }
             }
         });
         shaped(dims, out)
@@ -639,35 +760,22 @@ impl MaskOps for CpuMaskOps {
         let plane = rows * cols;
         let input = contiguous(&mask);
         let mut out = vec![0u8; input.len()];
-        per_block(&input, &mut out, plane, |_, inp, out, parent| {
-            label_roots(inp, (1, rows, cols), Neighbours::Four, false, parent);
-            // out doubles as the "touches the edge" flag of each background root
-            out.fill(0);
-            let mut mark = |i: usize| {
-                let p = parent[i];
-                if p != NONE {
-                    out[p as usize] = 2;
+        per_block(&input, &mut out, plane, |_, inp, out, runs: &mut Runs| {
+            // background runs, 4-connected; `size` flags the roots touching the edge
+            runs.label(inp, (1, rows, cols), Neighbours::Four, false);
+            runs.size.clear();
+            runs.size.resize(runs.len(), 0);
+            for i in 0..runs.len() {
+                let r = runs.row[i] as usize;
+                if r == 0 || r + 1 == rows || runs.c0[i] == 0 || runs.c1[i] as usize == cols {
+                    runs.size[runs.parent[i] as usize] = 1;
                 }
-            };
-            for c in 0..cols {
-                mark(c);
-                mark((rows - 1) * cols + c);
             }
-            for r in 0..rows {
-                mark(r * cols);
-                mark(r * cols + cols - 1);
-            }
-            // a root comes first in its component: it turns its flag into its final value,
-            // which the later pixels of the component copy
-            for i in 0..plane {
-                let p = parent[i] as usize;
-                out[i] = if parent[i] == NONE {
-                    1
-                } else if p == i {
-                    u8::from(out[i] != 2)
-                } else {
-                    out[p]
-                };
+            out.fill(1);
+            for i in 0..runs.len() {
+                if runs.size[runs.parent[i] as usize] == 1 {
+                    out[runs.range(i, cols)].fill(0);
+                }
             }
         });
         shaped(dims, out)
@@ -719,6 +827,40 @@ mod tests {
         Array3::from_shape_fn((1, r, c), |(_, i, j)| {
             u8::from(rows[i].as_bytes()[j] == b'#')
         })
+    }
+
+    #[test]
+    fn run_labelling_equals_pixel_labelling() {
+        let mut seed = 7u64;
+        let mut runs = Runs::default();
+        for (dims, density) in [
+            ((1, 40, 37), 0.5),
+            ((3, 17, 23), 0.6),
+            ((4, 9, 1), 0.5),
+            ((2, 1, 30), 0.4),
+        ] {
+            let m: Vec<u8> = (0..dims.0 * dims.1 * dims.2)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    u8::from((seed % 1000) as f64 / 1000.0 < density)
+                })
+                .collect();
+            for nb in [Neighbours::Four, Neighbours::Eight, Neighbours::TwentySix] {
+                for target in [true, false] {
+                    let mut parent = vec![0u32; m.len()];
+                    label_roots(&m, dims, nb, target, &mut parent);
+                    runs.label(&m, dims, nb, target);
+                    let mut from_runs = vec![NONE; m.len()];
+                    for i in 0..runs.len() {
+                        let root = runs.range(runs.parent[i] as usize, dims.2).start as u32;
+                        from_runs[runs.range(i, dims.2)].fill(root);
+                    }
+                    assert_eq!(parent, from_runs, "{dims:?} {nb:?} {target}");
+                }
+            }
+        }
     }
 
     #[test]

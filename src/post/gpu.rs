@@ -124,6 +124,9 @@ fn groups(invocations: u64) -> Result<u32, GpuError> {
     })
 }
 
+/// Where a map callback leaves its result.
+type MapSlot = Arc<Mutex<Option<Result<(), wgpu::BufferAsyncError>>>>;
+
 struct Pipeline {
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
@@ -334,7 +337,7 @@ impl GpuContext {
             staging.push((s, bytes));
         }
         self.queue.submit([encoder.finish()]);
-        let results: Vec<Arc<Mutex<Option<Result<(), wgpu::BufferAsyncError>>>>> = staging
+        let results: Vec<MapSlot> = staging
             .iter()
             .map(|(s, _)| {
                 let slot = Arc::new(Mutex::new(None));
@@ -615,7 +618,7 @@ impl GpuMaskOps {
         let s = dims.0;
         if whole {
             self.check_size(operation, per_slice * s as u64)?;
-            return Ok(vec![0..s]);
+            return Ok(std::iter::once(0..s).collect());
         }
         let step = self.chunk_slices(operation, per_slice)?;
         Ok((0..s).step_by(step).map(|a| a..(a + step).min(s)).collect())

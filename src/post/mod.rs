@@ -418,6 +418,26 @@ pub fn component_sizes(labels: ArrayView3<u32>) -> Vec<(u32, usize)> {
 /// Opens the post-processing backend for `device`. Never fails: when the GPU cannot be
 /// used the CPU path is returned. The note says which backend runs and, after a fallback,
 /// why; callers log it once.
+///
+/// ```
+/// use cosam::post::{mask_ops, Connectivity, Device};
+/// use ndarray::Array3;
+///
+/// # fn main() -> Result<(), cosam::post::PostError> {
+/// let (ops, note) = mask_ops(Device::Cpu);
+/// eprintln!("{note}");
+/// // two blobs in one 5x6 slice: keep the larger, then fill its hole
+/// let mut mask = Array3::<u8>::zeros((1, 5, 6));
+/// for (r, c) in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2), (4, 5)] {
+///     mask[[0, r, c]] = 1;
+/// }
+/// let largest = ops.keep_largest(mask.view(), Connectivity::Planar)?;
+/// let filled = ops.fill_holes(largest.view())?;
+/// assert_eq!(filled.iter().filter(|&&v| v == 1).count(), 9);
+/// assert_eq!(filled[[0, 4, 5]], 0);
+/// # Ok(())
+/// # }
+/// ```
 pub fn mask_ops(device: Device) -> (Box<dyn MaskOps>, String) {
     match device {
         Device::Cpu => (
