@@ -5,4 +5,5 @@ mod eval;
 mod io;
 mod metrics;
 mod pipeline;
+mod post;
 mod util;

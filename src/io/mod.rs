@@ -5,14 +5,27 @@
 //!
 //! Conventions used everywhere in cosam:
 //! - voxels are stored `[slice, row, column, channel]`; a 2D image is a volume with one slice;
-//! - the slice axis is the third storage axis of the file (NIfTI `k`, DICOM slice order),
-//!   which is axial for axially acquired scans;
-//! - [`Affine`] maps a voxel index `(column, row, slice)` to world millimetres in RAS+
-//!   (the NIfTI convention; DICOM's LPS coordinates are converted on read).
+//! - as read, the slice axis is the third storage axis of the file (NIfTI `k`, DICOM slice
+//!   order by position along the normal), which is axial for axially acquired scans;
+//!   [`reorient`] slices a volume along an anatomical axis ([`AnatomicalAxis`]) whatever
+//!   the storage order, and maps masks back to storage order for the writers;
+//! - world coordinates are **RAS+** millimetres everywhere (x to the patient's Right, y
+//!   Anterior, z Superior; the NIfTI convention). DICOM's LPS patient coordinates are
+//!   converted on read (negate x and y) and back on write (DICOM SEG);
+//! - [`Affine`] maps a voxel index `(column, row, slice)` to RAS+ millimetres; its first
+//!   three columns are the direction of each index axis scaled by its spacing, its fourth
+//!   the origin (the centre of voxel `(0, 0, 0)`).
+//!
+//! Readers: [`raster`] (PNG/JPEG/TIFF), [`nifti`] (NIfTI-1 `.nii`/`.nii.gz`; NIfTI-2 is
+//! refused with a clear message) and [`dicom`] (files, multi-frame objects and series
+//! folders). Writers: PNG masks, NIfTI label maps with the input's exact geometry
+//! ([`write_mask_nifti`]) and DICOM SEG ([`write_dicom_seg`]).
 
 pub mod dicom;
 pub mod nifti;
+mod orient;
 pub mod raster;
+mod seg;
 mod window;
 mod write;
 
@@ -20,6 +33,8 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, Array4, ArrayView2, Axis};
 
+pub use orient::{reorient, AnatomicalAxis, Reorientation, Reoriented};
+pub use seg::{write_dicom_seg, SegInfo};
 pub use window::{WindowError, WindowLevel};
 pub use write::{
     write_atomic, write_bytes, write_mask_nifti, write_mask_png, write_overlay_png, WriteError,
@@ -207,7 +222,10 @@ pub struct Volume {
     window: Option<WindowLevel>,
     format: ImageFormat,
     source: PathBuf,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) series_description: Option<String>,
     pub(crate) nifti_header: Option<Box<::nifti::NiftiHeader>>,
+    pub(crate) dicom: Option<std::sync::Arc<dicom::SourceSeries>>,
 }
 
 impl Volume {
@@ -243,7 +261,10 @@ impl Volume {
             window: None,
             format: ImageFormat::Raster,
             source,
+            warnings: Vec::new(),
+            series_description: None,
             nifti_header: None,
+            dicom: None,
         })
     }
 
@@ -311,6 +332,41 @@ impl Volume {
     /// The file or folder the volume was read from.
     pub fn source(&self) -> &Path {
         &self.source
+    }
+
+    /// Things the reader noticed and worked around (uneven slice spacing, gantry tilt),
+    /// one sentence each; show them to the user.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// SeriesInstanceUID of a DICOM input.
+    pub fn series_uid(&self) -> Option<&str> {
+        self.dicom.as_deref().map(|d| d.series_uid.as_str())
+    }
+
+    /// SeriesDescription of a DICOM input, if the file has one.
+    pub fn series_description(&self) -> Option<&str> {
+        self.series_description.as_deref()
+    }
+
+    /// World position (RAS+ mm) of the centre of voxel `(0, 0, 0)`.
+    pub fn origin_mm(&self) -> [f64; 3] {
+        let m = &self.affine.0;
+        [m[0][3], m[1][3], m[2][3]]
+    }
+
+    /// Unit direction (RAS+) of the column, row and slice index axes: `direction()[0]` is
+    /// where increasing the column index moves in the world.
+    pub fn direction(&self) -> [[f64; 3]; 3] {
+        let m = &self.affine.0;
+        let mut out = [[0.0; 3]; 3];
+        for (c, d) in out.iter_mut().enumerate() {
+            let v = [m[0][c], m[1][c], m[2][c]];
+            let len = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+            *d = if len > 0.0 { v.map(|x| x / len) } else { v };
+        }
+        out
     }
 
     /// True when the volume is 2D (one slice), as PNG/JPEG/TIFF images are.
@@ -423,9 +479,62 @@ pub fn read_with_limits(path: &Path, limits: &Limits) -> Result<Volume, ReadErro
     }
 }
 
+/// Reads every input that `path` holds: one volume for a file, one per series for a
+/// folder of DICOM files (scanned recursively, grouped by SeriesInstanceUID). Each entry
+/// is read independently, so one broken series does not hide the others.
+///
+/// # Errors
+/// Each entry is its own `Result`; a path that cannot be read at all gives one `Err`.
+pub fn read_inputs(path: &Path, limits: &Limits) -> Vec<Result<Volume, ReadError>> {
+    match detect_format(path) {
+        Ok(ImageFormat::DicomSeries) => match dicom::read_folder(path, limits) {
+            Ok(all) => all,
+            Err(e) => vec![Err(e)],
+        },
+        Ok(_) => vec![read_with_limits(path, limits)],
+        Err(e) => vec![Err(e)],
+    }
+}
+
+/// Output formats for masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum OutputFormat {
+    /// NIfTI-1 label map with the input's geometry ([`write_mask_nifti`]).
+    Nifti,
+    /// DICOM Segmentation object referencing the source series ([`write_dicom_seg`]).
+    DicomSeg,
+    /// PNG per slice ([`write_mask_png`]).
+    Png,
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = String;
+
+    /// `nifti`, `dicom-seg` or `png`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "nifti" | "nii" | "nii.gz" => Ok(OutputFormat::Nifti),
+            "dicom-seg" | "dicom_seg" | "seg" => Ok(OutputFormat::DicomSeg),
+            "png" => Ok(OutputFormat::Png),
+            other => Err(format!(
+                "unknown output format '{other}': use nifti, dicom-seg or png"
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_formats_parse() {
+        assert_eq!("dicom-seg".parse(), Ok(OutputFormat::DicomSeg));
+        assert_eq!("NIfTI".parse(), Ok(OutputFormat::Nifti));
+        assert!("rtstruct".parse::<OutputFormat>().is_err());
+    }
 
     #[test]
     fn affine_from_spacing_scales_indices() {

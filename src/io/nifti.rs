@@ -23,13 +23,13 @@ pub fn read(path: &Path, limits: &Limits) -> Result<Volume, ReadError> {
     let header = read_header(path)?;
     let dims = spatial_dims(&header, path)?;
     limits.check(path, &dims.map(|d| d as u64))?;
-    let object = ReaderOptions::new()
-        .read_file(path)
-        .map_err(|e| nifti_error(path, e))?;
-    let data = object
-        .into_volume()
-        .into_ndarray::<f32>()
-        .map_err(|e| nifti_error(path, e))?;
+    check_data_length(path, &header, dims)?;
+    let data = guard(path, || {
+        ReaderOptions::new()
+            .read_file(path)
+            .and_then(|object| object.into_volume().into_ndarray::<f32>())
+    })?
+    .map_err(|e| nifti_error(path, e))?;
     // Drop the singleton dimensions past the third; add one for a 2-D file.
     let mut data = data;
     while data.ndim() > 3 {
@@ -76,21 +76,107 @@ pub fn read(path: &Path, limits: &Limits) -> Result<Volume, ReadError> {
     Ok(volume)
 }
 
-fn read_header(path: &Path) -> Result<NiftiHeader, ReadError> {
+/// The first four bytes of the (decompressed) header: `sizeof_hdr`.
+fn header_size_field(path: &Path) -> Result<[u8; 4], ReadError> {
+    use std::io::Read;
+    let io = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            ReadError::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            ReadError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    };
+    let mut raw = Vec::with_capacity(4);
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(4)
+        .read_to_end(&mut raw)
+        .map_err(io)?;
     let mut head = [0u8; 4];
-    if let Ok(mut f) = std::fs::File::open(path) {
-        use std::io::Read;
-        let _ = f.read(&mut head);
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let file = std::fs::File::open(path).map_err(io)?;
+        let mut gz = flate2::read::GzDecoder::new(file).take(4);
+        let mut out = Vec::with_capacity(4);
+        // A broken gzip stream is reported by the header parser below.
+        let _ = gz.read_to_end(&mut out);
+        head[..out.len().min(4)].copy_from_slice(&out[..out.len().min(4)]);
+    } else {
+        head[..raw.len().min(4)].copy_from_slice(&raw[..raw.len().min(4)]);
     }
-    // NIfTI-2 starts with sizeof_hdr = 540 (either byte order); gzip hides it, the
-    // crate then reports the magic below.
+    Ok(head)
+}
+
+/// The cheap header step: parses and checks the header without reading voxels.
+///
+/// # Errors
+/// [`ReadError::Unsupported`] for NIfTI-2, [`ReadError::Corrupt`] for a bad header.
+pub fn read_header(path: &Path) -> Result<NiftiHeader, ReadError> {
+    let head = header_size_field(path)?;
+    // NIfTI-2 starts with sizeof_hdr = 540 (either byte order), NIfTI-1 with 348.
     if head == 540i32.to_le_bytes() || head == 540i32.to_be_bytes() {
         return Err(ReadError::Unsupported {
             path: path.to_path_buf(),
-            reason: "NIfTI-2 files are not supported; convert to NIfTI-1".into(),
+            reason: "NIfTI-2 files are not supported; convert to NIfTI-1 (e.g. nibabel: \
+                     nib.save(nib.Nifti1Image(img.dataobj, img.affine), 'out.nii.gz'))"
+                .into(),
         });
     }
-    NiftiHeader::from_file(path).map_err(|e| nifti_error(path, e))
+    if head != 348i32.to_le_bytes() && head != 348i32.to_be_bytes() {
+        return Err(ReadError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!(
+                "not a NIfTI-1 file (sizeof_hdr is {}, expected 348)",
+                i32::from_le_bytes(head)
+            ),
+        });
+    }
+    guard(path, || NiftiHeader::from_file(path))?.map_err(|e| nifti_error(path, e))
+}
+
+/// Runs the `nifti` crate, turning a panic inside it into an error naming the file.
+fn guard<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T, ReadError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| ReadError::Corrupt {
+        path: path.to_path_buf(),
+        reason: "the NIfTI decoder failed on malformed data".into(),
+    })
+}
+
+/// For an uncompressed `.nii`, checks the file holds as many bytes as the header says
+/// before anything is allocated.
+fn check_data_length(path: &Path, header: &NiftiHeader, dims: [usize; 3]) -> Result<(), ReadError> {
+    let gz = path
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().to_ascii_lowercase().ends_with(".gz"));
+    if gz {
+        return Ok(());
+    }
+    let bytes_per_voxel = u64::try_from(header.bitpix / 8).unwrap_or(0);
+    if bytes_per_voxel == 0 {
+        return Err(ReadError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("bitpix {} is not a whole number of bytes", header.bitpix),
+        });
+    }
+    let needed = dims
+        .iter()
+        .try_fold(bytes_per_voxel, |acc, &d| acc.checked_mul(d as u64))
+        .and_then(|n| n.checked_add(header.vox_offset.max(0.0) as u64));
+    let have = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    match needed {
+        Some(n) if n <= have => Ok(()),
+        _ => Err(ReadError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!(
+                "file is shorter than its header says: {have} bytes, header needs {}",
+                needed.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+            ),
+        }),
+    }
 }
 
 fn spatial_dims(header: &NiftiHeader, path: &Path) -> Result<[usize; 3], ReadError> {

@@ -145,10 +145,23 @@ pub fn write_overlay_png(
 /// # Errors
 /// [`WriteError`].
 pub fn write_mask_nifti(path: &Path, mask: &Array3<u8>, volume: &Volume) -> Result<(), WriteError> {
+    let (n, rows, cols, _) = volume.voxels().dim();
+    if mask.dim() != (n, rows, cols) {
+        return Err(WriteError::Encode {
+            path: path.to_path_buf(),
+            reason: format!("mask is {:?}, volume is {n}x{rows}x{cols}", mask.dim()),
+        });
+    }
     let mut header = match &volume.nifti_header {
         Some(h) => (**h).clone(),
         None => header_from_affine(volume),
     };
+    // A label map: stored values are the labels (no scaling), whatever the input's
+    // scl_slope/scl_inter were.
+    header.scl_slope = 1.0;
+    header.scl_inter = 0.0;
+    // NIFTI_INTENT_LABEL
+    header.intent_code = 1002;
     header.cal_min = 0.0;
     header.cal_max = 1.0;
     header.descrip = b"cosam mask".to_vec();
@@ -168,7 +181,7 @@ pub fn write_mask_nifti(path: &Path, mask: &Array3<u8>, volume: &Volume) -> Resu
 fn header_from_affine(volume: &Volume) -> NiftiHeader {
     let a = volume.affine().0;
     let s = volume.spacing();
-    let row = |r: usize| {
+    let row = |r: usize| -> [f32; 4] {
         [
             a[r][0] as f32,
             a[r][1] as f32,
@@ -176,12 +189,19 @@ fn header_from_affine(volume: &Volume) -> NiftiHeader {
             a[r][3] as f32,
         ]
     };
-    NiftiHeader {
+    // pixdim from the affine's column lengths, so the qform (which scales by pixdim)
+    // reproduces the sform
+    let norm = |c: usize| (a[0][c] * a[0][c] + a[1][c] * a[1][c] + a[2][c] * a[2][c]).sqrt();
+    let size = |c: usize, fallback: f64| {
+        let n = norm(c);
+        (if n > 0.0 { n } else { fallback }) as f32
+    };
+    let mut header = NiftiHeader {
         pixdim: [
             1.0,
-            s.column_mm as f32,
-            s.row_mm as f32,
-            s.slice_mm as f32,
+            size(0, s.column_mm),
+            size(1, s.row_mm),
+            size(2, s.slice_mm),
             1.0,
             1.0,
             1.0,
@@ -195,12 +215,146 @@ fn header_from_affine(volume: &Volume) -> NiftiHeader {
         // spatial unit millimetres (NIFTI_UNITS_MM = 2)
         xyzt_units: 2,
         ..NiftiHeader::default()
+    };
+    // The qform as well, for readers that prefer it, when the affine has no shear.
+    if let Some(q) = quaternion_of(&a) {
+        header.qform_code = 1;
+        header.pixdim[0] = q.qfac as f32;
+        header.quatern_b = q.b as f32;
+        header.quatern_c = q.c as f32;
+        header.quatern_d = q.d as f32;
+        header.quatern_x = a[0][3] as f32;
+        header.quatern_y = a[1][3] as f32;
+        header.quatern_z = a[2][3] as f32;
     }
+    header
+}
+
+struct Quaternion {
+    b: f64,
+    c: f64,
+    d: f64,
+    qfac: f64,
+}
+
+/// The NIfTI-1 quaternion of an affine's rotation (nifti1.h, "METHOD 2"), or `None` when
+/// its columns are not orthogonal (a sheared, gantry-tilted grid only the sform holds).
+fn quaternion_of(a: &[[f64; 4]; 4]) -> Option<Quaternion> {
+    let mut col = [[0.0f64; 3]; 3];
+    for (c, v) in col.iter_mut().enumerate() {
+        let raw = [a[0][c], a[1][c], a[2][c]];
+        let len = raw.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if !(len.is_finite() && len > 0.0) {
+            return None;
+        }
+        *v = raw.map(|x| x / len);
+    }
+    let dot = |p: [f64; 3], q: [f64; 3]| p[0] * q[0] + p[1] * q[1] + p[2] * q[2];
+    if dot(col[0], col[1]).abs() > 1e-4
+        || dot(col[0], col[2]).abs() > 1e-4
+        || dot(col[1], col[2]).abs() > 1e-4
+    {
+        return None;
+    }
+    let det = col[0][0] * (col[1][1] * col[2][2] - col[2][1] * col[1][2])
+        - col[1][0] * (col[0][1] * col[2][2] - col[2][1] * col[0][2])
+        + col[2][0] * (col[0][1] * col[1][2] - col[1][1] * col[0][2]);
+    let qfac = if det < 0.0 { -1.0 } else { 1.0 };
+    if det < 0.0 {
+        col[2] = col[2].map(|x| -x);
+    }
+    // r[row][column]
+    let r = |i: usize, j: usize| col[j][i];
+    let trace = r(0, 0) + r(1, 1) + r(2, 2) + 1.0;
+    let (qa, b, c, d);
+    if trace > 0.5 {
+        qa = 0.5 * trace.sqrt();
+        b = 0.25 * (r(2, 1) - r(1, 2)) / qa;
+        c = 0.25 * (r(0, 2) - r(2, 0)) / qa;
+        d = 0.25 * (r(1, 0) - r(0, 1)) / qa;
+    } else {
+        let xd = 1.0 + r(0, 0) - (r(1, 1) + r(2, 2));
+        let yd = 1.0 + r(1, 1) - (r(0, 0) + r(2, 2));
+        let zd = 1.0 + r(2, 2) - (r(0, 0) + r(1, 1));
+        if xd > 1.0 {
+            let bb = 0.5 * xd.sqrt();
+            qa = 0.25 * (r(2, 1) - r(1, 2)) / bb;
+            b = bb;
+            c = 0.25 * (r(0, 1) + r(1, 0)) / bb;
+            d = 0.25 * (r(0, 2) + r(2, 0)) / bb;
+        } else if yd > 1.0 {
+            let cc = 0.5 * yd.sqrt();
+            qa = 0.25 * (r(0, 2) - r(2, 0)) / cc;
+            b = 0.25 * (r(0, 1) + r(1, 0)) / cc;
+            c = cc;
+            d = 0.25 * (r(1, 2) + r(2, 1)) / cc;
+        } else {
+            let dd = 0.5 * zd.sqrt();
+            qa = 0.25 * (r(1, 0) - r(0, 1)) / dd;
+            b = 0.25 * (r(0, 2) + r(2, 0)) / dd;
+            c = 0.25 * (r(1, 2) + r(2, 1)) / dd;
+            d = dd;
+        }
+    }
+    // the standard keeps a >= 0
+    let sign = if qa < 0.0 { -1.0 } else { 1.0 };
+    Some(Quaternion {
+        b: b * sign,
+        c: c * sign,
+        d: d * sign,
+        qfac,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quaternion_reproduces_the_affine_through_the_reader() {
+        use crate::io::nifti::affine_of;
+        // LPS-ish oblique grid: rotation about z by 30 degrees, x flipped, spacing 0.5/0.7/2
+        let (s, c) = (30f64.to_radians().sin(), 30f64.to_radians().cos());
+        let rot = [[-c, -s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]];
+        let sp = [0.5, 0.7, 2.0];
+        let mut a = [[0.0; 4]; 4];
+        for r in 0..3 {
+            for k in 0..3 {
+                a[r][k] = rot[r][k] * sp[k];
+            }
+        }
+        a[0][3] = 10.0;
+        a[1][3] = -20.0;
+        a[2][3] = 30.0;
+        a[3][3] = 1.0;
+        let q = quaternion_of(&a).unwrap();
+        let h = NiftiHeader {
+            qform_code: 1,
+            sform_code: 0,
+            pixdim: [q.qfac as f32, 0.5, 0.7, 2.0, 1.0, 1.0, 1.0, 1.0],
+            quatern_b: q.b as f32,
+            quatern_c: q.c as f32,
+            quatern_d: q.d as f32,
+            quatern_x: 10.0,
+            quatern_y: -20.0,
+            quatern_z: 30.0,
+            ..NiftiHeader::default()
+        };
+        let back = affine_of(&h);
+        for r in 0..4 {
+            for k in 0..4 {
+                assert!(
+                    (back.0[r][k] - a[r][k]).abs() < 1e-5,
+                    "{r},{k}: {:?} vs {a:?}",
+                    back.0
+                );
+            }
+        }
+        // a sheared grid has no quaternion
+        let mut sheared = a;
+        sheared[0][2] += 0.3;
+        assert!(quaternion_of(&sheared).is_none());
+    }
 
     #[test]
     fn failed_write_leaves_no_file() {

@@ -1,16 +1,50 @@
-//! Mask post-processing: from 256x256 logits in the model frame to a binary mask on the
-//! source grid. Must not import `pipeline` or the CLI.
+//! Mask post-processing: from 256x256 logits in the model frame to cleaned binary masks on
+//! the source grid, and the measurements the correction loop takes from masks (components,
+//! distance maps, interior points, top-K of an error map). Must not import `pipeline`,
+//! `correct`, `eval` or the CLI.
 //!
-//! Steps, as in upstream LiteMedSAM: crop the padded logits to the resized slice, resize
-//! bilinearly (half-pixel centres, no antialiasing) to the source size, threshold.
+//! Every operation exists twice, behind the object-safe [`MaskOps`] trait: [`CpuMaskOps`]
+//! (rayon over slices, the reference) and [`GpuMaskOps`] (WGSL compute kernels in
+//! `shaders/`, one kernel per file, run through wgpu on Vulkan or GL). [`mask_ops`] picks one
+//! for a [`Device`] and never fails: without an adapter it returns the CPU path and says why.
+//! A GPU failure at run time (lost device, shader or buffer error, a volume too large for
+//! the adapter's limits) falls back to the CPU for that call and later ones, with a warning.
+//!
+//! Volumes are `[slice, row, column]` arrays; a single slice is a volume of one slice.
+//! Masks hold 0 (background) and non-zero (foreground) bytes; outputs hold 0 and 1.
+//!
+//! The two paths agree exactly on every binary and integer output (masks, labels,
+//! top-K indices, distances with unit spacing). Float outputs agree within
+//! [`FLOAT_TOLERANCE`] (relative), since GPU compilers may fuse multiply-adds; a
+//! thresholded upsampling can therefore differ only at pixels whose interpolated logit
+//! lies within that tolerance of the threshold.
+//!
+//! Upsampling follows upstream LiteMedSAM: crop the padded logits to the resized slice,
+//! resize bilinearly (half-pixel centres, no antialiasing) to the source size, threshold.
 
-use ndarray::{s, Array2, ArrayView2};
+mod cpu;
+mod gpu;
 
-use crate::io::Mask;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3};
+
+use crate::io::{Mask, Spacing};
 use crate::preprocess::{resize, Kernel, Transform, MODEL_SIZE};
+
+pub use cpu::CpuMaskOps;
+pub use gpu::GpuMaskOps;
 
 /// Logit above which a pixel is foreground (probability 0.5).
 pub const THRESHOLD_LOGIT: f32 = 0.0;
+
+/// Largest relative difference allowed between the CPU and GPU paths on float outputs
+/// (upsampled logits, distances with non-unit spacing): `|gpu - cpu| <= FLOAT_TOLERANCE *
+/// max(1, |cpu|)`. GPU compilers may contract `a * b + c` into one fused multiply-add, which
+/// changes the last bit or two of an f32.
+pub const FLOAT_TOLERANCE: f32 = 1e-5;
 
 /// Crops `logits` (256x256, model frame) to the slice, resizes them to the source grid
 /// and thresholds at `threshold_logit`.
@@ -27,6 +61,9 @@ pub fn logits_to_mask(
 }
 
 /// Crops and resizes logits onto the source grid, without thresholding.
+///
+/// # Panics
+/// When `logits` is not 256x256 (the decoder checks its output shape).
 pub fn logits_to_source(logits: ArrayView2<f32>, transform: &Transform) -> Array2<f32> {
     assert_eq!(
         logits.dim(),
@@ -41,6 +78,620 @@ pub fn logits_to_source(logits: ArrayView2<f32>, transform: &Transform) -> Array
         Kernel::Bilinear,
         Kernel::Bilinear,
     )
+}
+
+/// Where post-processing runs (`--device auto|gpu|cpu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// A wgpu adapter (Vulkan or GL) when one exists, the CPU otherwise.
+    #[default]
+    Auto,
+    /// A wgpu adapter; the CPU, with a notice, when none can be opened.
+    Gpu,
+    /// The CPU (rayon).
+    Cpu,
+}
+
+impl FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Device, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Device::Auto),
+            "gpu" => Ok(Device::Gpu),
+            "cpu" => Ok(Device::Cpu),
+            other => Err(format!(
+                "unknown device {other:?}: expected auto, gpu or cpu"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Device::Auto => "auto",
+            Device::Gpu => "gpu",
+            Device::Cpu => "cpu",
+        })
+    }
+}
+
+/// Failure of the GPU path. The CPU path never returns it; [`mask_ops`] turns it into a
+/// fallback to the CPU.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GpuError {
+    /// No wgpu adapter (no Vulkan or GL driver, or none that can compute).
+    #[error("no GPU adapter found")]
+    NoAdapter {
+        /// The cause reported by wgpu.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The adapter exists but would not open a device with the limits post-processing needs.
+    #[error("cannot open a device on {adapter}")]
+    RequestDevice {
+        /// Adapter name and backend.
+        adapter: String,
+        /// The cause reported by wgpu.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A kernel failed to compile or its pipeline to build.
+    #[error("kernel {kernel} failed to build: {message}")]
+    Shader {
+        /// Kernel (shader file) name.
+        kernel: &'static str,
+        /// wgpu's validation message.
+        message: String,
+    },
+    /// wgpu reported an error while running a kernel (validation, out of memory, lost
+    /// device).
+    #[error("{operation} failed on the GPU: {message}")]
+    Run {
+        /// The operation.
+        operation: &'static str,
+        /// wgpu's message.
+        message: String,
+    },
+    /// Reading a result back failed.
+    #[error("reading back the result of {operation} failed")]
+    Readback {
+        /// The operation.
+        operation: &'static str,
+        /// The cause reported by wgpu.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The input needs a buffer larger than the adapter allows.
+    #[error("{operation} needs a {bytes}-byte buffer; the adapter allows {limit}")]
+    TooLarge {
+        /// The operation.
+        operation: &'static str,
+        /// Bytes needed.
+        bytes: u64,
+        /// The adapter's limit.
+        limit: u64,
+    },
+    /// An earlier failure made the GPU context unusable.
+    #[error("the GPU context is unusable after an earlier failure: {message}")]
+    Unusable {
+        /// The first failure.
+        message: String,
+    },
+}
+
+/// Failure of a post-processing operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PostError {
+    /// An input does not have the shape the operation needs.
+    #[error("{what}: expected {expected}, found {found}")]
+    Shape {
+        /// Which input.
+        what: &'static str,
+        /// What was expected.
+        expected: String,
+        /// What was given.
+        found: String,
+    },
+    /// The GPU path failed.
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+}
+
+/// Which neighbours make a connected component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Connectivity {
+    /// Within each slice, 8-connected; slices are independent.
+    #[default]
+    Planar,
+    /// Across slices, 26-connected.
+    Volumetric,
+}
+
+/// What lies outside a slice, for the distance transform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Border {
+    /// A ring of background around the slice: distances never exceed the distance to the
+    /// slice's edge (use for prompt placement, so points keep off the edge).
+    #[default]
+    Background,
+    /// Nothing: only background pixels inside the slice count.
+    Ignore,
+}
+
+/// One selected pixel with its value: `slice`, `row`, `column` index the input array.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Peak {
+    /// Slice index.
+    pub slice: usize,
+    /// Row, source pixels.
+    pub row: usize,
+    /// Column, source pixels.
+    pub column: usize,
+    /// The value there (a probability, or a distance in mm).
+    pub value: f32,
+}
+
+/// Inclusive bounding box of a slice's foreground, source pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// First foreground row.
+    pub row_min: usize,
+    /// First foreground column.
+    pub column_min: usize,
+    /// Last foreground row.
+    pub row_max: usize,
+    /// Last foreground column.
+    pub column_max: usize,
+}
+
+/// Which backend an implementation of [`MaskOps`] runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// rayon on the CPU.
+    Cpu,
+    /// A wgpu adapter, described (name and graphics API).
+    Gpu(String),
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Backend::Cpu => f.write_str("CPU"),
+            Backend::Gpu(name) => write!(f, "GPU ({name})"),
+        }
+    }
+}
+
+/// Post-processing operations, on the CPU ([`CpuMaskOps`]) or the GPU ([`GpuMaskOps`]).
+///
+/// Volumes are `[slice, row, column]`. All operations on [`Connectivity::Planar`] work
+/// slice by slice; outputs are new arrays of the input's shape.
+pub trait MaskOps: Send + Sync + fmt::Debug {
+    /// Where the operations run.
+    fn backend(&self) -> Backend;
+
+    /// Crops each slice of `logits` (`[n, 256, 256]`, model frame) to the resized slice,
+    /// upsamples bilinearly to the source size of `transform` and keeps logits above
+    /// `threshold_logit`: a `[n, rows, cols]` mask of 0 and 1.
+    ///
+    /// # Errors
+    /// [`PostError::Shape`] when the slices are not 256x256; [`PostError::Gpu`] on the
+    /// GPU path.
+    fn upsample_threshold(
+        &self,
+        logits: ArrayView3<f32>,
+        transform: &Transform,
+        threshold_logit: f32,
+    ) -> Result<Array3<u8>, PostError>;
+
+    /// As [`MaskOps::upsample_threshold`] without the threshold: logits on the source grid.
+    ///
+    /// # Errors
+    /// As [`MaskOps::upsample_threshold`].
+    fn upsample(
+        &self,
+        logits: ArrayView3<f32>,
+        transform: &Transform,
+    ) -> Result<Array3<f32>, PostError>;
+
+    /// Labels connected components of the foreground: 0 on background, and on each
+    /// component one more than the smallest linear index (`(slice * rows + row) * cols +
+    /// col`) among its pixels, so labels are canonical whichever algorithm ran.
+    ///
+    /// # Errors
+    /// [`PostError::Gpu`] on the GPU path.
+    fn label(
+        &self,
+        mask: ArrayView3<u8>,
+        connectivity: Connectivity,
+    ) -> Result<Array3<u32>, PostError>;
+
+    /// Keeps the largest component (per slice with [`Connectivity::Planar`], of the volume
+    /// with [`Connectivity::Volumetric`]); ties go to the component with the smallest label.
+    ///
+    /// # Errors
+    /// [`PostError::Gpu`] on the GPU path.
+    fn keep_largest(
+        &self,
+        mask: ArrayView3<u8>,
+        connectivity: Connectivity,
+    ) -> Result<Array3<u8>, PostError>;
+
+    /// Removes components of fewer than `min_pixels` pixels.
+    ///
+    /// # Errors
+    /// [`PostError::Gpu`] on the GPU path.
+    fn remove_small(
+        &self,
+        mask: ArrayView3<u8>,
+        connectivity: Connectivity,
+        min_pixels: usize,
+    ) -> Result<Array3<u8>, PostError>;
+
+    /// Fills holes in each slice: background regions (4-connected) that do not touch the
+    /// slice's edge become foreground.
+    ///
+    /// # Errors
+    /// [`PostError::Gpu`] on the GPU path.
+    fn fill_holes(&self, mask: ArrayView3<u8>) -> Result<Array3<u8>, PostError>;
+
+    /// Binary opening of each slice (erosion, then dilation) by a disk of `radius_px`
+    /// pixels (the pixels within Euclidean distance `radius_px`). Outside the slice counts
+    /// as foreground for the erosion and background for the dilation, as in scikit-image.
+    ///
+    /// # Errors
+    /// [`PostError::Gpu`] on the GPU path.
+    fn open(&self, mask: ArrayView3<u8>, radius_px: u32) -> Result<Array3<u8>, PostError>;
+
+    /// Binary closing of each slice (dilation, then erosion) by a disk of `radius_px`
+    /// pixels; borders as in [`MaskOps::open`].
+    ///
+    /// # Errors
+    /// [`PostError::Gpu`] on the GPU path.
+    fn close(&self, mask: ArrayView3<u8>, radius_px: u32) -> Result<Array3<u8>, PostError>;
+
+    /// Exact Euclidean distance, mm, from each foreground pixel to the nearest background
+    /// pixel of the same slice, with the row and column spacing of `spacing` (0 on
+    /// background). With [`Border::Background`] the outside of the slice is background;
+    /// with [`Border::Ignore`] a slice without background gives `f32::INFINITY`.
+    ///
+    /// # Errors
+    /// [`PostError::Gpu`] on the GPU path.
+    fn distance(
+        &self,
+        mask: ArrayView3<u8>,
+        spacing: Spacing,
+        border: Border,
+    ) -> Result<Array3<f32>, PostError>;
+
+    /// The `k` largest values of `values`, largest first; equal values in order of linear
+    /// index; NaN counts as smaller than everything. Fewer than `k` when the input is
+    /// smaller.
+    ///
+    /// # Errors
+    /// [`PostError::Gpu`] on the GPU path.
+    fn top_k(&self, values: ArrayView3<f32>, k: usize) -> Result<Vec<Peak>, PostError>;
+
+    /// Prompt points for an error mask: the components of `error` (8-connected per slice)
+    /// ranked by how deep their interior is, and for each of the first `k` the pixel
+    /// farthest from its edge ([`Border::Background`], mm with `spacing`; ties by linear
+    /// index). Points therefore sit inside error regions, never on their rims.
+    ///
+    /// # Errors
+    /// [`PostError::Gpu`] on the GPU path.
+    fn place_points(
+        &self,
+        error: ArrayView3<u8>,
+        spacing: Spacing,
+        k: usize,
+    ) -> Result<Vec<Peak>, PostError> {
+        let labels = self.label(error, Connectivity::Planar)?;
+        let distance = self.distance(error, spacing, Border::Background)?;
+        Ok(cpu::deepest_per_component(
+            labels.view(),
+            distance.view(),
+            k,
+        ))
+    }
+}
+
+/// Bounding box of each slice's foreground (`None` for an empty slice).
+pub fn bounds(mask: ArrayView3<u8>) -> Vec<Option<Bounds>> {
+    cpu::bounds(mask)
+}
+
+/// The canonical sizes of the components of a label array from [`MaskOps::label`]:
+/// `(label, pixels)` in increasing label order.
+pub fn component_sizes(labels: ArrayView3<u32>) -> Vec<(u32, usize)> {
+    let mut sizes = std::collections::BTreeMap::<u32, usize>::new();
+    for &l in labels.iter().filter(|&&l| l != 0) {
+        *sizes.entry(l).or_default() += 1;
+    }
+    sizes.into_iter().collect()
+}
+
+/// Opens the post-processing backend for `device`. Never fails: when the GPU cannot be
+/// used the CPU path is returned. The note says which backend runs and, after a fallback,
+/// why; callers log it once.
+///
+/// ```
+/// use cosam::post::{mask_ops, Connectivity, Device};
+/// use ndarray::Array3;
+///
+/// # fn main() -> Result<(), cosam::post::PostError> {
+/// let (ops, note) = mask_ops(Device::Cpu);
+/// eprintln!("{note}");
+/// // two blobs in one 5x6 slice: keep the larger, then fill its hole
+/// let mut mask = Array3::<u8>::zeros((1, 5, 6));
+/// for (r, c) in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2), (4, 5)] {
+///     mask[[0, r, c]] = 1;
+/// }
+/// let largest = ops.keep_largest(mask.view(), Connectivity::Planar)?;
+/// let filled = ops.fill_holes(largest.view())?;
+/// assert_eq!(filled.iter().filter(|&&v| v == 1).count(), 9);
+/// assert_eq!(filled[[0, 4, 5]], 0);
+/// # Ok(())
+/// # }
+/// ```
+pub fn mask_ops(device: Device) -> (Box<dyn MaskOps>, String) {
+    match device {
+        Device::Cpu => (
+            Box::new(CpuMaskOps::new()),
+            "post-processing on the CPU".to_string(),
+        ),
+        Device::Auto | Device::Gpu => match GpuMaskOps::new() {
+            Ok(gpu) => {
+                let note = format!("post-processing on the {}", gpu.backend());
+                (Box::new(WithFallback::new(gpu)), note)
+            }
+            Err(e) => (
+                Box::new(CpuMaskOps::new()),
+                format!(
+                    "post-processing on the CPU: {}",
+                    error_chain(&e as &dyn std::error::Error)
+                ),
+            ),
+        },
+    }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// The GPU path, falling back to the CPU when a GPU call fails: the first failure prints
+/// one warning, and later calls go straight to the CPU.
+#[derive(Debug)]
+struct WithFallback {
+    gpu: GpuMaskOps,
+    cpu: CpuMaskOps,
+    failed: AtomicBool,
+}
+
+impl WithFallback {
+    fn new(gpu: GpuMaskOps) -> WithFallback {
+        WithFallback {
+            gpu,
+            cpu: CpuMaskOps::new(),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    fn run<T>(
+        &self,
+        operation: &str,
+        gpu: impl FnOnce(&GpuMaskOps) -> Result<T, PostError>,
+        cpu: impl FnOnce(&CpuMaskOps) -> Result<T, PostError>,
+    ) -> Result<T, PostError> {
+        if !self.failed.load(Ordering::Relaxed) {
+            match gpu(&self.gpu) {
+                Err(PostError::Gpu(e)) => {
+                    if !self.failed.swap(true, Ordering::Relaxed) {
+                        eprintln!(
+                            "cosam: warning: GPU {operation} failed ({}); post-processing \
+                             continues on the CPU",
+                            error_chain(&e as &dyn std::error::Error)
+                        );
+                    }
+                }
+                other => return other,
+            }
+        }
+        cpu(&self.cpu)
+    }
+}
+
+impl MaskOps for WithFallback {
+    fn backend(&self) -> Backend {
+        if self.failed.load(Ordering::Relaxed) {
+            Backend::Cpu
+        } else {
+            self.gpu.backend()
+        }
+    }
+
+    fn upsample_threshold(
+        &self,
+        logits: ArrayView3<f32>,
+        transform: &Transform,
+        threshold_logit: f32,
+    ) -> Result<Array3<u8>, PostError> {
+        self.run(
+            "upsampling",
+            |g| g.upsample_threshold(logits, transform, threshold_logit),
+            |c| c.upsample_threshold(logits, transform, threshold_logit),
+        )
+    }
+
+    fn upsample(
+        &self,
+        logits: ArrayView3<f32>,
+        transform: &Transform,
+    ) -> Result<Array3<f32>, PostError> {
+        self.run(
+            "upsampling",
+            |g| g.upsample(logits, transform),
+            |c| c.upsample(logits, transform),
+        )
+    }
+
+    fn label(
+        &self,
+        mask: ArrayView3<u8>,
+        connectivity: Connectivity,
+    ) -> Result<Array3<u32>, PostError> {
+        self.run(
+            "labelling",
+            |g| g.label(mask, connectivity),
+            |c| c.label(mask, connectivity),
+        )
+    }
+
+    fn keep_largest(
+        &self,
+        mask: ArrayView3<u8>,
+        connectivity: Connectivity,
+    ) -> Result<Array3<u8>, PostError> {
+        self.run(
+            "keep-largest",
+            |g| g.keep_largest(mask, connectivity),
+            |c| c.keep_largest(mask, connectivity),
+        )
+    }
+
+    fn remove_small(
+        &self,
+        mask: ArrayView3<u8>,
+        connectivity: Connectivity,
+        min_pixels: usize,
+    ) -> Result<Array3<u8>, PostError> {
+        self.run(
+            "remove-small",
+            |g| g.remove_small(mask, connectivity, min_pixels),
+            |c| c.remove_small(mask, connectivity, min_pixels),
+        )
+    }
+
+    fn fill_holes(&self, mask: ArrayView3<u8>) -> Result<Array3<u8>, PostError> {
+        self.run(
+            "hole filling",
+            |g| g.fill_holes(mask),
+            |c| c.fill_holes(mask),
+        )
+    }
+
+    fn open(&self, mask: ArrayView3<u8>, radius_px: u32) -> Result<Array3<u8>, PostError> {
+        self.run(
+            "opening",
+            |g| g.open(mask, radius_px),
+            |c| c.open(mask, radius_px),
+        )
+    }
+
+    fn close(&self, mask: ArrayView3<u8>, radius_px: u32) -> Result<Array3<u8>, PostError> {
+        self.run(
+            "closing",
+            |g| g.close(mask, radius_px),
+            |c| c.close(mask, radius_px),
+        )
+    }
+
+    fn distance(
+        &self,
+        mask: ArrayView3<u8>,
+        spacing: Spacing,
+        border: Border,
+    ) -> Result<Array3<f32>, PostError> {
+        self.run(
+            "distance transform",
+            |g| g.distance(mask, spacing, border),
+            |c| c.distance(mask, spacing, border),
+        )
+    }
+
+    fn top_k(&self, values: ArrayView3<f32>, k: usize) -> Result<Vec<Peak>, PostError> {
+        self.run("top-k", |g| g.top_k(values, k), |c| c.top_k(values, k))
+    }
+}
+
+/// Checks that `logits` are `[n, 256, 256]`.
+fn check_logits(logits: &ArrayView3<f32>) -> Result<(), PostError> {
+    let (_, r, c) = logits.dim();
+    if (r, c) != (MODEL_SIZE, MODEL_SIZE) {
+        return Err(PostError::Shape {
+            what: "decoder logits",
+            expected: format!("[n, {MODEL_SIZE}, {MODEL_SIZE}]"),
+            found: format!("{:?}", logits.shape()),
+        });
+    }
+    Ok(())
+}
+
+/// One output sample of the bilinear resize: two source indices and weights. A single
+/// tap is stored as `(i, i, 1, 0)`. Shared by both paths so the weights are bit-identical.
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub(crate) struct Tap {
+    pub(crate) i0: u32,
+    pub(crate) i1: u32,
+    pub(crate) w0: f32,
+    pub(crate) w1: f32,
+}
+
+/// Bilinear taps from `src` to `dst` samples, half-pixel centres, exactly as
+/// `preprocess::resize` computes them.
+pub(crate) fn bilinear_taps(src: usize, dst: usize) -> Vec<Tap> {
+    let ratio = src as f64 / dst as f64;
+    (0..dst)
+        .map(|d| {
+            let x = ((d as f64 + 0.5) * ratio - 0.5).max(0.0);
+            let i0 = (x.floor() as usize).min(src.saturating_sub(1));
+            let i1 = (i0 + 1).min(src.saturating_sub(1));
+            let f = (x - i0 as f64) as f32;
+            if i1 == i0 {
+                Tap {
+                    i0: i0 as u32,
+                    i1: i0 as u32,
+                    w0: 1.0,
+                    w1: 0.0,
+                }
+            } else {
+                Tap {
+                    i0: i0 as u32,
+                    i1: i1 as u32,
+                    w0: 1.0 - f,
+                    w1: f,
+                }
+            }
+        })
+        .collect()
+}
+
+/// Order-preserving key of an f32 for top-K: larger values give larger keys, NaN gives 0.
+#[inline]
+pub(crate) fn order_key(v: f32) -> u32 {
+    if v.is_nan() {
+        return 0;
+    }
+    let bits = v.to_bits();
+    if bits & 0x8000_0000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000_0000
+    }
 }
 
 #[cfg(test)]
@@ -72,5 +723,57 @@ mod tests {
         assert_eq!(mask.area(), 128 * 128);
         assert_eq!(mask.0[[128, 64]], 1);
         assert_eq!(mask.0[[127, 64]], 0);
+    }
+
+    #[test]
+    fn device_parses_the_flag_values() {
+        assert_eq!("auto".parse::<Device>(), Ok(Device::Auto));
+        assert_eq!("GPU".parse::<Device>(), Ok(Device::Gpu));
+        assert_eq!("cpu".parse::<Device>(), Ok(Device::Cpu));
+        assert!("cuda".parse::<Device>().is_err());
+        assert_eq!(Device::Gpu.to_string(), "gpu");
+    }
+
+    #[test]
+    fn cpu_device_gives_the_cpu_path() {
+        let (ops, note) = mask_ops(Device::Cpu);
+        assert_eq!(ops.backend(), Backend::Cpu);
+        assert!(note.contains("CPU"), "{note}");
+    }
+
+    #[test]
+    fn order_key_sorts_like_floats_and_puts_nan_last() {
+        let values = [
+            f32::NEG_INFINITY,
+            -2.5,
+            -0.0,
+            0.0,
+            1e-30,
+            0.5,
+            3.0,
+            f32::INFINITY,
+        ];
+        for pair in values.windows(2) {
+            assert!(order_key(pair[0]) < order_key(pair[1]), "{pair:?}");
+        }
+        assert!(order_key(f32::NAN) < order_key(f32::NEG_INFINITY));
+    }
+
+    #[test]
+    fn taps_match_torch_linear_upsampling() {
+        // torch interpolate([0, 1], size=4, linear, align_corners=False) = [0, .25, .75, 1]
+        let taps = bilinear_taps(2, 4);
+        let v = [0.0f32, 1.0];
+        let out: Vec<f32> = taps
+            .iter()
+            .map(|t| t.w0 * v[t.i0 as usize] + t.w1 * v[t.i1 as usize])
+            .collect();
+        assert_eq!(out, vec![0.0, 0.25, 0.75, 1.0]);
+    }
+
+    #[test]
+    fn component_sizes_count_each_label() {
+        let labels = ndarray::arr3(&[[[0u32, 2, 2], [5, 0, 2]]]);
+        assert_eq!(component_sizes(labels.view()), vec![(2, 3), (5, 1)]);
     }
 }

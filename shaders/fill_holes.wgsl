@@ -1,0 +1,37 @@
+// Hole filling, step 2: foreground, plus background components not flagged as touching
+// the edge, as a packed mask (4 pixels per invocation). CPU twin: CpuMaskOps::fill_holes.
+
+struct Params {
+    n: u32,
+    words: u32,
+}
+
+const WG: u32 = 256u;
+const NONE: u32 = 0xffffffffu;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> mask: array<u32>;
+@group(0) @binding(2) var<storage, read> labels: array<u32>;
+@group(0) @binding(3) var<storage, read> flags: array<u32>;
+@group(0) @binding(4) var<storage, read_write> out: array<u32>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let w = gid.x + gid.y * nwg.x * WG;
+    if (w >= p.words) {
+        return;
+    }
+    let packed = mask[w];
+    var word = 0u;
+    for (var j = 0u; j < 4u; j++) {
+        let i = w * 4u + j;
+        if (i < p.n) {
+            let l = labels[i];
+            let fg = ((packed >> (j * 8u)) & 0xffu) != 0u;
+            if (fg || (l != NONE && flags[l] == 0u)) {
+                word |= 1u << (j * 8u);
+            }
+        }
+    }
+    out[w] = word;
+}

@@ -1,0 +1,391 @@
+//! Slicing a volume along an anatomical axis, whatever its storage order on disk.
+//!
+//! Only exact voxel operations are used (axis permutation and reversal, no resampling),
+//! so a mask predicted on the reoriented slices maps back to storage order losslessly
+//! ([`Reorientation::mask_to_storage`]); the writers always take storage-order masks and
+//! the volume as read.
+//!
+//! Rules:
+//! - when the storage slice axis already is the requested anatomical axis (the usual
+//!   case: an axial CT asked for axial slices), nothing changes: no copy, and pixel
+//!   coordinates (prompts) in the file's own slice frame stay valid;
+//! - otherwise the storage axis closest to the anatomical axis becomes the slice axis
+//!   (slice order kept as stored), and the in-plane axes follow the radiological display
+//!   convention: axial rows run anterior to posterior and columns from the patient's right
+//!   to left; coronal rows superior to inferior, columns right to left; sagittal rows
+//!   superior to inferior, columns anterior to posterior.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use ndarray::{Array3, Array4, Axis};
+
+use super::{Affine, ReadError, Spacing, Volume};
+
+/// An anatomical slicing direction. World axes are RAS+ (see [`crate::io`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnatomicalAxis {
+    /// Slices perpendicular to the inferior-superior (z) axis.
+    #[default]
+    Axial,
+    /// Slices perpendicular to the posterior-anterior (y) axis.
+    Coronal,
+    /// Slices perpendicular to the left-right (x) axis.
+    Sagittal,
+}
+
+impl AnatomicalAxis {
+    /// The RAS world axis (0 = x, 1 = y, 2 = z) the slices are perpendicular to.
+    pub fn world_axis(self) -> usize {
+        match self {
+            AnatomicalAxis::Sagittal => 0,
+            AnatomicalAxis::Coronal => 1,
+            AnatomicalAxis::Axial => 2,
+        }
+    }
+
+    /// World axes of the rows and columns in the display convention.
+    fn in_plane(self) -> (usize, usize) {
+        match self {
+            AnatomicalAxis::Axial => (1, 0),
+            AnatomicalAxis::Coronal => (2, 0),
+            AnatomicalAxis::Sagittal => (2, 1),
+        }
+    }
+}
+
+impl FromStr for AnatomicalAxis {
+    type Err = String;
+
+    /// `axial`, `coronal` or `sagittal`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "axial" | "transverse" => Ok(AnatomicalAxis::Axial),
+            "coronal" => Ok(AnatomicalAxis::Coronal),
+            "sagittal" => Ok(AnatomicalAxis::Sagittal),
+            other => Err(format!(
+                "unknown axis '{other}': use axial, coronal or sagittal"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for AnatomicalAxis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AnatomicalAxis::Axial => "axial",
+            AnatomicalAxis::Coronal => "coronal",
+            AnatomicalAxis::Sagittal => "sagittal",
+        })
+    }
+}
+
+/// How a reoriented volume's `[slice, row, column]` axes relate to storage order.
+///
+/// Axis `t` of the reoriented array is storage array axis `perm[t]`, reversed when
+/// `flip[t]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reorientation {
+    perm: [usize; 3],
+    flip: [bool; 3],
+}
+
+impl Reorientation {
+    /// No change.
+    pub const IDENTITY: Reorientation = Reorientation {
+        perm: [0, 1, 2],
+        flip: [false; 3],
+    };
+
+    /// True when the reoriented volume is the volume as stored.
+    pub fn is_identity(&self) -> bool {
+        *self == Reorientation::IDENTITY
+    }
+
+    /// The storage array axis (0 slice, 1 row, 2 column) behind each reoriented axis.
+    pub fn storage_axes(&self) -> [usize; 3] {
+        self.perm
+    }
+
+    /// Which reoriented axes run backwards relative to storage.
+    pub fn flipped(&self) -> [bool; 3] {
+        self.flip
+    }
+
+    /// Maps a `[slice, row, column]` array in reoriented order to storage order.
+    pub fn mask_to_storage<T: Clone>(&self, mask: &Array3<T>) -> Array3<T> {
+        let mut view = mask.view();
+        for (t, &f) in self.flip.iter().enumerate() {
+            if f {
+                view.invert_axis(Axis(t));
+            }
+        }
+        let mut inverse = [0usize; 3];
+        for (t, &a) in self.perm.iter().enumerate() {
+            inverse[a] = t;
+        }
+        view.permuted_axes(inverse)
+            .as_standard_layout()
+            .into_owned()
+    }
+
+    /// Maps a `[slice, row, column]` array in storage order to reoriented order.
+    pub fn storage_to_reoriented<T: Clone>(&self, mask: &Array3<T>) -> Array3<T> {
+        let mut view = mask.view().permuted_axes(self.perm);
+        for (t, &f) in self.flip.iter().enumerate() {
+            if f {
+                view.invert_axis(Axis(t));
+            }
+        }
+        view.as_standard_layout().into_owned()
+    }
+}
+
+/// A volume sliced along an anatomical axis, with the map back to storage order.
+#[derive(Debug, Clone)]
+pub struct Reoriented<'a> {
+    /// The volume to segment: borrowed when no change was needed.
+    pub volume: Cow<'a, Volume>,
+    /// How to map its masks back for the writers.
+    pub map: Reorientation,
+}
+
+/// Slices `volume` along `axis` (see the module doc for the rules). A 2-D image (one
+/// slice, no geometry) is returned unchanged for any axis.
+///
+/// # Errors
+/// [`ReadError::Corrupt`] when the volume's affine is degenerate (an index axis with no
+/// direction), so no anatomical axis can be found.
+pub fn reorient(volume: &Volume, axis: AnatomicalAxis) -> Result<Reoriented<'_>, ReadError> {
+    if volume.is_2d() {
+        return Ok(Reoriented {
+            volume: Cow::Borrowed(volume),
+            map: Reorientation::IDENTITY,
+        });
+    }
+    let map = plan(volume.affine(), axis).ok_or_else(|| ReadError::Corrupt {
+        path: volume.source().to_path_buf(),
+        reason: "the affine has a zero axis; cannot find anatomical directions".into(),
+    })?;
+    if map.is_identity() {
+        return Ok(Reoriented {
+            volume: Cow::Borrowed(volume),
+            map,
+        });
+    }
+    let voxels = {
+        let mut view =
+            volume
+                .voxels()
+                .view()
+                .permuted_axes([map.perm[0], map.perm[1], map.perm[2], 3]);
+        for (t, &f) in map.flip.iter().enumerate() {
+            if f {
+                view.invert_axis(Axis(t));
+            }
+        }
+        let owned: Array4<f32> = view.as_standard_layout().into_owned();
+        owned
+    };
+    let dims = volume.voxels().dim();
+    let storage_dims = [dims.0, dims.1, dims.2];
+    let affine = reoriented_affine(volume.affine(), &map, storage_dims);
+    let s = volume.spacing();
+    // spacing by storage array axis: slice, row, column
+    let by_axis = [s.slice_mm, s.row_mm, s.column_mm];
+    let spacing = Spacing {
+        slice_mm: by_axis[map.perm[0]],
+        row_mm: by_axis[map.perm[1]],
+        column_mm: by_axis[map.perm[2]],
+    };
+    let mut out = Volume::new(
+        voxels,
+        spacing,
+        affine,
+        volume.modality(),
+        volume.source().to_path_buf(),
+    )?
+    .with_format(volume.format())
+    .with_window(volume.window());
+    out.warnings = volume.warnings.clone();
+    out.series_description = volume.series_description.clone();
+    // Headers and source references describe storage order: the writers take the
+    // volume as read, never this one.
+    Ok(Reoriented {
+        volume: Cow::Owned(out),
+        map,
+    })
+}
+
+/// Affine column (index order column, row, slice) of a storage array axis.
+fn affine_column(array_axis: usize) -> usize {
+    2 - array_axis
+}
+
+fn reoriented_affine(a: &Affine, map: &Reorientation, storage_dims: [usize; 3]) -> Affine {
+    let m = &a.0;
+    let mut out = [[0.0; 4]; 4];
+    for r in 0..3 {
+        out[r][3] = m[r][3];
+    }
+    out[3][3] = 1.0;
+    for t in 0..3 {
+        let src = affine_column(map.perm[t]);
+        let dst = affine_column(t);
+        let sign = if map.flip[t] { -1.0 } else { 1.0 };
+        for r in 0..3 {
+            out[r][dst] = sign * m[r][src];
+            if map.flip[t] {
+                out[r][3] += m[r][src] * (storage_dims[map.perm[t]].saturating_sub(1)) as f64;
+            }
+        }
+    }
+    Affine(out)
+}
+
+/// Chooses the permutation and flips for `axis`; `None` for a degenerate affine.
+fn plan(a: &Affine, axis: AnatomicalAxis) -> Option<Reorientation> {
+    let m = &a.0;
+    // unit direction of each affine column (column, row, slice index axes)
+    let mut dir = [[0.0f64; 3]; 3];
+    for (c, d) in dir.iter_mut().enumerate() {
+        let v = [m[0][c], m[1][c], m[2][c]];
+        let len = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+        if !(len.is_finite() && len > 0.0) {
+            return None;
+        }
+        *d = v.map(|x| x / len);
+    }
+    // world axis of each affine column: the assignment maximizing total alignment
+    const PERMS: [[usize; 3]; 6] = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    let world_of = PERMS.iter().copied().max_by(|p, q| {
+        let score = |w: &[usize; 3]| (0..3).map(|c| dir[c][w[c]].abs()).sum::<f64>();
+        score(p).total_cmp(&score(q))
+    })?;
+    let column_for_world = |w: usize| (0..3).find(|&c| world_of[c] == w);
+    let slice_col = column_for_world(axis.world_axis())?;
+    if slice_col == affine_column(0) {
+        return Some(Reorientation::IDENTITY);
+    }
+    let (row_world, col_world) = axis.in_plane();
+    let row_col = column_for_world(row_world)?;
+    let col_col = column_for_world(col_world)?;
+    // affine column -> storage array axis is the same map (2 - x)
+    let perm = [
+        affine_column(slice_col),
+        affine_column(row_col),
+        affine_column(col_col),
+    ];
+    // display convention: rows and columns run towards decreasing world coordinates
+    let flip = [
+        false,
+        dir[row_col][row_world] > 0.0,
+        dir[col_col][col_world] > 0.0,
+    ];
+    Some(Reorientation { perm, flip })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::Modality;
+    use std::path::PathBuf;
+
+    /// An axial RAS volume: column -> +x, row -> +y, slice -> +z, spacing 1, 2, 3 mm.
+    fn ras_volume() -> Volume {
+        let voxels =
+            Array4::from_shape_fn((4, 5, 6, 1), |(k, j, i, _)| (k * 100 + j * 10 + i) as f32);
+        let spacing = Spacing {
+            column_mm: 1.0,
+            row_mm: 2.0,
+            slice_mm: 3.0,
+        };
+        let affine = Affine([
+            [1.0, 0.0, 0.0, -10.0],
+            [0.0, 2.0, 0.0, 20.0],
+            [0.0, 0.0, 3.0, 5.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ]);
+        let mut v =
+            Volume::new(voxels, spacing, affine, Modality::Ct, PathBuf::from("mem")).unwrap();
+        v = v.with_format(crate::io::ImageFormat::Nifti);
+        v
+    }
+
+    #[test]
+    fn axial_on_axial_storage_is_identity() {
+        let v = ras_volume();
+        let r = reorient(&v, AnatomicalAxis::Axial).unwrap();
+        assert!(r.map.is_identity());
+        assert!(matches!(r.volume, Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn reoriented_voxels_keep_their_world_position() {
+        let v = ras_volume();
+        for axis in [AnatomicalAxis::Coronal, AnatomicalAxis::Sagittal] {
+            let r = reorient(&v, axis).unwrap();
+            let rv = &r.volume;
+            let (n0, n1, n2, _) = rv.voxels().dim();
+            for s in 0..n0 {
+                for row in 0..n1 {
+                    for col in 0..n2 {
+                        let value = rv.voxels()[[s, row, col, 0]];
+                        let world = rv.affine().apply([col as f64, row as f64, s as f64]);
+                        // invert the storage affine (diagonal here)
+                        let i = (world[0] + 10.0) / 1.0;
+                        let j = (world[1] - 20.0) / 2.0;
+                        let k = (world[2] - 5.0) / 3.0;
+                        let stored = v.voxels()[[k as usize, j as usize, i as usize, 0]];
+                        assert_eq!(value, stored, "{axis} at {s},{row},{col}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn coronal_slices_follow_the_display_convention() {
+        let v = ras_volume();
+        let r = reorient(&v, AnatomicalAxis::Coronal).unwrap();
+        let d = r.volume.direction();
+        // slices advance along y, rows go down (superior to inferior), columns go to the
+        // patient's left (decreasing x)
+        assert_eq!(d[2], [0.0, 1.0, 0.0]);
+        assert_eq!(d[1], [0.0, 0.0, -1.0]);
+        assert_eq!(d[0], [-1.0, 0.0, 0.0]);
+        assert_eq!(r.volume.spacing().slice_mm, 2.0);
+    }
+
+    #[test]
+    fn masks_round_trip_through_every_axis() {
+        let v = ras_volume();
+        let storage = Array3::from_shape_fn((4, 5, 6), |(k, j, i)| (k * 31 + j * 7 + i) as u8);
+        for axis in [
+            AnatomicalAxis::Axial,
+            AnatomicalAxis::Coronal,
+            AnatomicalAxis::Sagittal,
+        ] {
+            let r = reorient(&v, axis).unwrap();
+            let there = r.map.storage_to_reoriented(&storage);
+            let (a, b, c, _) = r.volume.voxels().dim();
+            assert_eq!(there.dim(), (a, b, c));
+            assert_eq!(r.map.mask_to_storage(&there), storage, "{axis}");
+        }
+    }
+
+    #[test]
+    fn axis_names_parse() {
+        assert_eq!("Sagittal".parse(), Ok(AnatomicalAxis::Sagittal));
+        assert!("oblique".parse::<AnatomicalAxis>().is_err());
+    }
+}
