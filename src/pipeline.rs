@@ -12,8 +12,16 @@ use ndarray::{s, Array3};
 
 use crate::io::{Mask, Volume};
 use crate::model::{ImageEmbedding, LiteMedSam, ModelConfig, PromptError, Prompts};
-use crate::post::{logits_to_mask, THRESHOLD_LOGIT};
-use crate::preprocess::{prepare_slice, IntensityMap, Prepared, PreprocessOptions, Transform};
+use crate::post::{mask_ops, Device, MaskOps, THRESHOLD_LOGIT};
+use crate::preprocess::{
+    prepare_slice, IntensityMap, Prepared, PreprocessOptions, Transform, MODEL_SIZE,
+};
+
+/// Slices whose logits are post-processed in one call (16 MiB of logits).
+const POST_CHUNK_SLICES: usize = 64;
+
+/// Logit given to every pixel of a constant slice (finite, so interpolation stays exact).
+const CONSTANT_SLICE_LOGIT: f32 = -1e4;
 use crate::Result;
 
 /// Options of a [`Segmenter`].
@@ -24,12 +32,20 @@ pub struct SegmenterOptions {
     pub model: ModelConfig,
     /// Intensity mapping.
     pub preprocess: PreprocessOptions,
+    /// Where mask post-processing runs.
+    pub device: Device,
 }
 
 impl SegmenterOptions {
     /// Options with a model configuration.
     pub fn with_model(mut self, model: ModelConfig) -> Self {
         self.model = model;
+        self
+    }
+
+    /// Options with a post-processing device.
+    pub fn with_device(mut self, device: Device) -> Self {
+        self.device = device;
         self
     }
 
@@ -121,6 +137,8 @@ pub trait EmbeddingCache: Sync {
 pub struct Segmenter {
     sam: LiteMedSam,
     options: SegmenterOptions,
+    post: Box<dyn MaskOps>,
+    post_note: String,
 }
 
 impl Segmenter {
@@ -130,7 +148,32 @@ impl Segmenter {
     /// Setup errors of [`LiteMedSam::load`].
     pub fn new(options: SegmenterOptions) -> Result<Segmenter> {
         let sam = LiteMedSam::load(&options.model)?;
-        Ok(Segmenter { sam, options })
+        let (post, post_note) = mask_ops(options.device);
+        Ok(Segmenter {
+            sam,
+            options,
+            post,
+            post_note,
+        })
+    }
+
+    /// Where post-processing runs, and why (for example a GPU that was not found).
+    pub fn post_processing(&self) -> &str {
+        &self.post_note
+    }
+
+    fn logits_to_masks(
+        &self,
+        logits: ndarray::ArrayView3<f32>,
+        t: &Transform,
+    ) -> Result<Array3<u8>> {
+        self.post
+            .upsample_threshold(logits, t, THRESHOLD_LOGIT)
+            .map_err(|e| crate::model::ModelError::Inference {
+                model: "post-processing".into(),
+                reason: e.to_string(),
+            })
+            .map_err(Into::into)
     }
 
     /// The loaded models.
@@ -258,8 +301,9 @@ impl Segmenter {
             .sam
             .decoder
             .predict(embedding, &prompts.to_model(&t), None)?;
+        let mask = self.logits_to_masks(out.logits.view().insert_axis(ndarray::Axis(0)), &t)?;
         Ok(SlicePrediction {
-            mask: logits_to_mask(out.logits.view(), &t, THRESHOLD_LOGIT),
+            mask: Mask(mask.index_axis_move(ndarray::Axis(0), 0)),
             iou: out.iou,
         })
     }
@@ -292,20 +336,46 @@ impl Segmenter {
         }
         prompts.check_inside(rows, cols)?;
         let map = self.intensity_map(volume)?;
+        let transform = Transform::new(rows, cols);
+        let model_prompts = prompts.to_model(&transform);
         let mut mask = Array3::<u8>::zeros((n, rows, cols));
         let mut results = Vec::with_capacity(range.clone().count());
-        for z in range {
+        // Logits are upsampled in chunks: one post-processing call per chunk (a GPU batch)
+        // while memory stays bounded whatever the number of slices.
+        let slices: Vec<usize> = range.collect();
+        for chunk in slices.chunks(POST_CHUNK_SLICES) {
+            let mut logits = Array3::<f32>::zeros((chunk.len(), MODEL_SIZE, MODEL_SIZE));
+            let mut chunk_results = Vec::with_capacity(chunk.len());
+            for (i, &z) in chunk.iter().enumerate() {
+                let started = Instant::now();
+                let embedded = self.embed_slice_with(volume, z, &map)?;
+                let iou = match &embedded.embedding {
+                    Some(embedding) => {
+                        let out = self.sam.decoder.predict(embedding, &model_prompts, None)?;
+                        logits.slice_mut(s![i, .., ..]).assign(&out.logits);
+                        Some(out.iou)
+                    }
+                    None => {
+                        logits.slice_mut(s![i, .., ..]).fill(CONSTANT_SLICE_LOGIT);
+                        None
+                    }
+                };
+                chunk_results.push((z, iou, started.elapsed().as_secs_f64()));
+                progress(z);
+            }
             let started = Instant::now();
-            let embedded = self.embed_slice_with(volume, z, &map)?;
-            let prediction = self.predict(&embedded, prompts)?;
-            mask.slice_mut(s![z, .., ..]).assign(&prediction.mask.0);
-            results.push(SliceResult {
-                slice: z,
-                iou: embedded.embedding.is_some().then_some(prediction.iou),
-                area_px: prediction.mask.area(),
-                seconds: started.elapsed().as_secs_f64(),
-            });
-            progress(z);
+            let masks = self.logits_to_masks(logits.view(), &transform)?;
+            let post_share = started.elapsed().as_secs_f64() / chunk.len() as f64;
+            for (i, (z, iou, seconds)) in chunk_results.into_iter().enumerate() {
+                let m = masks.index_axis(ndarray::Axis(0), i);
+                mask.slice_mut(s![z, .., ..]).assign(&m);
+                results.push(SliceResult {
+                    slice: z,
+                    iou,
+                    area_px: m.iter().filter(|&&v| v != 0).count(),
+                    seconds: seconds + post_share,
+                });
+            }
         }
         Ok(VolumeSegmentation {
             mask,

@@ -37,6 +37,10 @@ pub struct ModelArgs {
     /// ONNX Runtime intra-op threads; default: one per core.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+    /// Where mask post-processing runs: auto (a Vulkan/GL adapter when one exists, else
+    /// the CPU), gpu (falls back to the CPU with a notice), cpu.
+    #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = parse_device)]
+    pub device: cosam::post::Device,
 }
 
 impl ModelArgs {
@@ -52,6 +56,12 @@ impl ModelArgs {
             config = config.with_threads(usize::from(t));
         }
         config
+    }
+
+    pub fn segmenter_options(&self) -> cosam::SegmenterOptions {
+        cosam::SegmenterOptions::default()
+            .with_model(self.config())
+            .with_device(self.device)
     }
 }
 
@@ -85,6 +95,14 @@ pub struct SegmentArgs {
     /// Point prompt in source pixels; label 1 = foreground, 0 = background. Repeatable.
     #[arg(long = "point", value_name = "X,Y,LABEL", value_parser = parse_point)]
     pub points: Vec<Point>,
+    /// Anatomical axis to slice volumes along, whatever their storage order; boxes,
+    /// points and --slices refer to slices along this axis.
+    #[arg(long, value_name = "AXIS", default_value = "axial", value_parser = parse_axis)]
+    pub axis: cosam::io::AnatomicalAxis,
+    /// Mask formats, comma-separated: nifti, dicom-seg, png (png writes one file per
+    /// slice for volumes). Default: nifti for volumes and DICOM, png for 2D images.
+    #[arg(long, value_name = "FORMAT", value_delimiter = ',', value_parser = parse_format)]
+    pub format: Vec<cosam::io::OutputFormat>,
     /// Slices of a volume to segment, FIRST:LAST inclusive (0-based); default: all.
     #[arg(long, value_name = "FIRST:LAST", value_parser = parse_slices)]
     pub slices: Option<(usize, usize)>,
@@ -94,6 +112,9 @@ pub struct SegmentArgs {
     /// How to map intensities.
     #[arg(long, value_enum, default_value_t = ModalityArg::Auto)]
     pub modality: ModalityArg,
+    /// Name of the segmented structure, written into DICOM SEG segment descriptions.
+    #[arg(long, value_name = "NAME")]
+    pub label: Option<String>,
     /// Refuse inputs with more voxels than this.
     #[arg(long, value_name = "N", default_value_t = cosam::io::Limits::default().max_voxels)]
     pub max_voxels: u64,
@@ -270,6 +291,18 @@ pub fn parse_slices(s: &str) -> Result<(usize, usize), String> {
         return Err(format!("slice range {first}:{last} is inverted"));
     }
     Ok((first, last))
+}
+
+pub fn parse_device(s: &str) -> Result<cosam::post::Device, String> {
+    s.parse()
+}
+
+pub fn parse_axis(s: &str) -> Result<cosam::io::AnatomicalAxis, String> {
+    s.parse()
+}
+
+pub fn parse_format(s: &str) -> Result<cosam::io::OutputFormat, String> {
+    s.parse()
 }
 
 pub fn parse_window(s: &str) -> Result<WindowLevel, String> {

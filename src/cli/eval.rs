@@ -10,7 +10,7 @@ use cosam::eval::{
 use cosam::io::Limits;
 use cosam::metrics::MetricsOptions;
 use cosam::pipeline::EmbeddingCache;
-use cosam::{Segmenter, SegmenterOptions};
+use cosam::Segmenter;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::args::EvalArgs;
@@ -70,8 +70,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
     };
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create output folder {}", args.output.display()))?;
-    let segmenter = Segmenter::new(SegmenterOptions::default().with_model(args.model.config()))
-        .context("cannot load the model")?;
+    let segmenter =
+        Segmenter::new(args.model.segmenter_options()).context("cannot load the model")?;
     let cache = if args.no_cache {
         None
     } else {

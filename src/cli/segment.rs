@@ -6,12 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use cosam::io::{self, Limits};
+use cosam::io::{self, Limits, OutputFormat, SegInfo};
 use cosam::pipeline::VolumeSegmentation;
 use cosam::preprocess::display_slice;
-use cosam::{
-    Mask, Modality, PreprocessOptions, Prompts, Segmenter, SegmenterOptions, Spacing, Volume,
-};
+use cosam::{Mask, Modality, PreprocessOptions, Prompts, Segmenter, Spacing, Volume};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +22,8 @@ struct Job {
     /// Prompt errors are per case, so a bad case does not stop the batch.
     prompts: Result<Prompts, String>,
     slices: Option<(usize, usize)>,
+    /// Name of the segmented structure (DICOM SEG segment label).
+    label: Option<String>,
 }
 
 /// A case of a `--cases` file; unknown keys (reference, label, source) are ignored.
@@ -36,6 +36,7 @@ struct CaseEntry {
     #[serde(default)]
     points: Vec<Vec<f64>>,
     slices: Option<(usize, usize)>,
+    label: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -49,6 +50,8 @@ struct RunReport {
     model: String,
     onnxruntime: PathBuf,
     threads: usize,
+    post_processing: String,
+    axis: String,
     started_unix_s: u64,
     seconds: f64,
     ok: usize,
@@ -62,6 +65,8 @@ struct CaseReport {
     input: PathBuf,
     status: &'static str,
     error: Option<String>,
+    /// SeriesInstanceUID of a DICOM input.
+    series_uid: Option<String>,
     seconds: f64,
     modality: Option<Modality>,
     spacing_mm: Option<Spacing>,
@@ -84,8 +89,9 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create output folder {}", args.output.display()))?;
     let config = args.model.config();
-    let options = SegmenterOptions::default()
-        .with_model(config.clone())
+    let options = args
+        .model
+        .segmenter_options()
         .with_preprocess(PreprocessOptions::default().with_intensity(args.intensity()));
     let segmenter = Segmenter::new(options).context("cannot load the model")?;
     let limits = Limits::default().with_max_voxels(args.max_voxels);
@@ -98,27 +104,46 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
     let mut used = HashSet::new();
     let mut reports = Vec::with_capacity(jobs.len());
     for job in &jobs {
-        let id = unique_id(&job.id, &mut used);
-        bar.set_message(id.clone());
+        bar.set_message(job.id.clone());
         let t0 = Instant::now();
-        let report = match run_job(&segmenter, job, &id, args, &limits, &bar) {
-            Ok(report) => report,
-            Err(e) => {
-                let message = name_input(&job.input, &format!("{e:#}"));
-                bar.suspend(|| eprintln!("cosam: {message}"));
-                CaseReport {
-                    id: id.clone(),
-                    input: job.input.clone(),
-                    status: "failed",
-                    error: Some(message),
-                    ..CaseReport::default()
-                }
-            }
+        // A DICOM folder may hold several series: each is its own entry in the report.
+        let volumes = match &job.prompts {
+            Ok(_) => io::read_inputs(&job.input, &limits),
+            Err(reason) => vec![Err(io::ReadError::Unsupported {
+                path: job.input.clone(),
+                reason: format!("bad prompt in the cases file: {reason}"),
+            })],
         };
-        reports.push(CaseReport {
-            seconds: t0.elapsed().as_secs_f64(),
-            ..report
-        });
+        let several = volumes.len() > 1;
+        for (k, read) in volumes.into_iter().enumerate() {
+            let base = if several {
+                format!("{}-series{}", job.id, k + 1)
+            } else {
+                job.id.clone()
+            };
+            let id = unique_id(&base, &mut used);
+            let outcome = read
+                .map_err(anyhow::Error::from)
+                .and_then(|volume| run_volume(&segmenter, job, &id, volume, args, &bar));
+            let report = match outcome {
+                Ok(report) => report,
+                Err(e) => {
+                    let message = name_input(&job.input, &format!("{e:#}"));
+                    bar.suspend(|| eprintln!("cosam: {message}"));
+                    CaseReport {
+                        id: id.clone(),
+                        input: job.input.clone(),
+                        status: "failed",
+                        error: Some(message),
+                        ..CaseReport::default()
+                    }
+                }
+            };
+            reports.push(CaseReport {
+                seconds: t0.elapsed().as_secs_f64(),
+                ..report
+            });
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -131,6 +156,8 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
             .map(|r| r.library().to_path_buf())
             .unwrap_or_default(),
         threads: config.threads,
+        post_processing: segmenter.post_processing().to_string(),
+        axis: format!("{:?}", args.axis).to_lowercase(),
         started_unix_s: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -172,6 +199,7 @@ fn jobs(args: &SegmentArgs) -> anyhow::Result<Vec<Job>> {
             input,
             prompts: Ok(args.prompts()),
             slices: args.slices,
+            label: args.label.clone(),
         })
         .collect();
     if let Some(path) = &args.cases {
@@ -192,6 +220,7 @@ fn jobs(args: &SegmentArgs) -> anyhow::Result<Vec<Job>> {
                 input,
                 prompts,
                 slices: case.slices.or(args.slices),
+                label: case.label.or_else(|| args.label.clone()),
             });
         }
     }
@@ -266,31 +295,47 @@ fn unique_id(id: &str, used: &mut HashSet<String>) -> String {
     candidate
 }
 
-fn run_job(
+fn run_volume(
     segmenter: &Segmenter,
     job: &Job,
     id: &str,
+    mut volume: Volume,
     args: &SegmentArgs,
-    limits: &Limits,
     bar: &ProgressBar,
 ) -> anyhow::Result<CaseReport> {
     let prompts = job
         .prompts
         .clone()
         .map_err(|reason| anyhow::anyhow!("bad prompt in the cases file: {reason}"))?;
-    let mut volume = io::read_with_limits(&job.input, limits)?;
     match args.modality {
         ModalityArg::Ct => volume.set_modality(Modality::Ct),
         ModalityArg::Mr => volume.set_modality(Modality::Mr),
         ModalityArg::Display => volume.set_modality(Modality::Display),
         ModalityArg::Auto => {}
     }
-    let n = volume.slices();
-    let result =
-        segmenter.segment_volume(&volume, &prompts, job.slices.map(|(a, b)| a..=b), |z| {
-            bar.set_message(format!("{id} slice {}/{n}", z + 1));
-        })?;
-    let outputs = write_outputs(&args.output, id, &volume, &result)?;
+    let formats = formats(args, &volume);
+    if formats.contains(&OutputFormat::DicomSeg) && volume.series_uid().is_none() {
+        bail!(
+            "--format dicom-seg needs a DICOM input to reference; write nifti or png for this one"
+        );
+    }
+    let reoriented = io::reorient(&volume, args.axis)?;
+    let work: &Volume = &reoriented.volume;
+    let n = work.slices();
+    let result = segmenter.segment_volume(work, &prompts, job.slices.map(|(a, b)| a..=b), |z| {
+        bar.set_message(format!("{id} slice {}/{n}", z + 1));
+    })?;
+    let storage_mask = reoriented.map.mask_to_storage(&result.mask);
+    let outputs = write_outputs(
+        &args.output,
+        id,
+        &formats,
+        &volume,
+        work,
+        &storage_mask,
+        &result,
+        job,
+    )?;
     let spacing = volume.spacing();
     let pixels = result.voxel_count();
     let single = volume.slices() == 1;
@@ -298,6 +343,7 @@ fn run_job(
         id: id.to_string(),
         input: job.input.clone(),
         status: "ok",
+        series_uid: volume.series_uid().map(str::to_string),
         modality: Some(volume.modality()),
         spacing_mm: Some(spacing),
         slices_segmented: result.slices.len(),
@@ -310,24 +356,75 @@ fn run_job(
     })
 }
 
+/// The formats asked for, or the default for this input.
+fn formats(args: &SegmentArgs, volume: &Volume) -> Vec<OutputFormat> {
+    if !args.format.is_empty() {
+        let mut f = args.format.clone();
+        f.dedup();
+        return f;
+    }
+    vec![if volume.is_2d() {
+        OutputFormat::Png
+    } else {
+        OutputFormat::Nifti
+    }]
+}
+
+#[allow(clippy::too_many_arguments)]
 fn write_outputs(
     dir: &Path,
     id: &str,
+    formats: &[OutputFormat],
     volume: &Volume,
+    work: &Volume,
+    storage_mask: &ndarray::Array3<u8>,
     result: &VolumeSegmentation,
+    job: &Job,
 ) -> cosam::Result<Vec<PathBuf>> {
     let mut outputs = Vec::new();
-    if volume.is_2d() {
-        let path = dir.join(format!("{id}_mask.png"));
-        io::write_mask_png(
-            &path,
-            &Mask(result.mask.index_axis(ndarray::Axis(0), 0).to_owned()),
-        )?;
-        outputs.push(path);
-    } else {
-        let path = dir.join(format!("{id}_mask.nii.gz"));
-        io::write_mask_nifti(&path, &result.mask, volume)?;
-        outputs.push(path);
+    for format in formats {
+        match format {
+            OutputFormat::Png if volume.is_2d() => {
+                let path = dir.join(format!("{id}_mask.png"));
+                io::write_mask_png(
+                    &path,
+                    &Mask(storage_mask.index_axis(ndarray::Axis(0), 0).to_owned()),
+                )?;
+                outputs.push(path);
+            }
+            OutputFormat::Png => {
+                // one PNG per slice along the segmentation axis
+                let folder = dir.join(format!("{id}_mask_png"));
+                std::fs::create_dir_all(&folder).map_err(|source| io::WriteError::Io {
+                    path: folder.clone(),
+                    source,
+                })?;
+                for (z, slice) in result.mask.outer_iter().enumerate() {
+                    io::write_mask_png(
+                        &folder.join(format!("slice_{z:04}.png")),
+                        &Mask(slice.to_owned()),
+                    )?;
+                }
+                outputs.push(folder);
+            }
+            OutputFormat::Nifti => {
+                let path = dir.join(format!("{id}_mask.nii.gz"));
+                io::write_mask_nifti(&path, storage_mask, volume)?;
+                outputs.push(path);
+            }
+            OutputFormat::DicomSeg => {
+                let path = dir.join(format!("{id}_seg.dcm"));
+                let label = job.label.as_deref().unwrap_or("segment");
+                io::write_dicom_seg(
+                    &path,
+                    storage_mask,
+                    volume,
+                    &SegInfo::default().with_label(label),
+                )?;
+                outputs.push(path);
+            }
+            _ => {}
+        }
     }
     // The quick look shows the segmented slice with the largest mask.
     if let Some(best) = result
@@ -336,7 +433,7 @@ fn write_outputs(
         .max_by_key(|s| (s.area_px, std::cmp::Reverse(s.slice)))
     {
         let path = dir.join(format!("{id}_overlay.png"));
-        let display = display_slice(volume, best.slice, &result.intensity);
+        let display = display_slice(work, best.slice, &result.intensity);
         let mask = Mask(
             result
                 .mask
