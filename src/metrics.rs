@@ -595,7 +595,7 @@ where
 ///
 /// # Example
 /// ```
-/// use ndarray::{array, Array2};
+/// use ndarray::Array2;
 ///
 /// # fn main() -> Result<(), cosam::metrics::MetricsError> {
 /// let mut features = Array2::<u8>::zeros((3, 4));
