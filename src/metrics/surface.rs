@@ -148,9 +148,11 @@ impl MaskPair {
         }
         let ps = voxel_surface(&self.prediction, &self.dims);
         let rs = voxel_surface(&self.reference, &self.dims);
+        // One distance map alive at a time keeps the peak memory down on large crops.
         let to_ref = squared_distances_to(&rs, &self.dims, &self.spacing_mm);
-        let to_pred = squared_distances_to(&ps, &self.dims, &self.spacing_mm);
         out.prediction_to_reference = select(&ps, &to_ref).map(|(_, d)| d.sqrt()).collect();
+        drop(to_ref);
+        let to_pred = squared_distances_to(&ps, &self.dims, &self.spacing_mm);
         out.reference_to_prediction = select(&rs, &to_pred).map(|(_, d)| d.sqrt()).collect();
         out
     }
