@@ -310,16 +310,18 @@ fn invert(a: &Affine) -> Option<Affine> {
     if det.abs() < 1e-12 {
         return None;
     }
+    // inverse of the 3x3 part from cofactors (cyclic indices give the signs)
+    let cofactor = |r: usize, c: usize| {
+        let (r1, r2) = ((c + 1) % 3, (c + 2) % 3);
+        let (c1, c2) = ((r + 1) % 3, (r + 2) % 3);
+        (m[r1][c1] * m[r2][c2] - m[r1][c2] * m[r2][c1]) / det
+    };
     let mut inv = [[0.0; 4]; 4];
-    for r in 0..3 {
-        for c in 0..3 {
-            let (r1, r2) = ((c + 1) % 3, (c + 2) % 3);
-            let (c1, c2) = ((r + 1) % 3, (r + 2) % 3);
-            inv[r][c] = (m[r1][c1] * m[r2][c2] - m[r1][c2] * m[r2][c1]) / det;
+    for (r, row) in inv.iter_mut().enumerate().take(3) {
+        for (c, v) in row.iter_mut().enumerate().take(3) {
+            *v = cofactor(r, c);
         }
-    }
-    for r in 0..3 {
-        inv[r][3] = -(0..3).map(|c| inv[r][c] * m[c][3]).sum::<f64>();
+        row[3] = -(0..3).map(|c| row[c] * m[c][3]).sum::<f64>();
     }
     inv[3][3] = 1.0;
     Some(Affine(inv))
