@@ -275,6 +275,13 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    # A structure outside a scan's field of view (the DICOM series stops above the kidneys)
+    # is not a case: keep the labels that occur, and say which were dropped.
+    for c in cases:
+        values = np.unique(np.asanyarray(nib.load(os.path.join(OUT, c["label"])).dataobj))
+        present = {k: v for k, v in c["labels"].items() if v in values}
+        c["absent_labels"] = sorted(set(c["labels"]) - set(present))
+        c["labels"] = present
     for c in cases:
         c["image_sha256"] = sha256(os.path.join(OUT, c["image"])) if os.path.isfile(os.path.join(OUT, c["image"])) else None
         c["label_sha256"] = sha256(os.path.join(OUT, c["label"]))
