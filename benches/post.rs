@@ -10,7 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use cosam::post::{Border, Connectivity, CpuMaskOps, GpuMaskOps, MaskOps, THRESHOLD_LOGIT};
+use cosam::post::{
+    Border, Cleanup, Connectivity, CpuMaskOps, GpuMaskOps, MaskOps, THRESHOLD_LOGIT,
+};
 use cosam::{Spacing, Transform};
 use ndarray::{s, Array3};
 
@@ -24,8 +26,14 @@ fn read_npy_f32(path: &std::path::Path) -> Vec<f32> {
 }
 
 fn logits(slices: usize) -> Array3<f32> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/parity/brain_box_logits.npy");
+    // the repository the bench was built in, or the current directory (a copied binary)
+    let relative = "tests/fixtures/parity/brain_box_logits.npy";
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    let path = if built.exists() {
+        built
+    } else {
+        std::path::PathBuf::from(relative)
+    };
     let base = read_npy_f32(&path);
     assert_eq!(base.len(), 256 * 256, "{}", path.display());
     Array3::from_shape_fn((slices, 256, 256), |(z, r, c)| {
@@ -130,6 +138,16 @@ fn ops<'a>(logits: &'a Array3<f32>, mask: &'a Array3<u8>, prob: &'a Array3<f32>)
             "place 3 points",
             Box::new(move |o: &dyn MaskOps| {
                 o.place_points(mask.view(), spacing, 3).unwrap();
+            }),
+        ),
+        (
+            "postprocess: upsample..fill (fused)",
+            Box::new(move |o: &dyn MaskOps| {
+                let cleanup = Cleanup::default()
+                    .with_keep_largest(Connectivity::Planar)
+                    .with_fill_holes(true);
+                o.postprocess(logits.view(), &t, THRESHOLD_LOGIT, &cleanup)
+                    .unwrap();
             }),
         ),
         (

@@ -248,6 +248,55 @@ pub struct Bounds {
     pub column_max: usize,
 }
 
+/// Clean-up of a thresholded mask, in this order: keep the largest component, remove
+/// small components, fill holes, opening, closing. The default does nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Cleanup {
+    /// Keep only the largest component (per slice or of the volume).
+    pub keep_largest: Option<Connectivity>,
+    /// Remove components of fewer pixels than this.
+    pub remove_small: Option<(Connectivity, usize)>,
+    /// Fill holes in each slice.
+    pub fill_holes: bool,
+    /// Opening radius, pixels (0: none).
+    pub open_px: u32,
+    /// Closing radius, pixels (0: none).
+    pub close_px: u32,
+}
+
+impl Cleanup {
+    /// Keeps only the largest component.
+    pub fn with_keep_largest(mut self, connectivity: Connectivity) -> Self {
+        self.keep_largest = Some(connectivity);
+        self
+    }
+
+    /// Removes components of fewer than `min_pixels` pixels.
+    pub fn with_remove_small(mut self, connectivity: Connectivity, min_pixels: usize) -> Self {
+        self.remove_small = Some((connectivity, min_pixels));
+        self
+    }
+
+    /// Fills holes in each slice.
+    pub fn with_fill_holes(mut self, fill: bool) -> Self {
+        self.fill_holes = fill;
+        self
+    }
+
+    /// Opens with a disk of `radius_px` pixels.
+    pub fn with_open(mut self, radius_px: u32) -> Self {
+        self.open_px = radius_px;
+        self
+    }
+
+    /// Closes with a disk of `radius_px` pixels.
+    pub fn with_close(mut self, radius_px: u32) -> Self {
+        self.close_px = radius_px;
+        self
+    }
+}
+
 /// Which backend an implementation of [`MaskOps`] runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -298,6 +347,38 @@ pub trait MaskOps: Send + Sync + fmt::Debug {
         logits: ArrayView3<f32>,
         transform: &Transform,
     ) -> Result<Array3<f32>, PostError>;
+
+    /// [`MaskOps::upsample_threshold`] followed by the steps of `cleanup`, in its order.
+    /// The GPU path keeps the volume on the device between steps (one upload of the
+    /// logits, one readback of the mask per chunk of slices).
+    ///
+    /// # Errors
+    /// As [`MaskOps::upsample_threshold`].
+    fn postprocess(
+        &self,
+        logits: ArrayView3<f32>,
+        transform: &Transform,
+        threshold_logit: f32,
+        cleanup: &Cleanup,
+    ) -> Result<Array3<u8>, PostError> {
+        let mut mask = self.upsample_threshold(logits, transform, threshold_logit)?;
+        if let Some(c) = cleanup.keep_largest {
+            mask = self.keep_largest(mask.view(), c)?;
+        }
+        if let Some((c, min)) = cleanup.remove_small {
+            mask = self.remove_small(mask.view(), c, min)?;
+        }
+        if cleanup.fill_holes {
+            mask = self.fill_holes(mask.view())?;
+        }
+        if cleanup.open_px > 0 {
+            mask = self.open(mask.view(), cleanup.open_px)?;
+        }
+        if cleanup.close_px > 0 {
+            mask = self.close(mask.view(), cleanup.close_px)?;
+        }
+        Ok(mask)
+    }
 
     /// Labels connected components of the foreground: 0 on background, and on each
     /// component one more than the smallest linear index (`(slice * rows + row) * cols +
@@ -545,6 +626,20 @@ impl MaskOps for WithFallback {
             "upsampling",
             |g| g.upsample(logits, transform),
             |c| c.upsample(logits, transform),
+        )
+    }
+
+    fn postprocess(
+        &self,
+        logits: ArrayView3<f32>,
+        transform: &Transform,
+        threshold_logit: f32,
+        cleanup: &Cleanup,
+    ) -> Result<Array3<u8>, PostError> {
+        self.run(
+            "post-processing",
+            |g| g.postprocess(logits, transform, threshold_logit, cleanup),
+            |c| c.postprocess(logits, transform, threshold_logit, cleanup),
         )
     }
 
