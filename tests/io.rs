@@ -697,6 +697,7 @@ fn fuzz_readers_bounded() {
     let prev_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let mut crashes = Vec::new();
+    let mut slowest = (std::time::Duration::ZERO, String::new(), String::new());
     while started.elapsed().as_secs() < seconds {
         let (seed_path, seed) = &seeds[(next() % seeds.len() as u64) as usize];
         let mut data = seed.clone();
@@ -731,7 +732,24 @@ fn fuzz_readers_bounded() {
         let ext = seed_path.file_name().unwrap().to_string_lossy().to_string();
         let path = dir.path().join(format!("case_{}", ext));
         std::fs::write(&path, &data).unwrap();
+        let t0 = std::time::Instant::now();
         let outcome = std::panic::catch_unwind(|| io::read_with_limits(&path, &limits));
+        let took = t0.elapsed();
+        if took > slowest.0 {
+            if let Ok(dump) = std::env::var("COSAM_FUZZ_DUMP_SLOWEST") {
+                let _ = std::fs::copy(&path, dump);
+            }
+            slowest = (
+                took,
+                seed_path.display().to_string(),
+                format!(
+                    "{:?}",
+                    outcome
+                        .as_ref()
+                        .map(|r| r.as_ref().map(|_| ()).map_err(|e| e.to_string()))
+                ),
+            );
+        }
         executions += 1;
         match outcome {
             Ok(Ok(_)) => {}
@@ -748,6 +766,10 @@ fn fuzz_readers_bounded() {
         }
     }
     std::panic::set_hook(prev_hook);
+    eprintln!(
+        "fuzz: slowest case {:?} from {}: {}",
+        slowest.0, slowest.1, slowest.2
+    );
     eprintln!(
         "fuzz: {executions} executions in {seconds} s, {errors} clean errors, {} crashes",
         crashes.len()

@@ -631,6 +631,18 @@ pub fn probe(path: &Path) -> Result<DicomProbe, ReadError> {
             path: path.to_path_buf(),
         });
     }
+    let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !has_preamble(&bytes) {
+        return Err(corrupt(
+            "not a DICOM file (no 128-byte preamble followed by DICM)".into(),
+        ));
+    }
+    super::dicom_guard::check_lengths(&bytes, true)
+        .map_err(|e| corrupt(format!("malformed DICOM: {e}")))?;
+    drop(bytes);
     let obj = guard(path, || {
         OpenFileOptions::new()
             .read_until(tags::PIXEL_DATA)
@@ -848,13 +860,22 @@ fn decode(p: &DicomProbe) -> Result<Array4<f32>, ReadError> {
         path: path.to_path_buf(),
         reason,
     };
-    let obj: DefaultDicomObject = match guard(path, || dicom_object::open_file(path))? {
-        Ok(obj) => obj,
-        // Elements after the pixel data are of no use to cosam; a broken one there (seen
-        // in the wild) should not lose the image.
-        Err(e) => salvage_before_trailing_data(path, p)
-            .ok_or_else(|| corrupt(format!("not a readable DICOM file: {e}")))?,
+    let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let obj: DefaultDicomObject = match super::dicom_guard::check_lengths(&bytes, false) {
+        Ok(()) => match guard(path, || dicom_object::open_file(path))? {
+            Ok(obj) => obj,
+            Err(e) => salvage_before_trailing_data(&bytes, path, p)
+                .ok_or_else(|| corrupt(format!("not a readable DICOM file: {e}")))?,
+        },
+        // The header up to the pixel data passed the probe: whatever is broken lies
+        // after it, and elements after the pixel data are of no use to cosam.
+        Err(e) => salvage_before_trailing_data(&bytes, path, p)
+            .ok_or_else(|| corrupt(format!("malformed DICOM: {e}")))?,
     };
+    drop(bytes);
     if obj.get(tags::PIXEL_DATA).is_none() {
         return Err(corrupt("no PixelData (not an image)".into()));
     }
@@ -900,13 +921,16 @@ fn decode(p: &DicomProbe) -> Result<Array4<f32>, ReadError> {
 }
 
 /// Re-reads a native little-endian file cut right after its PixelData element.
-fn salvage_before_trailing_data(path: &Path, p: &DicomProbe) -> Option<DefaultDicomObject> {
+fn salvage_before_trailing_data(
+    bytes: &[u8],
+    path: &Path,
+    p: &DicomProbe,
+) -> Option<DefaultDicomObject> {
     let explicit = match p.transfer_syntax.as_str() {
         "1.2.840.10008.1.2.1" => true,
         "1.2.840.10008.1.2" => false,
         _ => return None,
     };
-    let bytes = std::fs::read(path).ok()?;
     let min_len =
         u64::from(p.rows) * u64::from(p.columns) * u64::from(p.samples) * u64::from(p.frames) / 8;
     let tag = [0xE0u8, 0x7F, 0x10, 0x00];
@@ -933,6 +957,7 @@ fn salvage_before_trailing_data(path: &Path, p: &DicomProbe) -> Option<DefaultDi
         let end = usize::try_from(len).ok()?.checked_add(at + header)?;
         if len >= min_len && end <= bytes.len() {
             let cut = bytes.get(128..end)?;
+            super::dicom_guard::check_lengths(bytes.get(..end)?, false).ok()?;
             return guard(path, || dicom_object::from_reader(cut)).ok()?.ok();
         }
     }

@@ -22,6 +22,7 @@
 //! ([`write_mask_nifti`]) and DICOM SEG ([`write_dicom_seg`]).
 
 pub mod dicom;
+mod dicom_guard;
 pub mod nifti;
 mod orient;
 pub mod raster;
@@ -34,7 +35,7 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array2, Array4, ArrayView2, Axis};
 
 pub use orient::{reorient, AnatomicalAxis, Reorientation, Reoriented};
-pub use seg::{write_dicom_seg, SegInfo};
+pub use seg::{write_dicom_seg, Code, SegInfo};
 pub use window::{WindowError, WindowLevel};
 pub use write::{
     write_atomic, write_bytes, write_mask_nifti, write_mask_png, write_overlay_png, WriteError,
