@@ -479,7 +479,9 @@ fn assemble(
     for (z, s) in slots.iter().enumerate() {
         by_file.entry(s.file).or_default().push((z, s.frame));
     }
-    let decoded: Vec<(Vec<(usize, u32)>, Result<Array4<f32>, ReadError>)> = by_file
+    /// (slice index, frame) pairs wanted from one file, and that file's decoded frames.
+    type Decoded = (Vec<(usize, u32)>, Result<Array4<f32>, ReadError>);
+    let decoded: Vec<Decoded> = by_file
         .into_par_iter()
         .map(|(file, wanted)| {
             let result = match probes.get(file) {

@@ -26,6 +26,9 @@ enum Syntax {
     ExplicitBe,
 }
 
+/// Tag (group, element), VR when explicit, and value length.
+type Header = ((u16, u16), Option<[u8; 2]>, u32);
+
 struct Cursor<'a> {
     data: &'a [u8],
     pos: usize,
@@ -60,7 +63,7 @@ impl Cursor<'_> {
     }
 
     /// Reads one element header: tag, VR (explicit only) and length.
-    fn header(&mut self) -> Result<((u16, u16), Option<[u8; 2]>, u32), String> {
+    fn header(&mut self) -> Result<Header, String> {
         let big = self.syntax == Syntax::ExplicitBe;
         let group = self.u16(big)?;
         let element = self.u16(big)?;
