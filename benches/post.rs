@@ -177,7 +177,13 @@ fn main() {
         _ if std::env::var("COSAM_BENCH_CPU_ONLY").is_ok_and(|v| v == "1") => None,
         Ok(g) => Some(g),
         Err(e) => {
-            println!("no GPU adapter ({e}): CPU figures only");
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            println!("no GPU adapter ({text}): CPU figures only");
             None
         }
     };

@@ -181,19 +181,41 @@ impl GpuContext {
                 source: format!("{description} cannot run compute shaders").into(),
             });
         }
-        let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("cosam post"),
-            required_features: wgpu::Features::empty(),
-            required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| GpuError::RequestDevice {
-            adapter: description.clone(),
-            source: boxed(e),
-        })?;
+        // everything the adapter offers (the largest buffers); some drivers (NVIDIA over
+        // GL) refuse that, so retry with downlevel limits raised to the adapter's buffer
+        // sizes
+        let offered = adapter.limits();
+        let modest = wgpu::Limits {
+            max_storage_buffer_binding_size: offered.max_storage_buffer_binding_size,
+            max_buffer_size: offered.max_buffer_size,
+            max_compute_workgroups_per_dimension: offered.max_compute_workgroups_per_dimension,
+            ..wgpu::Limits::downlevel_defaults()
+        };
+        let mut failures = Vec::new();
+        let mut opened = None;
+        for limits in [offered, modest] {
+            let request = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                label: Some("cosam post"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            }));
+            match request {
+                Ok(pair) => {
+                    opened = Some((pair, limits));
+                    break;
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        let Some(((device, queue), limits)) = opened else {
+            return Err(GpuError::RequestDevice {
+                adapter: description,
+                source: failures.join("; then, with downlevel limits: ").into(),
+            });
+        };
         let uncaptured = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&uncaptured);
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
