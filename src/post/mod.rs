@@ -792,6 +792,7 @@ pub(crate) fn order_key(v: f32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::Array3;
 
     #[test]
     fn padding_is_cropped_before_resizing() {
@@ -834,6 +835,39 @@ mod tests {
         let (ops, note) = mask_ops(Device::Cpu);
         assert_eq!(ops.backend(), Backend::Cpu);
         assert!(note.contains("CPU"), "{note}");
+    }
+
+    #[test]
+    fn a_failing_gpu_call_falls_back_to_the_cpu_and_stays_there() {
+        let gpu = match GpuMaskOps::new() {
+            Ok(g) => g,
+            Err(e) if std::env::var("COSAM_TEST_GPU").is_ok_and(|v| v == "1") => {
+                panic!("COSAM_TEST_GPU=1 but no GPU: {e}")
+            }
+            Err(_) => return,
+        };
+        // a 4 KiB buffer cap cannot hold this volume for 26-connected labelling
+        let ops = WithFallback::new(gpu.with_max_buffer_bytes(4096));
+        assert!(matches!(ops.backend(), Backend::Gpu(_)));
+        let mask = Array3::from_shape_fn((4, 32, 32), |(z, r, c)| u8::from((z + r * c) % 3 == 0));
+        let labels = ops.label(mask.view(), Connectivity::Volumetric).unwrap();
+        let cpu = CpuMaskOps::new();
+        assert_eq!(
+            labels,
+            cpu.label(mask.view(), Connectivity::Volumetric).unwrap()
+        );
+        assert_eq!(
+            ops.backend(),
+            Backend::Cpu,
+            "later calls go straight to the CPU"
+        );
+        // input errors are the caller's, never a reason to fall back
+        let bad = Array3::<f32>::zeros((1, 10, 10));
+        let t = Transform::new(10, 10);
+        assert!(matches!(
+            CpuMaskOps::new().upsample_threshold(bad.view(), &t, 0.0),
+            Err(PostError::Shape { .. })
+        ));
     }
 
     #[test]
