@@ -887,8 +887,11 @@ fn decode(p: &DicomProbe) -> Result<Array4<f32>, ReadError> {
             .map_err(|e| ReadError::Unsupported {
                 path: path.to_path_buf(),
                 reason: format!(
-                    "cannot decode pixel data (transfer syntax {}): {e}",
-                    p.transfer_syntax
+                    "cannot decode pixel data in transfer syntax {} ({}): {e}",
+                    p.transfer_syntax,
+                    TransferSyntaxRegistry
+                        .get(&p.transfer_syntax)
+                        .map_or("unknown", |t| t.name())
                 ),
             })?;
         decoded

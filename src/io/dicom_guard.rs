@@ -298,6 +298,17 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
             .checked_add(len as usize)
             .filter(|&e| e <= bytes.len() && len != UNDEFINED)
             .ok_or_else(|| format!("file meta element at byte {at} claims {len} bytes"))?;
+        if tag == (0x0002, 0x0000) && len == 4 {
+            // the group length says how many meta bytes follow; parsers trust it
+            let v = &bytes[meta.pos..value_end];
+            let group_len = u64::from(u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
+            if group_len > (bytes.len() - value_end) as u64 {
+                return Err(format!(
+                    "file meta group length {group_len} exceeds the file ({} bytes remain)",
+                    bytes.len() - value_end
+                ));
+            }
+        }
         if tag == (0x0002, 0x0010) {
             ts = String::from_utf8_lossy(&bytes[meta.pos..value_end])
                 .trim_end_matches(['\0', ' '])

@@ -486,6 +486,15 @@ pub fn read_with_limits(path: &Path, limits: &Limits) -> Result<Volume, ReadErro
 ///
 /// # Errors
 /// Each entry is its own `Result`; a path that cannot be read at all gives one `Err`.
+///
+/// # Example
+/// ```
+/// use cosam::io::{read_inputs, Limits};
+///
+/// let inputs = read_inputs(std::path::Path::new("no/such/folder"), &Limits::default());
+/// assert_eq!(inputs.len(), 1);
+/// assert!(inputs[0].as_ref().unwrap_err().to_string().contains("no such file"));
+/// ```
 pub fn read_inputs(path: &Path, limits: &Limits) -> Vec<Result<Volume, ReadError>> {
     match detect_format(path) {
         Ok(ImageFormat::DicomSeries) => match dicom::read_folder(path, limits) {
