@@ -579,6 +579,8 @@ fn dicom_seg_agrees_with_nifti_in_world_coordinates() {
         let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("Error")).collect();
         eprintln!("dciodvfy:\n{text}");
         assert!(errors.is_empty(), "dciodvfy errors:\n{}", errors.join("\n"));
+    } else if std::env::var("COSAM_TEST_DCIODVFY").is_ok_and(|v| v == "1") {
+        panic!("COSAM_TEST_DCIODVFY=1 but dciodvfy is not on PATH (apt-get install dicom3tools)");
     } else {
         eprintln!("notice: dciodvfy (Debian dicom3tools) not installed; SEG validation skipped");
     }
