@@ -1080,7 +1080,7 @@ impl GpuMaskOps {
 
     /// Upsampling (and the thresholded variant with its clean-up) over chunks of logit
     /// frames: one upload of the logits, one readback of the result per chunk.
-    fn from_logits(
+    fn run_from_logits(
         &self,
         operation: &'static str,
         logits: ArrayView3<f32>,
@@ -1195,7 +1195,7 @@ impl MaskOps for GpuMaskOps {
         transform: &Transform,
         threshold_logit: f32,
     ) -> Result<Array3<u8>, PostError> {
-        let out = self.from_logits(
+        let out = self.run_from_logits(
             "upsampling",
             logits,
             transform,
@@ -1213,7 +1213,8 @@ impl MaskOps for GpuMaskOps {
         logits: ArrayView3<f32>,
         transform: &Transform,
     ) -> Result<Array3<f32>, PostError> {
-        let out = self.from_logits("upsampling", logits, transform, None, &Cleanup::default())?;
+        let out =
+            self.run_from_logits("upsampling", logits, transform, None, &Cleanup::default())?;
         into_array(
             (logits.dim().0, transform.source_rows, transform.source_cols),
             words_f32(&out),
@@ -1227,7 +1228,7 @@ impl MaskOps for GpuMaskOps {
         threshold_logit: f32,
         cleanup: &Cleanup,
     ) -> Result<Array3<u8>, PostError> {
-        let out = self.from_logits(
+        let out = self.run_from_logits(
             "post-processing",
             logits,
             transform,
