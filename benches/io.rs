@@ -62,7 +62,7 @@ fn synthesize(dir: &Path, slices: usize) -> anyhow::Result<()> {
             tags::IMAGE_POSITION_PATIENT,
             VR::DS,
             PrimitiveValue::Strs(
-                ["-200", "-200", &format!("{}", k as f64 * -1.0)]
+                ["-200", "-200", &format!("{}", -(k as f64))]
                     .map(String::from)
                     .into_iter()
                     .collect(),

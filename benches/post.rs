@@ -10,7 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use cosam::post::{Border, Connectivity, CpuMaskOps, GpuMaskOps, MaskOps, THRESHOLD_LOGIT};
+use cosam::post::{
+    Border, Cleanup, Connectivity, CpuMaskOps, GpuMaskOps, MaskOps, PostError, THRESHOLD_LOGIT,
+};
 use cosam::{Spacing, Transform};
 use ndarray::{s, Array3};
 
@@ -24,8 +26,14 @@ fn read_npy_f32(path: &std::path::Path) -> Vec<f32> {
 }
 
 fn logits(slices: usize) -> Array3<f32> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/parity/brain_box_logits.npy");
+    // the repository the bench was built in, or the current directory (a copied binary)
+    let relative = "tests/fixtures/parity/brain_box_logits.npy";
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    let path = if built.exists() {
+        built
+    } else {
+        std::path::PathBuf::from(relative)
+    };
     let base = read_npy_f32(&path);
     assert_eq!(base.len(), 256 * 256, "{}", path.display());
     Array3::from_shape_fn((slices, 256, 256), |(z, r, c)| {
@@ -39,20 +47,22 @@ fn median(mut d: Vec<Duration>) -> f64 {
     d[d.len() / 2].as_secs_f64() * 1e3
 }
 
-/// Median milliseconds of `runs` calls after one warm-up.
-fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> f64 {
-    std::hint::black_box(f());
-    let samples = (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            std::hint::black_box(f());
-            t.elapsed()
-        })
-        .collect();
-    median(samples)
+/// Median milliseconds of `runs` calls after one warm-up, or the first error.
+fn time(runs: usize, f: impl Fn() -> Result<(), PostError>) -> Result<f64, PostError> {
+    f()?;
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        f()?;
+        samples.push(t.elapsed());
+    }
+    Ok(median(samples))
 }
 
-type Op<'a> = (&'a str, Box<dyn Fn(&dyn MaskOps) + 'a>);
+type Op<'a> = (
+    &'a str,
+    Box<dyn Fn(&dyn MaskOps) -> Result<(), PostError> + 'a>,
+);
 
 fn ops<'a>(logits: &'a Array3<f32>, mask: &'a Array3<u8>, prob: &'a Array3<f32>) -> Vec<Op<'a>> {
     let t = Transform::new(512, 512);
@@ -65,81 +75,97 @@ fn ops<'a>(logits: &'a Array3<f32>, mask: &'a Array3<u8>, prob: &'a Array3<f32>)
         (
             "upsample+threshold",
             Box::new(move |o: &dyn MaskOps| {
-                o.upsample_threshold(logits.view(), &t, THRESHOLD_LOGIT)
-                    .unwrap();
+                o.upsample_threshold(logits.view(), &t, THRESHOLD_LOGIT)?;
+                Ok(())
             }),
         ),
         (
             "label (8-conn, per slice)",
             Box::new(move |o: &dyn MaskOps| {
-                o.label(mask.view(), Connectivity::Planar).unwrap();
+                o.label(mask.view(), Connectivity::Planar)?;
+                Ok(())
             }),
         ),
         (
             "keep largest (per slice)",
             Box::new(move |o: &dyn MaskOps| {
-                o.keep_largest(mask.view(), Connectivity::Planar).unwrap();
+                o.keep_largest(mask.view(), Connectivity::Planar)?;
+                Ok(())
             }),
         ),
         (
             "keep largest (26-conn 3D)",
             Box::new(move |o: &dyn MaskOps| {
-                o.keep_largest(mask.view(), Connectivity::Volumetric)
-                    .unwrap();
+                o.keep_largest(mask.view(), Connectivity::Volumetric)?;
+                Ok(())
             }),
         ),
         (
             "remove smaller than 100",
             Box::new(move |o: &dyn MaskOps| {
-                o.remove_small(mask.view(), Connectivity::Planar, 100)
-                    .unwrap();
+                o.remove_small(mask.view(), Connectivity::Planar, 100)?;
+                Ok(())
             }),
         ),
         (
             "fill holes",
             Box::new(move |o: &dyn MaskOps| {
-                o.fill_holes(mask.view()).unwrap();
+                o.fill_holes(mask.view())?;
+                Ok(())
             }),
         ),
         (
             "opening r=2",
             Box::new(move |o: &dyn MaskOps| {
-                o.open(mask.view(), 2).unwrap();
+                o.open(mask.view(), 2)?;
+                Ok(())
             }),
         ),
         (
             "closing r=2",
             Box::new(move |o: &dyn MaskOps| {
-                o.close(mask.view(), 2).unwrap();
+                o.close(mask.view(), 2)?;
+                Ok(())
             }),
         ),
         (
             "distance transform (mm)",
             Box::new(move |o: &dyn MaskOps| {
-                o.distance(mask.view(), spacing, Border::Background)
-                    .unwrap();
+                o.distance(mask.view(), spacing, Border::Background)?;
+                Ok(())
             }),
         ),
         (
             "top-10 of a probability map",
             Box::new(move |o: &dyn MaskOps| {
-                o.top_k(prob.view(), 10).unwrap();
+                o.top_k(prob.view(), 10)?;
+                Ok(())
             }),
         ),
         (
             "place 3 points",
             Box::new(move |o: &dyn MaskOps| {
-                o.place_points(mask.view(), spacing, 3).unwrap();
+                o.place_points(mask.view(), spacing, 3)?;
+                Ok(())
+            }),
+        ),
+        (
+            "postprocess: upsample..fill (fused)",
+            Box::new(move |o: &dyn MaskOps| {
+                let cleanup = Cleanup::default()
+                    .with_keep_largest(Connectivity::Planar)
+                    .with_fill_holes(true);
+                o.postprocess(logits.view(), &t, THRESHOLD_LOGIT, &cleanup)?;
+                Ok(())
             }),
         ),
         (
             "upsample+threshold+largest+fill",
             Box::new(move |o: &dyn MaskOps| {
-                let m = o
-                    .upsample_threshold(logits.view(), &t, THRESHOLD_LOGIT)
-                    .unwrap();
-                let m = o.keep_largest(m.view(), Connectivity::Planar).unwrap();
-                o.fill_holes(m.view()).unwrap();
+                let m = o.upsample_threshold(logits.view(), &t, THRESHOLD_LOGIT)?;
+                let m = o.keep_largest(m.view(), Connectivity::Planar)?;
+                o.fill_holes(m.view())?;
+                Ok(())
             }),
         ),
     ]
@@ -159,7 +185,13 @@ fn main() {
         _ if std::env::var("COSAM_BENCH_CPU_ONLY").is_ok_and(|v| v == "1") => None,
         Ok(g) => Some(g),
         Err(e) => {
-            println!("no GPU adapter ({e}): CPU figures only");
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            println!("no GPU adapter ({text}): CPU figures only");
             None
         }
     };
@@ -204,12 +236,16 @@ fn main() {
         );
         let runs = if slices > 1 { runs.clamp(1, 3) } else { runs };
         for (name, op) in ops(&l, &mask, &prob) {
-            let c = time(runs, || op(&cpu));
-            match &gpu {
-                Some(g) => {
-                    let gm = time(runs, || op(g));
-                    println!("{name:<34} {c:>10.1} {gm:>10.1} {:>9.2}", c / gm);
+            let c = match time(runs, || op(&cpu)) {
+                Ok(ms) => ms,
+                Err(e) => {
+                    println!("{name:<34} CPU failed: {e}");
+                    continue;
                 }
+            };
+            match gpu.as_ref().map(|g| time(runs, || op(g))) {
+                Some(Ok(gm)) => println!("{name:<34} {c:>10.1} {gm:>10.1} {:>9.2}", c / gm),
+                Some(Err(e)) => println!("{name:<34} {c:>10.1}   GPU: {e} (CPU fallback)"),
                 None => println!("{name:<34} {c:>10.1} {:>10} {:>9}", "-", "-"),
             }
         }

@@ -252,15 +252,13 @@ fn invert(m: &[[f64; 4]; 4]) -> [[f64; 4]; 4] {
         - a(0, 1) * (a(1, 0) * a(2, 2) - a(1, 2) * a(2, 0))
         + a(0, 2) * (a(1, 0) * a(2, 1) - a(1, 1) * a(2, 0));
     let mut inv = [[0.0; 4]; 4];
-    for r in 0..3 {
-        for c in 0..3 {
+    for (r, row) in inv.iter_mut().take(3).enumerate() {
+        for (c, x) in row.iter_mut().take(3).enumerate() {
             let (r1, r2) = ((c + 1) % 3, (c + 2) % 3);
             let (c1, c2) = ((r + 1) % 3, (r + 2) % 3);
-            inv[r][c] = (a(r1, c1) * a(r2, c2) - a(r1, c2) * a(r2, c1)) / det;
+            *x = (a(r1, c1) * a(r2, c2) - a(r1, c2) * a(r2, c1)) / det;
         }
-    }
-    for r in 0..3 {
-        inv[r][3] = -(0..3).map(|c| inv[r][c] * m[c][3]).sum::<f64>();
+        row[3] = -(0..3).map(|c| row[c] * m[c][3]).sum::<f64>();
     }
     inv[3][3] = 1.0;
     inv
@@ -581,6 +579,8 @@ fn dicom_seg_agrees_with_nifti_in_world_coordinates() {
         let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("Error")).collect();
         eprintln!("dciodvfy:\n{text}");
         assert!(errors.is_empty(), "dciodvfy errors:\n{}", errors.join("\n"));
+    } else if std::env::var("COSAM_TEST_DCIODVFY").is_ok_and(|v| v == "1") {
+        panic!("COSAM_TEST_DCIODVFY=1 but dciodvfy is not on PATH (apt-get install dicom3tools)");
     } else {
         eprintln!("notice: dciodvfy (Debian dicom3tools) not installed; SEG validation skipped");
     }
@@ -697,6 +697,7 @@ fn fuzz_readers_bounded() {
     let prev_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let mut crashes = Vec::new();
+    let mut slowest = (std::time::Duration::ZERO, String::new(), String::new());
     while started.elapsed().as_secs() < seconds {
         let (seed_path, seed) = &seeds[(next() % seeds.len() as u64) as usize];
         let mut data = seed.clone();
@@ -731,7 +732,24 @@ fn fuzz_readers_bounded() {
         let ext = seed_path.file_name().unwrap().to_string_lossy().to_string();
         let path = dir.path().join(format!("case_{}", ext));
         std::fs::write(&path, &data).unwrap();
+        let t0 = std::time::Instant::now();
         let outcome = std::panic::catch_unwind(|| io::read_with_limits(&path, &limits));
+        let took = t0.elapsed();
+        if took > slowest.0 {
+            if let Ok(dump) = std::env::var("COSAM_FUZZ_DUMP_SLOWEST") {
+                let _ = std::fs::copy(&path, dump);
+            }
+            slowest = (
+                took,
+                seed_path.display().to_string(),
+                format!(
+                    "{:?}",
+                    outcome
+                        .as_ref()
+                        .map(|r| r.as_ref().map(|_| ()).map_err(|e| e.to_string()))
+                ),
+            );
+        }
         executions += 1;
         match outcome {
             Ok(Ok(_)) => {}
@@ -748,6 +766,10 @@ fn fuzz_readers_bounded() {
         }
     }
     std::panic::set_hook(prev_hook);
+    eprintln!(
+        "fuzz: slowest case {:?} from {}: {}",
+        slowest.0, slowest.1, slowest.2
+    );
     eprintln!(
         "fuzz: {executions} executions in {seconds} s, {errors} clean errors, {} crashes",
         crashes.len()

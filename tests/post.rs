@@ -6,8 +6,8 @@
 //! after installing lavapipe), where a missing adapter fails them.
 
 use cosam::post::{
-    self, mask_ops, Backend, Border, Connectivity, CpuMaskOps, Device, GpuMaskOps, MaskOps,
-    FLOAT_TOLERANCE, THRESHOLD_LOGIT,
+    self, mask_ops, Backend, Border, Cleanup, Connectivity, CpuMaskOps, Device, GpuMaskOps,
+    MaskOps, FLOAT_TOLERANCE, THRESHOLD_LOGIT,
 };
 use cosam::{Spacing, Transform};
 use ndarray::{s, Array3, ArrayView3, Axis};
@@ -490,4 +490,52 @@ fn volumes_with_many_slices_agree() {
         &cpu.fill_holes(largest.view()).unwrap(),
         &gpu.fill_holes(largest.view()).unwrap(),
     );
+}
+
+#[test]
+fn fused_post_processing_agrees_with_the_cpu_chain() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuMaskOps::new();
+    let cleanups = [
+        Cleanup::default(),
+        Cleanup::default()
+            .with_keep_largest(Connectivity::Planar)
+            .with_fill_holes(true),
+        Cleanup::default()
+            .with_keep_largest(Connectivity::Volumetric)
+            .with_fill_holes(true),
+        Cleanup::default()
+            .with_remove_small(Connectivity::Planar, 50)
+            .with_open(2)
+            .with_close(1),
+        Cleanup::default()
+            .with_remove_small(Connectivity::Volumetric, 500)
+            .with_fill_holes(true)
+            .with_close(3),
+    ];
+    let logits = random_logits(6, 51);
+    let chunked = gpu.clone().with_max_buffer_bytes(2200 << 10); // 2 slices of 512x512
+    for (rows, cols) in [(512, 512), (217, 181), (91, 117), (1, 40)] {
+        let t = Transform::new(rows, cols);
+        for cleanup in &cleanups {
+            let what = format!("{rows}x{cols} {cleanup:?}");
+            let expected = cpu.postprocess(logits.view(), &t, 0.0, cleanup).unwrap();
+            assert_same(
+                &what,
+                &expected,
+                &gpu.postprocess(logits.view(), &t, 0.0, cleanup).unwrap(),
+            );
+            if cleanup.keep_largest != Some(Connectivity::Volumetric)
+                && !matches!(cleanup.remove_small, Some((Connectivity::Volumetric, _)))
+            {
+                assert_same(
+                    &format!("chunked {what}"),
+                    &expected,
+                    &chunked
+                        .postprocess(logits.view(), &t, 0.0, cleanup)
+                        .unwrap(),
+                );
+            }
+        }
+    }
 }

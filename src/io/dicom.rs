@@ -479,7 +479,9 @@ fn assemble(
     for (z, s) in slots.iter().enumerate() {
         by_file.entry(s.file).or_default().push((z, s.frame));
     }
-    let decoded: Vec<(Vec<(usize, u32)>, Result<Array4<f32>, ReadError>)> = by_file
+    /// (slice index, frame) pairs wanted from one file, and that file's decoded frames.
+    type Decoded = (Vec<(usize, u32)>, Result<Array4<f32>, ReadError>);
+    let decoded: Vec<Decoded> = by_file
         .into_par_iter()
         .map(|(file, wanted)| {
             let result = match probes.get(file) {
@@ -631,6 +633,18 @@ pub fn probe(path: &Path) -> Result<DicomProbe, ReadError> {
             path: path.to_path_buf(),
         });
     }
+    let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !has_preamble(&bytes) {
+        return Err(corrupt(
+            "not a DICOM file (no 128-byte preamble followed by DICM)".into(),
+        ));
+    }
+    super::dicom_guard::check_lengths(&bytes, true)
+        .map_err(|e| corrupt(format!("malformed DICOM: {e}")))?;
+    drop(bytes);
     let obj = guard(path, || {
         OpenFileOptions::new()
             .read_until(tags::PIXEL_DATA)
@@ -848,13 +862,22 @@ fn decode(p: &DicomProbe) -> Result<Array4<f32>, ReadError> {
         path: path.to_path_buf(),
         reason,
     };
-    let obj: DefaultDicomObject = match guard(path, || dicom_object::open_file(path))? {
-        Ok(obj) => obj,
-        // Elements after the pixel data are of no use to cosam; a broken one there (seen
-        // in the wild) should not lose the image.
-        Err(e) => salvage_before_trailing_data(path, p)
-            .ok_or_else(|| corrupt(format!("not a readable DICOM file: {e}")))?,
+    let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let obj: DefaultDicomObject = match super::dicom_guard::check_lengths(&bytes, false) {
+        Ok(()) => match guard(path, || dicom_object::open_file(path))? {
+            Ok(obj) => obj,
+            Err(e) => salvage_before_trailing_data(&bytes, path, p)
+                .ok_or_else(|| corrupt(format!("not a readable DICOM file: {e}")))?,
+        },
+        // The header up to the pixel data passed the probe: whatever is broken lies
+        // after it, and elements after the pixel data are of no use to cosam.
+        Err(e) => salvage_before_trailing_data(&bytes, path, p)
+            .ok_or_else(|| corrupt(format!("malformed DICOM: {e}")))?,
     };
+    drop(bytes);
     if obj.get(tags::PIXEL_DATA).is_none() {
         return Err(corrupt("no PixelData (not an image)".into()));
     }
@@ -864,8 +887,11 @@ fn decode(p: &DicomProbe) -> Result<Array4<f32>, ReadError> {
             .map_err(|e| ReadError::Unsupported {
                 path: path.to_path_buf(),
                 reason: format!(
-                    "cannot decode pixel data (transfer syntax {}): {e}",
-                    p.transfer_syntax
+                    "cannot decode pixel data in transfer syntax {} ({}): {e}",
+                    p.transfer_syntax,
+                    TransferSyntaxRegistry
+                        .get(&p.transfer_syntax)
+                        .map_or("unknown", |t| t.name())
                 ),
             })?;
         decoded
@@ -900,13 +926,16 @@ fn decode(p: &DicomProbe) -> Result<Array4<f32>, ReadError> {
 }
 
 /// Re-reads a native little-endian file cut right after its PixelData element.
-fn salvage_before_trailing_data(path: &Path, p: &DicomProbe) -> Option<DefaultDicomObject> {
+fn salvage_before_trailing_data(
+    bytes: &[u8],
+    path: &Path,
+    p: &DicomProbe,
+) -> Option<DefaultDicomObject> {
     let explicit = match p.transfer_syntax.as_str() {
         "1.2.840.10008.1.2.1" => true,
         "1.2.840.10008.1.2" => false,
         _ => return None,
     };
-    let bytes = std::fs::read(path).ok()?;
     let min_len =
         u64::from(p.rows) * u64::from(p.columns) * u64::from(p.samples) * u64::from(p.frames) / 8;
     let tag = [0xE0u8, 0x7F, 0x10, 0x00];
@@ -933,6 +962,7 @@ fn salvage_before_trailing_data(path: &Path, p: &DicomProbe) -> Option<DefaultDi
         let end = usize::try_from(len).ok()?.checked_add(at + header)?;
         if len >= min_len && end <= bytes.len() {
             let cut = bytes.get(128..end)?;
+            super::dicom_guard::check_lengths(bytes.get(..end)?, false).ok()?;
             return guard(path, || dicom_object::from_reader(cut)).ok()?.ok();
         }
     }

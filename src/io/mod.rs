@@ -22,6 +22,7 @@
 //! ([`write_mask_nifti`]) and DICOM SEG ([`write_dicom_seg`]).
 
 pub mod dicom;
+mod dicom_guard;
 pub mod nifti;
 mod orient;
 pub mod raster;
@@ -34,7 +35,7 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array2, Array4, ArrayView2, Axis};
 
 pub use orient::{reorient, AnatomicalAxis, Reorientation, Reoriented};
-pub use seg::{write_dicom_seg, SegInfo};
+pub use seg::{write_dicom_seg, Code, SegInfo};
 pub use window::{WindowError, WindowLevel};
 pub use write::{
     write_atomic, write_bytes, write_mask_nifti, write_mask_png, write_overlay_png, WriteError,
@@ -485,6 +486,15 @@ pub fn read_with_limits(path: &Path, limits: &Limits) -> Result<Volume, ReadErro
 ///
 /// # Errors
 /// Each entry is its own `Result`; a path that cannot be read at all gives one `Err`.
+///
+/// # Example
+/// ```
+/// use cosam::io::{read_inputs, Limits};
+///
+/// let inputs = read_inputs(std::path::Path::new("no/such/folder"), &Limits::default());
+/// assert_eq!(inputs.len(), 1);
+/// assert!(inputs[0].as_ref().unwrap_err().to_string().contains("no such file"));
+/// ```
 pub fn read_inputs(path: &Path, limits: &Limits) -> Vec<Result<Volume, ReadError>> {
     match detect_format(path) {
         Ok(ImageFormat::DicomSeries) => match dicom::read_folder(path, limits) {

@@ -181,7 +181,7 @@ fn check_data_length(path: &Path, header: &NiftiHeader, dims: [usize; 3]) -> Res
 
 fn spatial_dims(header: &NiftiHeader, path: &Path) -> Result<[usize; 3], ReadError> {
     let dim = header.dim;
-    let ndim = usize::try_from(dim[0]).unwrap_or(0);
+    let ndim = usize::from(dim[0]);
     if !(2..=7).contains(&ndim) {
         return Err(ReadError::Corrupt {
             path: path.to_path_buf(),
@@ -192,8 +192,7 @@ fn spatial_dims(header: &NiftiHeader, path: &Path) -> Result<[usize; 3], ReadErr
         if i > ndim {
             return Ok(1);
         }
-        usize::try_from(dim[i])
-            .ok()
+        Some(usize::from(dim[i]))
             .filter(|&d| d > 0)
             .ok_or_else(|| ReadError::Corrupt {
                 path: path.to_path_buf(),

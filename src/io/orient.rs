@@ -158,6 +158,32 @@ pub struct Reoriented<'a> {
 /// # Errors
 /// [`ReadError::Corrupt`] when the volume's affine is degenerate (an index axis with no
 /// direction), so no anatomical axis can be found.
+///
+/// # Example
+/// An axial volume (4 slices of 5x6, RAS axes) cut into coronal slices and a mask mapped
+/// back to storage order for the writers:
+/// ```
+/// use cosam::io::{reorient, Affine, AnatomicalAxis, Modality, Spacing, Volume};
+/// use ndarray::{Array3, Array4};
+///
+/// # fn main() -> Result<(), cosam::io::ReadError> {
+/// let spacing = Spacing { column_mm: 1.0, row_mm: 1.0, slice_mm: 3.0 };
+/// let mut volume = Volume::new(
+///     Array4::zeros((4, 5, 6, 1)),
+///     spacing,
+///     Affine::from_spacing(spacing),
+///     Modality::Ct,
+///     "synthetic".into(),
+/// )?;
+/// # let _ = &mut volume;
+/// let coronal = reorient(&volume, AnatomicalAxis::Coronal)?;
+/// // 5 coronal slices of 4 rows (superior first) by 6 columns
+/// assert_eq!(coronal.volume.voxels().dim(), (5, 4, 6, 1));
+/// let mask = Array3::<u8>::ones((5, 4, 6));
+/// assert_eq!(coronal.map.mask_to_storage(&mask).dim(), (4, 5, 6));
+/// # Ok(())
+/// # }
+/// ```
 pub fn reorient(volume: &Volume, axis: AnatomicalAxis) -> Result<Reoriented<'_>, ReadError> {
     if volume.is_2d() {
         return Ok(Reoriented {

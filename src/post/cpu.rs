@@ -468,6 +468,102 @@ fn sq_distance(
 /// (`feature` = foreground, keep pixels within the radius) by a disk, via exact integer
 /// squared distances.
 fn morph(mask: ArrayView3<u8>, radius_px: u32, dilate: bool) -> Result<Array3<u8>, PostError> {
+    if radius_px > WINDOW_MORPH_MAX_RADIUS {
+        return morph_by_distance(mask, radius_px, dilate);
+    }
+    let dims = mask.dim();
+    let (_, rows, cols) = dims;
+    let plane = rows * cols;
+    let input = contiguous(&mask);
+    let mut out = vec![0u8; input.len()];
+    if plane > 0 {
+        out.par_chunks_mut(plane)
+            .zip(input.par_chunks(plane))
+            .for_each_init(
+                || (vec![0u32; plane], vec![0u32; cols]),
+                |(count, acc), (out, inp)| {
+                    morph_slice(inp, rows, cols, radius_px, dilate, out, count, acc)
+                },
+            );
+    }
+    shaped(dims, out)
+}
+
+/// Radii up to this use the windowed morphology ([`morph_slice`], `2r + 1` operations per
+/// pixel); larger ones the distance transform (constant per pixel).
+const WINDOW_MORPH_MAX_RADIUS: u32 = 24;
+
+/// Erosion or dilation of one slice by a disk, exactly: the squared distance to the
+/// nearest feature pixel is `min over |dc| <= r of count(x + dc)^2 + dc^2`, where `count` is
+/// the vertical distance within the column (capped at `r + 1`, beyond which nothing
+/// counts). Gives the same masks as the distance-transform route (and the kernels).
+#[allow(clippy::too_many_arguments)]
+fn morph_slice(
+    mask: &[u8],
+    rows: usize,
+    cols: usize,
+    radius_px: u32,
+    dilate: bool,
+    out: &mut [u8],
+    count: &mut [u32],
+    acc: &mut [u32],
+) {
+    let far = radius_px + 1;
+    // vertical distance to the nearest feature, capped at `far` (outside is no feature)
+    for r in 0..rows {
+        let (above, row) = count.split_at_mut(r * cols);
+        let line = &mask[r * cols..(r + 1) * cols];
+        let prev = if r == 0 {
+            None
+        } else {
+            Some(&above[(r - 1) * cols..])
+        };
+        for c in 0..cols {
+            row[c] = if (line[c] != 0) == dilate {
+                0
+            } else {
+                prev.map_or(far, |p| (p[c] + 1).min(far))
+            };
+        }
+    }
+    for r in (0..rows.saturating_sub(1)).rev() {
+        let (head, below) = count.split_at_mut((r + 1) * cols);
+        let row = &mut head[r * cols..];
+        for (k, &b) in row.iter_mut().zip(&below[..cols]) {
+            *k = (*k).min((b + 1).min(far));
+        }
+    }
+    for k in count.iter_mut() {
+        *k *= *k;
+    }
+    let r2 = radius_px * radius_px;
+    let rad = radius_px as usize;
+    for r in 0..rows {
+        let sq = &count[r * cols..(r + 1) * cols];
+        acc.copy_from_slice(sq);
+        for dc in 1..=rad.min(cols.saturating_sub(1)) {
+            let d2 = (dc * dc) as u32;
+            // neighbours dc columns to the right and to the left
+            for (a, &v) in acc[..cols - dc].iter_mut().zip(&sq[dc..]) {
+                *a = (*a).min(v + d2);
+            }
+            for (a, &v) in acc[dc..].iter_mut().zip(&sq[..cols - dc]) {
+                *a = (*a).min(v + d2);
+            }
+        }
+        for (o, &a) in out[r * cols..(r + 1) * cols].iter_mut().zip(acc.iter()) {
+            *o = u8::from(if dilate { a <= r2 } else { a > r2 });
+        }
+    }
+}
+
+/// Morphology through the exact squared distance transform (unit spacing, integer
+/// distances), the route the kernels take.
+fn morph_by_distance(
+    mask: ArrayView3<u8>,
+    radius_px: u32,
+    dilate: bool,
+) -> Result<Array3<u8>, PostError> {
     let (d2, dims) = sq_distance(mask, dilate, false, (1.0, 1.0));
     let r2 = radius_px as f32 * radius_px as f32;
     let out = d2
@@ -567,14 +663,27 @@ pub(crate) fn deepest_per_component(
     distance: ArrayView3<f32>,
     k: usize,
 ) -> Vec<Peak> {
+    let (slices, rows, cols) = labels.dim();
+    let plane = rows * cols;
+    // the deepest pixel of each label per slice, in parallel, then merged in slice order
+    let per_slice: Vec<HashMap<u32, (f32, usize)>> = (0..slices)
+        .into_par_iter()
+        .map(|z| {
+            let mut best: HashMap<u32, (f32, usize)> = HashMap::new();
+            let l = labels.index_axis(ndarray::Axis(0), z);
+            let d = distance.index_axis(ndarray::Axis(0), z);
+            for (j, (&l, &d)) in l.iter().zip(d.iter()).enumerate() {
+                if l != 0 {
+                    keep_deeper(&mut best, l, d, z * plane + j);
+                }
+            }
+            best
+        })
+        .collect();
     let mut best: HashMap<u32, (f32, usize)> = HashMap::new();
-    for (i, (&l, &d)) in labels.iter().zip(distance.iter()).enumerate() {
-        if l == 0 {
-            continue;
-        }
-        let e = best.entry(l).or_insert((d, i));
-        if order_key(d) > order_key(e.0) {
-            *e = (d, i);
+    for map in per_slice {
+        for (l, (d, i)) in map {
+            keep_deeper(&mut best, l, d, i);
         }
     }
     let mut ranked: Vec<(u32, f32, usize)> =
@@ -583,6 +692,16 @@ pub(crate) fn deepest_per_component(
     ranked.truncate(k);
     let indices: Vec<usize> = ranked.into_iter().map(|(_, _, i)| i).collect();
     peaks(&distance, &indices)
+}
+
+/// Records pixel `i` at depth `d` for label `l` when it is deeper than the pixel kept so
+/// far, or as deep and earlier in linear order.
+fn keep_deeper(best: &mut HashMap<u32, (f32, usize)>, l: u32, d: f32, i: usize) {
+    let e = best.entry(l).or_insert((d, i));
+    let (kd, ki) = (order_key(d), order_key(e.0));
+    if kd > ki || (kd == ki && i < e.1) {
+        *e = (d, i);
+    }
 }
 
 pub(crate) fn bounds(mask: ArrayView3<u8>) -> Vec<Option<Bounds>> {
@@ -1024,6 +1143,28 @@ mod tests {
         let gap = mask(&["###.###"]);
         let closed = CpuMaskOps.close(gap.view(), 1).unwrap();
         assert_eq!(closed, mask(&["#######"]));
+    }
+
+    #[test]
+    fn windowed_morphology_equals_the_distance_transform_route() {
+        let mut seed = 99u64;
+        for dims in [(2, 31, 29), (1, 1, 17), (1, 13, 1), (1, 40, 40)] {
+            let m = Array3::from_shape_fn(dims, |_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                u8::from(seed % 10 < 6)
+            });
+            for radius in [0, 1, 2, 3, 5, 8, 30] {
+                for dilate in [false, true] {
+                    assert_eq!(
+                        morph(m.view(), radius, dilate).unwrap(),
+                        morph_by_distance(m.view(), radius, dilate).unwrap(),
+                        "{dims:?} r={radius} dilate={dilate}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

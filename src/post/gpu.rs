@@ -16,8 +16,8 @@ use wgpu::util::DeviceExt;
 
 use super::cpu::{self, finish_distance, spacing2, NONE};
 use super::{
-    bilinear_taps, check_logits, Backend, Border, Connectivity, GpuError, MaskOps, Peak, PostError,
-    Tap,
+    bilinear_taps, check_logits, Backend, Border, Cleanup, Connectivity, GpuError, MaskOps, Peak,
+    PostError, Tap,
 };
 use crate::io::Spacing;
 use crate::preprocess::{Transform, MODEL_SIZE};
@@ -108,10 +108,10 @@ fn params(values: &[u32]) -> Params {
 
 /// One dispatch: a kernel, its parameters, its storage buffers (bindings 1..) and the
 /// number of workgroups.
-struct Dispatch<'a> {
+struct Dispatch {
     kernel: Kernel,
     params: Params,
-    buffers: Vec<&'a wgpu::Buffer>,
+    buffers: Vec<wgpu::Buffer>,
     workgroups: u32,
 }
 
@@ -181,19 +181,41 @@ impl GpuContext {
                 source: format!("{description} cannot run compute shaders").into(),
             });
         }
-        let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("cosam post"),
-            required_features: wgpu::Features::empty(),
-            required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| GpuError::RequestDevice {
-            adapter: description.clone(),
-            source: boxed(e),
-        })?;
+        // everything the adapter offers (the largest buffers); some drivers (NVIDIA over
+        // GL) refuse that, so retry with downlevel limits raised to the adapter's buffer
+        // sizes
+        let offered = adapter.limits();
+        let modest = wgpu::Limits {
+            max_storage_buffer_binding_size: offered.max_storage_buffer_binding_size,
+            max_buffer_size: offered.max_buffer_size,
+            max_compute_workgroups_per_dimension: offered.max_compute_workgroups_per_dimension,
+            ..wgpu::Limits::downlevel_defaults()
+        };
+        let mut failures = Vec::new();
+        let mut opened = None;
+        for limits in [offered, modest] {
+            let request = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                label: Some("cosam post"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            }));
+            match request {
+                Ok(pair) => {
+                    opened = Some((pair, limits));
+                    break;
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        let Some(((device, queue), limits)) = opened else {
+            return Err(GpuError::RequestDevice {
+                adapter: description,
+                source: failures.join("; then, with downlevel limits: ").into(),
+            });
+        };
         let uncaptured = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&uncaptured);
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -259,7 +281,7 @@ impl GpuContext {
     fn run(
         &self,
         operation: &'static str,
-        dispatches: &[Dispatch<'_>],
+        dispatches: &[Dispatch],
         readback: &[(&wgpu::Buffer, u64)],
     ) -> Result<Vec<Vec<u8>>, GpuError> {
         let _guard = self.lock.lock().map_err(|_| GpuError::Unusable {
@@ -542,13 +564,6 @@ fn mask_bytes(pixels: usize) -> u64 {
     (pixels as u64).div_ceil(4) * 4
 }
 
-/// Unpacks the first `pixels` bytes of a readback.
-fn unpack(bytes: &[u8], pixels: usize) -> Vec<u8> {
-    let mut v = bytes[..pixels.min(bytes.len())].to_vec();
-    v.resize(pixels, 0);
-    v
-}
-
 fn words_u32(bytes: &[u8]) -> Vec<u32> {
     bytes
         .chunks_exact(4)
@@ -605,283 +620,356 @@ enum LabelUse {
     FillHoles,
 }
 
+/// Geometry of one chunk: slices, rows, columns.
+type Dims = (usize, usize, usize);
+
 impl GpuMaskOps {
     /// Chunks of whole slices for a per-slice operation whose largest buffer holds
     /// `per_slice` bytes per slice, or the whole volume in one chunk for a volumetric one.
     fn chunks(
         &self,
         operation: &'static str,
-        dims: (usize, usize, usize),
+        slices: usize,
         per_slice: u64,
         whole: bool,
     ) -> Result<Vec<std::ops::Range<usize>>, GpuError> {
-        let s = dims.0;
         if whole {
-            self.check_size(operation, per_slice * s as u64)?;
-            return Ok(std::iter::once(0..s).collect());
+            self.check_size(operation, per_slice * slices as u64)?;
+            return Ok(std::iter::once(0..slices).collect());
         }
         let step = self.chunk_slices(operation, per_slice)?;
-        Ok((0..s).step_by(step).map(|a| a..(a + step).min(s)).collect())
+        Ok((0..slices)
+            .step_by(step)
+            .map(|a| a..(a + step).min(slices))
+            .collect())
     }
 
-    /// Runs the labelling kernels on one chunk and then the kernels of `usage`; returns
-    /// labels (canonical, chunk-local) or a packed mask, as bytes.
-    fn label_chunk(
+    /// Appends the dispatches that label the packed `mask` of a chunk and apply `usage`;
+    /// returns the buffer of the result: labels (chunk-local roots, or NONE) for
+    /// [`LabelUse::Labels`], a packed mask otherwise.
+    fn label_passes(
         &self,
         operation: &'static str,
-        mask: &[u8],
-        dims: (usize, usize, usize),
+        mask: &wgpu::Buffer,
+        dims: Dims,
         neighbours: cpu::Neighbours,
         usage: LabelUse,
-    ) -> Result<Vec<u8>, GpuError> {
+        out: &mut Vec<Dispatch>,
+    ) -> Result<wgpu::Buffer, GpuError> {
         let ctx = &self.ctx;
         let (s, r, c) = dims;
         let n = s * r * c;
         let n32 = u32_of(operation, n)?;
         let (s32, r32, c32) = (s as u32, r as u32, c as u32);
-        let target = u32::from(!matches!(usage, LabelUse::FillHoles));
-        let mask_buf = ctx.upload(mask);
+        let want = u32::from(!matches!(usage, LabelUse::FillHoles));
         let labels = ctx.scratch(n as u64 * 4);
         let g = groups(n as u64)?;
-        let mut dispatches = vec![
-            Dispatch {
-                kernel: Kernel::InitLabels,
-                params: params(&[n32, target]),
-                buffers: vec![&mask_buf, &labels],
-                workgroups: g,
-            },
-            Dispatch {
-                kernel: Kernel::MergeLabels,
-                params: params(&[s32, r32, c32, merge_mode(neighbours), target]),
-                buffers: vec![&mask_buf, &labels],
-                workgroups: g,
-            },
-            Dispatch {
-                kernel: Kernel::CompressLabels,
-                params: params(&[n32]),
-                buffers: vec![&labels],
-                workgroups: g,
-            },
-        ];
         let words = n.div_ceil(4);
+        let words32 = u32_of(operation, words)?;
         let wg = groups(words as u64)?;
+        out.push(Dispatch {
+            kernel: Kernel::InitLabels,
+            params: params(&[n32, want]),
+            buffers: vec![mask.clone(), labels.clone()],
+            workgroups: g,
+        });
+        out.push(Dispatch {
+            kernel: Kernel::MergeLabels,
+            params: params(&[s32, r32, c32, merge_mode(neighbours), want]),
+            buffers: vec![mask.clone(), labels.clone()],
+            workgroups: g,
+        });
+        out.push(Dispatch {
+            kernel: Kernel::CompressLabels,
+            params: params(&[n32]),
+            buffers: vec![labels.clone()],
+            workgroups: g,
+        });
         let domain = if neighbours == cpu::Neighbours::TwentySix {
             n32
         } else {
             r32 * c32
         };
         let domains = n.div_ceil((domain as usize).max(1)).max(1);
-        let sizes;
-        let best;
-        let pick;
-        let flags;
-        let out = ctx.scratch(mask_bytes(n));
-        match usage {
-            LabelUse::Labels => {
-                let bytes = ctx.run(operation, &dispatches, &[(&labels, n as u64 * 4)])?;
-                return bytes.into_iter().next().ok_or(GpuError::Run {
-                    operation,
-                    message: "no result".into(),
-                });
-            }
+        let result = match usage {
+            LabelUse::Labels => return Ok(labels),
             LabelUse::KeepLargest | LabelUse::RemoveSmall(_) => {
-                sizes = ctx.scratch(n as u64 * 4);
-                dispatches.push(Dispatch {
+                let sizes = ctx.scratch(n as u64 * 4);
+                let result = ctx.scratch(mask_bytes(n));
+                out.push(Dispatch {
                     kernel: Kernel::CountSizes,
                     params: params(&[n32]),
-                    buffers: vec![&labels, &sizes],
+                    buffers: vec![labels.clone(), sizes.clone()],
                     workgroups: g,
                 });
                 if let LabelUse::RemoveSmall(min) = usage {
-                    dispatches.push(Dispatch {
+                    out.push(Dispatch {
                         kernel: Kernel::RemoveSmall,
-                        params: params(&[n32, words as u32, min]),
-                        buffers: vec![&labels, &sizes, &out],
+                        params: params(&[n32, words32, min]),
+                        buffers: vec![labels, sizes, result.clone()],
                         workgroups: wg,
                     });
                 } else {
-                    best = ctx.scratch(domains as u64 * 4);
-                    pick = ctx.upload(bytemuck::cast_slice(&vec![NONE; domains]));
-                    dispatches.push(Dispatch {
+                    let best = ctx.scratch(domains as u64 * 4);
+                    let pick = ctx.upload(bytemuck::cast_slice(&vec![NONE; domains]));
+                    out.push(Dispatch {
                         kernel: Kernel::FindLargest,
                         params: params(&[n32, domain]),
-                        buffers: vec![&labels, &sizes, &best],
+                        buffers: vec![labels.clone(), sizes.clone(), best.clone()],
                         workgroups: g,
                     });
-                    dispatches.push(Dispatch {
+                    out.push(Dispatch {
                         kernel: Kernel::PickLargest,
                         params: params(&[n32, domain]),
-                        buffers: vec![&labels, &sizes, &best, &pick],
+                        buffers: vec![labels.clone(), sizes, best, pick.clone()],
                         workgroups: g,
                     });
-                    dispatches.push(Dispatch {
+                    out.push(Dispatch {
                         kernel: Kernel::KeepLargest,
-                        params: params(&[n32, words as u32, domain]),
-                        buffers: vec![&labels, &pick, &out],
+                        params: params(&[n32, words32, domain]),
+                        buffers: vec![labels, pick, result.clone()],
                         workgroups: wg,
                     });
                 }
+                result
             }
             LabelUse::FillHoles => {
-                flags = ctx.scratch(n as u64 * 4);
-                dispatches.push(Dispatch {
+                let flags = ctx.scratch(n as u64 * 4);
+                let result = ctx.scratch(mask_bytes(n));
+                out.push(Dispatch {
                     kernel: Kernel::MarkBorder,
                     params: params(&[s32, r32, c32]),
-                    buffers: vec![&labels, &flags],
+                    buffers: vec![labels.clone(), flags.clone()],
                     workgroups: g,
                 });
-                dispatches.push(Dispatch {
+                out.push(Dispatch {
                     kernel: Kernel::FillHoles,
-                    params: params(&[n32, words as u32]),
-                    buffers: vec![&mask_buf, &labels, &flags, &out],
+                    params: params(&[n32, words32]),
+                    buffers: vec![mask.clone(), labels, flags, result.clone()],
                     workgroups: wg,
                 });
+                result
             }
-        }
-        let bytes = ctx.run(operation, &dispatches, &[(&out, mask_bytes(n))])?;
-        bytes.into_iter().next().ok_or(GpuError::Run {
+        };
+        Ok(result)
+    }
+
+    /// Appends the dispatches of the squared distance transform of the packed `mask` of a
+    /// chunk; returns the squared distances (f32, mm^2), or with `compare = Some((r2,
+    /// dilate))` the packed mask `d2 <= r2` (dilation) or `d2 > r2` (erosion).
+    #[allow(clippy::too_many_arguments)]
+    fn distance_passes(
+        &self,
+        operation: &'static str,
+        mask: &wgpu::Buffer,
+        dims: Dims,
+        feature: bool,
+        border: bool,
+        (sy2, sx2): (f32, f32),
+        compare: Option<(f32, bool)>,
+        out: &mut Vec<Dispatch>,
+    ) -> Result<wgpu::Buffer, GpuError> {
+        let ctx = &self.ctx;
+        let (s, r, c) = dims;
+        let n = s * r * c;
+        let (s32, r32, c32, n32) = (s as u32, r as u32, c as u32, u32_of(operation, n)?);
+        let count = ctx.scratch(n as u64 * 4);
+        let g = ctx.scratch(n as u64 * 4);
+        let z = ctx.scratch((s * r * (c + 1)) as u64 * 4);
+        let d2 = ctx.scratch(n as u64 * 4);
+        out.push(Dispatch {
+            kernel: Kernel::ScanColumns,
+            params: params(&[
+                s32,
+                r32,
+                c32,
+                u32::from(feature),
+                u32::from(border),
+                sy2.to_bits(),
+            ]),
+            buffers: vec![mask.clone(), count.clone(), g.clone()],
+            workgroups: groups((s * c) as u64)?,
+        });
+        out.push(Dispatch {
+            kernel: Kernel::EnvelopeRows,
+            params: params(&[s32, r32, c32, u32::from(border), sx2.to_bits()]),
+            buffers: vec![g, count, z, d2.clone()],
+            workgroups: groups((s * r) as u64)?,
+        });
+        let Some((r2, dilate)) = compare else {
+            return Ok(d2);
+        };
+        let words = n.div_ceil(4);
+        let packed = ctx.scratch(mask_bytes(n));
+        out.push(Dispatch {
+            kernel: Kernel::CompareDistance,
+            params: params(&[
+                n32,
+                u32_of(operation, words)?,
+                r2.to_bits(),
+                u32::from(dilate),
+            ]),
+            buffers: vec![d2, packed.clone()],
+            workgroups: groups(words as u64)?,
+        });
+        Ok(packed)
+    }
+
+    /// Appends opening (`close = false`) or closing by a disk of `radius_px`.
+    fn morph_passes(
+        &self,
+        operation: &'static str,
+        mask: &wgpu::Buffer,
+        dims: Dims,
+        radius_px: u32,
+        close: bool,
+        out: &mut Vec<Dispatch>,
+    ) -> Result<wgpu::Buffer, GpuError> {
+        let r2 = radius_px as f32 * radius_px as f32;
+        let unit = (1.0, 1.0);
+        // opening: erode (features = background) then dilate (features = foreground)
+        let first = self.distance_passes(
             operation,
-            message: "no result".into(),
+            mask,
+            dims,
+            close,
+            false,
+            unit,
+            Some((r2, close)),
+            out,
+        )?;
+        self.distance_passes(
+            operation,
+            &first,
+            dims,
+            !close,
+            false,
+            unit,
+            Some((r2, !close)),
+            out,
+        )
+    }
+
+    /// Appends the upsampling of `slices` logit frames in `logits`, thresholded when
+    /// `threshold` is set; returns the packed mask or the f32 logits on the source grid.
+    fn upsample_pass(
+        &self,
+        operation: &'static str,
+        logits: &wgpu::Buffer,
+        taps: &wgpu::Buffer,
+        dims: Dims,
+        threshold: Option<f32>,
+        out: &mut Vec<Dispatch>,
+    ) -> Result<wgpu::Buffer, GpuError> {
+        let (s, rows, cols) = dims;
+        let pixels = s * rows * cols;
+        let (s32, r32, c32) = (s as u32, rows as u32, cols as u32);
+        Ok(match threshold {
+            Some(t) => {
+                let words = pixels.div_ceil(4);
+                let mask = self.ctx.scratch(mask_bytes(pixels));
+                out.push(Dispatch {
+                    kernel: Kernel::ThresholdLogits,
+                    params: params(&[s32, r32, c32, u32_of(operation, words)?, t.to_bits()]),
+                    buffers: vec![logits.clone(), taps.clone(), mask.clone()],
+                    workgroups: groups(words as u64)?,
+                });
+                mask
+            }
+            None => {
+                let result = self.ctx.scratch(pixels as u64 * 4);
+                out.push(Dispatch {
+                    kernel: Kernel::UpsampleLogits,
+                    params: params(&[s32, r32, c32, u32_of(operation, pixels)?]),
+                    buffers: vec![logits.clone(), taps.clone(), result.clone()],
+                    workgroups: groups(pixels as u64)?,
+                });
+                result
+            }
         })
     }
 
-    /// Labels-based operations over a volume, chunk by chunk.
+    /// Runs `dispatches` and reads back `bytes` of `buffer`.
+    fn run_one(
+        &self,
+        operation: &'static str,
+        dispatches: &[Dispatch],
+        buffer: &wgpu::Buffer,
+        bytes: u64,
+    ) -> Result<Vec<u8>, GpuError> {
+        let result = self
+            .ctx
+            .run(operation, dispatches, &[(buffer, bytes)])?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        if (result.len() as u64) < bytes {
+            return Err(GpuError::Run {
+                operation,
+                message: format!("read back {} of {bytes} bytes", result.len()),
+            });
+        }
+        Ok(result)
+    }
+
+    /// Runs a per-chunk pipeline over the slices of a mask: `build` appends the dispatches
+    /// for one uploaded chunk and returns the buffer to read back, of `bytes_per_pixel`.
+    fn per_chunk_mask(
+        &self,
+        operation: &'static str,
+        mask: ArrayView3<u8>,
+        per_slice: u64,
+        whole: bool,
+        bytes_per_pixel: u64,
+        build: impl Fn(&wgpu::Buffer, Dims, &mut Vec<Dispatch>) -> Result<wgpu::Buffer, GpuError>,
+    ) -> Result<Vec<u8>, GpuError> {
+        let (slices, r, c) = mask.dim();
+        let plane = r * c;
+        let data = mask_contiguous(&mask);
+        let mut out = Vec::with_capacity(data.len() * bytes_per_pixel as usize);
+        for chunk in self.chunks(operation, slices, per_slice, whole)? {
+            let n = chunk.len() * plane;
+            if n == 0 {
+                continue;
+            }
+            let input = self
+                .ctx
+                .upload(&data[chunk.start * plane..chunk.end * plane]);
+            let mut dispatches = Vec::new();
+            let result = build(&input, (chunk.len(), r, c), &mut dispatches)?;
+            let bytes =
+                self.run_one(operation, &dispatches, &result, n as u64 * bytes_per_pixel)?;
+            out.extend_from_slice(&bytes[..n * bytes_per_pixel as usize]);
+        }
+        Ok(out)
+    }
+
+    /// Label-based operations over a volume, chunk by chunk.
     fn labelled(
         &self,
         operation: &'static str,
         mask: ArrayView3<u8>,
         connectivity: Connectivity,
         usage: LabelUse,
-    ) -> Result<Vec<u8>, PostError> {
-        let dims = mask.dim();
-        let (_, r, c) = dims;
-        let plane = r * c;
-        let data = mask_contiguous(&mask);
+    ) -> Result<Vec<u8>, GpuError> {
+        let (_, r, c) = mask.dim();
         let (neighbours, whole) = match (usage, connectivity) {
             (LabelUse::FillHoles, _) => (cpu::Neighbours::Four, false),
             (_, Connectivity::Planar) => (cpu::Neighbours::Eight, false),
             (_, Connectivity::Volumetric) => (cpu::Neighbours::TwentySix, true),
         };
-        let mut out = Vec::with_capacity(data.len() * 4);
-        for chunk in self.chunks(operation, dims, plane as u64 * 4, whole)? {
-            let bytes = &data[chunk.start * plane..chunk.end * plane];
-            let cdims = (chunk.len(), r, c);
-            let n = chunk.len() * plane;
-            if n == 0 {
-                continue;
-            }
-            let result = self.label_chunk(operation, bytes, cdims, neighbours, usage)?;
-            match usage {
-                LabelUse::Labels => {
-                    let offset = (chunk.start * plane) as u32;
-                    let labels = words_u32(&result);
-                    if labels.len() < n {
-                        return Err(GpuError::Run {
-                            operation,
-                            message: "short label readback".into(),
-                        }
-                        .into());
-                    }
-                    for &l in &labels[..n] {
-                        let v = if l == NONE { 0 } else { l + offset + 1 };
-                        out.extend_from_slice(&v.to_le_bytes());
-                    }
-                }
-                _ => out.extend_from_slice(&unpack(&result, n)),
-            }
-        }
-        Ok(out)
-    }
-
-    /// Squared distances of every slice, in chunks; when `compare` is set, the kernels also
-    /// turn them into a packed mask (`d2 <= r2` for dilation, `d2 > r2` for erosion) and
-    /// that is what is returned.
-    #[allow(clippy::too_many_arguments)]
-    fn sq_distance(
-        &self,
-        operation: &'static str,
-        mask: &[u8],
-        dims: (usize, usize, usize),
-        feature: bool,
-        border: bool,
-        (sy2, sx2): (f32, f32),
-        compare: Option<(f32, bool)>,
-    ) -> Result<Vec<u8>, GpuError> {
-        let ctx = &self.ctx;
-        let (_, r, c) = dims;
-        let plane = r * c;
-        let mut out = Vec::new();
-        // the largest buffer is z: (cols + 1) f32 per row
-        for chunk in self.chunks(operation, dims, (r * (c + 1)) as u64 * 4, false)? {
-            let s = chunk.len();
-            let n = s * plane;
-            if n == 0 {
-                continue;
-            }
-            let (s32, r32, c32, n32) = (s as u32, r as u32, c as u32, u32_of(operation, n)?);
-            let mask_buf = ctx.upload(&mask[chunk.start * plane..chunk.end * plane]);
-            let count = ctx.scratch(n as u64 * 4);
-            let g = ctx.scratch(n as u64 * 4);
-            let z = ctx.scratch((s * r * (c + 1)) as u64 * 4);
-            let d2 = ctx.scratch(n as u64 * 4);
-            let packed = ctx.scratch(mask_bytes(n));
-            let mut dispatches = vec![
-                Dispatch {
-                    kernel: Kernel::ScanColumns,
-                    params: params(&[
-                        s32,
-                        r32,
-                        c32,
-                        u32::from(feature),
-                        u32::from(border),
-                        sy2.to_bits(),
-                    ]),
-                    buffers: vec![&mask_buf, &count, &g],
-                    workgroups: groups((s * c) as u64)?,
-                },
-                Dispatch {
-                    kernel: Kernel::EnvelopeRows,
-                    params: params(&[s32, r32, c32, u32::from(border), sx2.to_bits()]),
-                    buffers: vec![&g, &count, &z, &d2],
-                    workgroups: groups((s * r) as u64)?,
-                },
-            ];
-            let result = if let Some((r2, dilate)) = compare {
-                let words = n.div_ceil(4);
-                dispatches.push(Dispatch {
-                    kernel: Kernel::CompareDistance,
-                    params: params(&[n32, words as u32, r2.to_bits(), u32::from(dilate)]),
-                    buffers: vec![&d2, &packed],
-                    workgroups: groups(words as u64)?,
-                });
-                let bytes = ctx.run(operation, &dispatches, &[(&packed, mask_bytes(n))])?;
-                unpack(bytes.first().map_or(&[][..], |b| b), n)
-            } else {
-                let bytes = ctx.run(operation, &dispatches, &[(&d2, n as u64 * 4)])?;
-                bytes.into_iter().next().unwrap_or_default()
-            };
-            out.extend_from_slice(&result);
-        }
-        Ok(out)
-    }
-
-    fn morph(
-        &self,
-        operation: &'static str,
-        mask: &[u8],
-        dims: (usize, usize, usize),
-        radius_px: u32,
-        dilate: bool,
-    ) -> Result<Vec<u8>, GpuError> {
-        let r2 = radius_px as f32 * radius_px as f32;
-        self.sq_distance(
+        let per_pixel = if matches!(usage, LabelUse::Labels) {
+            4
+        } else {
+            1
+        };
+        self.per_chunk_mask(
             operation,
             mask,
-            dims,
-            dilate,
-            false,
-            (1.0, 1.0),
-            Some((r2, dilate)),
+            (r * c) as u64 * 4,
+            whole,
+            per_pixel,
+            |input, dims, out| self.label_passes(operation, input, dims, neighbours, usage, out),
         )
     }
 
@@ -900,24 +988,18 @@ impl GpuMaskOps {
         let hist_groups = u32_of(OP, n.div_ceil((WORKGROUP_SIZE * HISTOGRAM_ITEMS) as usize))?;
         let histogram = |mode: u32, shift: u32, mask: u32, prefix: u32, key: u32| {
             let hist = ctx.scratch(256 * 4);
-            let bytes = ctx.run(
+            let bytes = self.run_one(
                 OP,
                 &[Dispatch {
                     kernel: Kernel::HistogramKeys,
                     params: params(&[n32, shift, mask, prefix, mode, key]),
-                    buffers: vec![&values_buf, &hist],
+                    buffers: vec![values_buf.clone(), hist.clone()],
                     workgroups: hist_groups,
                 }],
-                &[(&hist, 256 * 4)],
+                &hist,
+                256 * 4,
             )?;
-            let h = words_u32(bytes.first().map_or(&[][..], |b| b));
-            if h.len() != 256 {
-                return Err(GpuError::Run {
-                    operation: OP,
-                    message: "short histogram".into(),
-                });
-            }
-            Ok(h)
+            Ok::<_, GpuError>(words_u32(&bytes))
         };
         let inconsistent = || GpuError::Run {
             operation: OP,
@@ -930,8 +1012,8 @@ impl GpuMaskOps {
         for shift in [24u32, 16, 8, 0] {
             let h = histogram(0, shift, mask, prefix, 0)?;
             let mut chosen = None;
-            for b in (0..256usize).rev() {
-                let count = u64::from(h[b]);
+            for (b, &count) in h.iter().enumerate().rev() {
+                let count = u64::from(count);
                 if count >= need {
                     chosen = Some((b as u32, count));
                     break;
@@ -973,7 +1055,7 @@ impl GpuMaskOps {
             &[Dispatch {
                 kernel: Kernel::GatherTop,
                 params: params(&[n32, key, last, k32]),
-                buffers: vec![&values_buf, &counter, &found],
+                buffers: vec![values_buf.clone(), counter.clone(), found.clone()],
                 workgroups: groups(n as u64)?,
             }],
             &[(&counter, 4), (&found, k as u64 * 4)],
@@ -996,13 +1078,16 @@ impl GpuMaskOps {
         Ok(indices)
     }
 
-    fn upsample_chunks(
+    /// Upsampling (and the thresholded variant with its clean-up) over chunks of logit
+    /// frames: one upload of the logits, one readback of the result per chunk.
+    fn run_from_logits(
         &self,
+        operation: &'static str,
         logits: ArrayView3<f32>,
         transform: &Transform,
         threshold: Option<f32>,
+        cleanup: &Cleanup,
     ) -> Result<Vec<u8>, PostError> {
-        const OP: &str = "upsampling";
         check_logits(&logits)?;
         let ctx = &self.ctx;
         let n = logits.dim().0;
@@ -1017,59 +1102,85 @@ impl GpuMaskOps {
             None => Cow::Owned(logits.iter().copied().collect()),
         };
         let frame = MODEL_SIZE * MODEL_SIZE;
-        let per_slice = (frame as u64 * 4).max(plane as u64 * 4);
-        let step = self.chunk_slices(OP, per_slice)?;
-        let mut out = Vec::with_capacity(n * plane * if threshold.is_some() { 1 } else { 4 });
-        for start in (0..n).step_by(step) {
-            let end = (start + step).min(n);
-            let s = end - start;
-            let pixels = s * plane;
+        // the largest buffer per slice: logits, labels or distance scratch
+        let per_slice = (frame as u64 * 4)
+            .max(plane as u64 * 4)
+            .max((rows * (cols + 1)) as u64 * 4);
+        let whole = cleanup.keep_largest == Some(Connectivity::Volumetric)
+            || matches!(cleanup.remove_small, Some((Connectivity::Volumetric, _)));
+        let per_pixel: u64 = if threshold.is_some() { 1 } else { 4 };
+        let mut out = Vec::with_capacity(n * plane * per_pixel as usize);
+        for chunk in self.chunks(operation, n, per_slice, whole)? {
+            let (start, end) = (chunk.start, chunk.end);
+            let pixels = chunk.len() * plane;
             if pixels == 0 {
                 continue;
             }
+            let dims = (chunk.len(), rows, cols);
             let input = ctx.upload(bytemuck::cast_slice(&data[start * frame..end * frame]));
-            let (s32, r32, c32) = (s as u32, rows as u32, cols as u32);
-            match threshold {
-                Some(t) => {
-                    let words = pixels.div_ceil(4);
-                    let mask = ctx.scratch(mask_bytes(pixels));
-                    let bytes = ctx.run(
-                        OP,
-                        &[Dispatch {
-                            kernel: Kernel::ThresholdLogits,
-                            params: params(&[s32, r32, c32, u32_of(OP, words)?, t.to_bits()]),
-                            buffers: vec![&input, &taps_buf, &mask],
-                            workgroups: groups(words as u64)?,
-                        }],
-                        &[(&mask, mask_bytes(pixels))],
-                    )?;
-                    out.extend_from_slice(&unpack(bytes.first().map_or(&[][..], |b| b), pixels));
-                }
-                None => {
-                    let result = ctx.scratch(pixels as u64 * 4);
-                    let bytes = ctx.run(
-                        OP,
-                        &[Dispatch {
-                            kernel: Kernel::UpsampleLogits,
-                            params: params(&[s32, r32, c32, u32_of(OP, pixels)?]),
-                            buffers: vec![&input, &taps_buf, &result],
-                            workgroups: groups(pixels as u64)?,
-                        }],
-                        &[(&result, pixels as u64 * 4)],
-                    )?;
-                    let b = bytes.into_iter().next().unwrap_or_default();
-                    if b.len() != pixels * 4 {
-                        return Err(GpuError::Run {
-                            operation: OP,
-                            message: "short readback".into(),
-                        }
-                        .into());
-                    }
-                    out.extend_from_slice(&b);
-                }
+            let mut d = Vec::new();
+            let mut result =
+                self.upsample_pass(operation, &input, &taps_buf, dims, threshold, &mut d)?;
+            if threshold.is_some() {
+                result = self.cleanup_passes(operation, result, dims, cleanup, &mut d)?;
             }
+            let bytes = self.run_one(operation, &d, &result, pixels as u64 * per_pixel)?;
+            out.extend_from_slice(&bytes[..pixels * per_pixel as usize]);
         }
         Ok(out)
+    }
+
+    /// Appends the clean-up steps of `cleanup`, in their documented order.
+    fn cleanup_passes(
+        &self,
+        operation: &'static str,
+        mut mask: wgpu::Buffer,
+        dims: Dims,
+        cleanup: &Cleanup,
+        d: &mut Vec<Dispatch>,
+    ) -> Result<wgpu::Buffer, GpuError> {
+        let neighbours = |c: Connectivity| match c {
+            Connectivity::Planar => cpu::Neighbours::Eight,
+            Connectivity::Volumetric => cpu::Neighbours::TwentySix,
+        };
+        if let Some(c) = cleanup.keep_largest {
+            mask = self.label_passes(
+                operation,
+                &mask,
+                dims,
+                neighbours(c),
+                LabelUse::KeepLargest,
+                d,
+            )?;
+        }
+        if let Some((c, min)) = cleanup.remove_small {
+            let min = u32::try_from(min).unwrap_or(u32::MAX);
+            mask = self.label_passes(
+                operation,
+                &mask,
+                dims,
+                neighbours(c),
+                LabelUse::RemoveSmall(min),
+                d,
+            )?;
+        }
+        if cleanup.fill_holes {
+            mask = self.label_passes(
+                operation,
+                &mask,
+                dims,
+                cpu::Neighbours::Four,
+                LabelUse::FillHoles,
+                d,
+            )?;
+        }
+        if cleanup.open_px > 0 {
+            mask = self.morph_passes(operation, &mask, dims, cleanup.open_px, false, d)?;
+        }
+        if cleanup.close_px > 0 {
+            mask = self.morph_passes(operation, &mask, dims, cleanup.close_px, true, d)?;
+        }
+        Ok(mask)
     }
 }
 
@@ -1084,7 +1195,13 @@ impl MaskOps for GpuMaskOps {
         transform: &Transform,
         threshold_logit: f32,
     ) -> Result<Array3<u8>, PostError> {
-        let out = self.upsample_chunks(logits, transform, Some(threshold_logit))?;
+        let out = self.run_from_logits(
+            "upsampling",
+            logits,
+            transform,
+            Some(threshold_logit),
+            &Cleanup::default(),
+        )?;
         into_array(
             (logits.dim().0, transform.source_rows, transform.source_cols),
             out,
@@ -1096,10 +1213,31 @@ impl MaskOps for GpuMaskOps {
         logits: ArrayView3<f32>,
         transform: &Transform,
     ) -> Result<Array3<f32>, PostError> {
-        let out = self.upsample_chunks(logits, transform, None)?;
+        let out =
+            self.run_from_logits("upsampling", logits, transform, None, &Cleanup::default())?;
         into_array(
             (logits.dim().0, transform.source_rows, transform.source_cols),
             words_f32(&out),
+        )
+    }
+
+    fn postprocess(
+        &self,
+        logits: ArrayView3<f32>,
+        transform: &Transform,
+        threshold_logit: f32,
+        cleanup: &Cleanup,
+    ) -> Result<Array3<u8>, PostError> {
+        let out = self.run_from_logits(
+            "post-processing",
+            logits,
+            transform,
+            Some(threshold_logit),
+            cleanup,
+        )?;
+        into_array(
+            (logits.dim().0, transform.source_rows, transform.source_cols),
+            out,
         )
     }
 
@@ -1108,8 +1246,44 @@ impl MaskOps for GpuMaskOps {
         mask: ArrayView3<u8>,
         connectivity: Connectivity,
     ) -> Result<Array3<u32>, PostError> {
-        let bytes = self.labelled("labelling", mask, connectivity, LabelUse::Labels)?;
-        into_array(mask.dim(), words_u32(&bytes))
+        const OP: &str = "labelling";
+        let plane = mask.dim().1 * mask.dim().2;
+        let (slices, r, c) = mask.dim();
+        let neighbours = match connectivity {
+            Connectivity::Planar => cpu::Neighbours::Eight,
+            Connectivity::Volumetric => cpu::Neighbours::TwentySix,
+        };
+        let whole = connectivity == Connectivity::Volumetric;
+        let data = mask_contiguous(&mask);
+        let mut out = Vec::with_capacity(data.len());
+        for chunk in self.chunks(OP, slices, plane as u64 * 4, whole)? {
+            let n = chunk.len() * plane;
+            if n == 0 {
+                continue;
+            }
+            let input = self
+                .ctx
+                .upload(&data[chunk.start * plane..chunk.end * plane]);
+            let mut d = Vec::new();
+            let labels = self.label_passes(
+                OP,
+                &input,
+                (chunk.len(), r, c),
+                neighbours,
+                LabelUse::Labels,
+                &mut d,
+            )?;
+            let bytes = self.run_one(OP, &d, &labels, n as u64 * 4)?;
+            let offset = u32_of(OP, chunk.start * plane)? + 1;
+            out.extend(words_u32(&bytes[..n * 4]).into_iter().map(|l| {
+                if l == NONE {
+                    0
+                } else {
+                    l + offset
+                }
+            }));
+        }
+        into_array(mask.dim(), out)
     }
 
     fn keep_largest(
@@ -1148,19 +1322,29 @@ impl MaskOps for GpuMaskOps {
     }
 
     fn open(&self, mask: ArrayView3<u8>, radius_px: u32) -> Result<Array3<u8>, PostError> {
-        let dims = mask.dim();
-        let data = mask_contiguous(&mask);
-        let eroded = self.morph("opening", &data, dims, radius_px, false)?;
-        let opened = self.morph("opening", &eroded, dims, radius_px, true)?;
-        into_array(dims, opened)
+        let (_, r, c) = mask.dim();
+        let out = self.per_chunk_mask(
+            "opening",
+            mask,
+            (r * (c + 1)) as u64 * 4,
+            false,
+            1,
+            |m, dims, d| self.morph_passes("opening", m, dims, radius_px, false, d),
+        )?;
+        into_array(mask.dim(), out)
     }
 
     fn close(&self, mask: ArrayView3<u8>, radius_px: u32) -> Result<Array3<u8>, PostError> {
-        let dims = mask.dim();
-        let data = mask_contiguous(&mask);
-        let dilated = self.morph("closing", &data, dims, radius_px, true)?;
-        let closed = self.morph("closing", &dilated, dims, radius_px, false)?;
-        into_array(dims, closed)
+        let (_, r, c) = mask.dim();
+        let out = self.per_chunk_mask(
+            "closing",
+            mask,
+            (r * (c + 1)) as u64 * 4,
+            false,
+            1,
+            |m, dims, d| self.morph_passes("closing", m, dims, radius_px, true, d),
+        )?;
+        into_array(mask.dim(), out)
     }
 
     fn distance(
@@ -1169,19 +1353,30 @@ impl MaskOps for GpuMaskOps {
         spacing: Spacing,
         border: Border,
     ) -> Result<Array3<f32>, PostError> {
-        let dims = mask.dim();
-        let data = mask_contiguous(&mask);
-        let bytes = self.sq_distance(
-            "distance transform",
-            &data,
-            dims,
+        const OP: &str = "distance transform";
+        let (_, r, c) = mask.dim();
+        let sp2 = spacing2(spacing);
+        let bytes = self.per_chunk_mask(
+            OP,
+            mask,
+            (r * (c + 1)) as u64 * 4,
             false,
-            border == Border::Background,
-            spacing2(spacing),
-            None,
+            4,
+            |m, dims, d| {
+                self.distance_passes(
+                    OP,
+                    m,
+                    dims,
+                    false,
+                    border == Border::Background,
+                    sp2,
+                    None,
+                    d,
+                )
+            },
         )?;
         let d: Vec<f32> = words_f32(&bytes).into_iter().map(finish_distance).collect();
-        into_array(dims, d)
+        into_array(mask.dim(), d)
     }
 
     fn top_k(&self, values: ArrayView3<f32>, k: usize) -> Result<Vec<Peak>, PostError> {

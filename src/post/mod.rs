@@ -248,6 +248,55 @@ pub struct Bounds {
     pub column_max: usize,
 }
 
+/// Clean-up of a thresholded mask, in this order: keep the largest component, remove
+/// small components, fill holes, opening, closing. The default does nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Cleanup {
+    /// Keep only the largest component (per slice or of the volume).
+    pub keep_largest: Option<Connectivity>,
+    /// Remove components of fewer pixels than this.
+    pub remove_small: Option<(Connectivity, usize)>,
+    /// Fill holes in each slice.
+    pub fill_holes: bool,
+    /// Opening radius, pixels (0: none).
+    pub open_px: u32,
+    /// Closing radius, pixels (0: none).
+    pub close_px: u32,
+}
+
+impl Cleanup {
+    /// Keeps only the largest component.
+    pub fn with_keep_largest(mut self, connectivity: Connectivity) -> Self {
+        self.keep_largest = Some(connectivity);
+        self
+    }
+
+    /// Removes components of fewer than `min_pixels` pixels.
+    pub fn with_remove_small(mut self, connectivity: Connectivity, min_pixels: usize) -> Self {
+        self.remove_small = Some((connectivity, min_pixels));
+        self
+    }
+
+    /// Fills holes in each slice.
+    pub fn with_fill_holes(mut self, fill: bool) -> Self {
+        self.fill_holes = fill;
+        self
+    }
+
+    /// Opens with a disk of `radius_px` pixels.
+    pub fn with_open(mut self, radius_px: u32) -> Self {
+        self.open_px = radius_px;
+        self
+    }
+
+    /// Closes with a disk of `radius_px` pixels.
+    pub fn with_close(mut self, radius_px: u32) -> Self {
+        self.close_px = radius_px;
+        self
+    }
+}
+
 /// Which backend an implementation of [`MaskOps`] runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -298,6 +347,38 @@ pub trait MaskOps: Send + Sync + fmt::Debug {
         logits: ArrayView3<f32>,
         transform: &Transform,
     ) -> Result<Array3<f32>, PostError>;
+
+    /// [`MaskOps::upsample_threshold`] followed by the steps of `cleanup`, in its order.
+    /// The GPU path keeps the volume on the device between steps (one upload of the
+    /// logits, one readback of the mask per chunk of slices).
+    ///
+    /// # Errors
+    /// As [`MaskOps::upsample_threshold`].
+    fn postprocess(
+        &self,
+        logits: ArrayView3<f32>,
+        transform: &Transform,
+        threshold_logit: f32,
+        cleanup: &Cleanup,
+    ) -> Result<Array3<u8>, PostError> {
+        let mut mask = self.upsample_threshold(logits, transform, threshold_logit)?;
+        if let Some(c) = cleanup.keep_largest {
+            mask = self.keep_largest(mask.view(), c)?;
+        }
+        if let Some((c, min)) = cleanup.remove_small {
+            mask = self.remove_small(mask.view(), c, min)?;
+        }
+        if cleanup.fill_holes {
+            mask = self.fill_holes(mask.view())?;
+        }
+        if cleanup.open_px > 0 {
+            mask = self.open(mask.view(), cleanup.open_px)?;
+        }
+        if cleanup.close_px > 0 {
+            mask = self.close(mask.view(), cleanup.close_px)?;
+        }
+        Ok(mask)
+    }
 
     /// Labels connected components of the foreground: 0 on background, and on each
     /// component one more than the smallest linear index (`(slice * rows + row) * cols +
@@ -548,6 +629,20 @@ impl MaskOps for WithFallback {
         )
     }
 
+    fn postprocess(
+        &self,
+        logits: ArrayView3<f32>,
+        transform: &Transform,
+        threshold_logit: f32,
+        cleanup: &Cleanup,
+    ) -> Result<Array3<u8>, PostError> {
+        self.run(
+            "post-processing",
+            |g| g.postprocess(logits, transform, threshold_logit, cleanup),
+            |c| c.postprocess(logits, transform, threshold_logit, cleanup),
+        )
+    }
+
     fn label(
         &self,
         mask: ArrayView3<u8>,
@@ -697,6 +792,7 @@ pub(crate) fn order_key(v: f32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::Array3;
 
     #[test]
     fn padding_is_cropped_before_resizing() {
@@ -739,6 +835,39 @@ mod tests {
         let (ops, note) = mask_ops(Device::Cpu);
         assert_eq!(ops.backend(), Backend::Cpu);
         assert!(note.contains("CPU"), "{note}");
+    }
+
+    #[test]
+    fn a_failing_gpu_call_falls_back_to_the_cpu_and_stays_there() {
+        let gpu = match GpuMaskOps::new() {
+            Ok(g) => g,
+            Err(e) if std::env::var("COSAM_TEST_GPU").is_ok_and(|v| v == "1") => {
+                panic!("COSAM_TEST_GPU=1 but no GPU: {e}")
+            }
+            Err(_) => return,
+        };
+        // a 4 KiB buffer cap cannot hold this volume for 26-connected labelling
+        let ops = WithFallback::new(gpu.with_max_buffer_bytes(4096));
+        assert!(matches!(ops.backend(), Backend::Gpu(_)));
+        let mask = Array3::from_shape_fn((4, 32, 32), |(z, r, c)| u8::from((z + r * c) % 3 == 0));
+        let labels = ops.label(mask.view(), Connectivity::Volumetric).unwrap();
+        let cpu = CpuMaskOps::new();
+        assert_eq!(
+            labels,
+            cpu.label(mask.view(), Connectivity::Volumetric).unwrap()
+        );
+        assert_eq!(
+            ops.backend(),
+            Backend::Cpu,
+            "later calls go straight to the CPU"
+        );
+        // input errors are the caller's, never a reason to fall back
+        let bad = Array3::<f32>::zeros((1, 10, 10));
+        let t = Transform::new(10, 10);
+        assert!(matches!(
+            CpuMaskOps::new().upsample_threshold(bad.view(), &t, 0.0),
+            Err(PostError::Shape { .. })
+        ));
     }
 
     #[test]

@@ -1,0 +1,397 @@
+//! A structural pre-check of DICOM files before `dicom-object` parses them.
+//!
+//! `dicom-object` allocates an element's declared length before reading it, so a 10 kB
+//! file whose header claims a 4 GB element makes it allocate (and zero) 4 GB: found by
+//! the fuzzer (fuzz/README.md). This walk checks, without allocating, that every defined
+//! length fits inside its enclosing sequence item or the file, for the file meta group
+//! and a data set in implicit VR little endian, explicit VR little endian or explicit VR
+//! big endian. Deflated data sets are inflated with a size cap first.
+
+use std::io::Read;
+
+/// Deflated data sets are inflated at most to this size for the check, bytes.
+const MAX_INFLATED_BYTES: u64 = 1 << 31;
+/// Nesting depth of sequences followed.
+const MAX_DEPTH: usize = 64;
+
+const ITEM: (u16, u16) = (0xFFFE, 0xE000);
+const ITEM_END: (u16, u16) = (0xFFFE, 0xE00D);
+const SEQUENCE_END: (u16, u16) = (0xFFFE, 0xE0DD);
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Syntax {
+    ImplicitLe,
+    ExplicitLe,
+    ExplicitBe,
+}
+
+/// Tag (group, element), VR when explicit, and value length.
+type Header = ((u16, u16), Option<[u8; 2]>, u32);
+
+struct Cursor<'a> {
+    data: &'a [u8],
+    pos: usize,
+    syntax: Syntax,
+}
+
+impl Cursor<'_> {
+    fn u16(&mut self, big: bool) -> Result<u16, String> {
+        let b = self
+            .data
+            .get(self.pos..self.pos + 2)
+            .ok_or("truncated element header")?;
+        self.pos += 2;
+        Ok(if big {
+            u16::from_be_bytes([b[0], b[1]])
+        } else {
+            u16::from_le_bytes([b[0], b[1]])
+        })
+    }
+
+    fn u32(&mut self, big: bool) -> Result<u32, String> {
+        let b = self
+            .data
+            .get(self.pos..self.pos + 4)
+            .ok_or("truncated element header")?;
+        self.pos += 4;
+        Ok(if big {
+            u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+        } else {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        })
+    }
+
+    /// Reads one element header: tag, VR (explicit only) and length.
+    fn header(&mut self) -> Result<Header, String> {
+        let big = self.syntax == Syntax::ExplicitBe;
+        let group = self.u16(big)?;
+        let element = self.u16(big)?;
+        let tag = (group, element);
+        // items and delimiters have no VR in any syntax (always little endian in LE)
+        if group == 0xFFFE {
+            return Ok((tag, None, self.u32(big)?));
+        }
+        if self.syntax == Syntax::ImplicitLe {
+            return Ok((tag, None, self.u32(false)?));
+        }
+        let vr = self
+            .data
+            .get(self.pos..self.pos + 2)
+            .ok_or("truncated element header")?;
+        let vr = [vr[0], vr[1]];
+        self.pos += 2;
+        let long = matches!(
+            &vr,
+            b"OB"
+                | b"OD"
+                | b"OF"
+                | b"OL"
+                | b"OV"
+                | b"OW"
+                | b"SQ"
+                | b"UC"
+                | b"UN"
+                | b"UR"
+                | b"UT"
+                | b"SV"
+                | b"UV"
+        );
+        let short = matches!(
+            &vr,
+            b"AE"
+                | b"AS"
+                | b"AT"
+                | b"CS"
+                | b"DA"
+                | b"DS"
+                | b"DT"
+                | b"FL"
+                | b"FD"
+                | b"IS"
+                | b"LO"
+                | b"LT"
+                | b"PN"
+                | b"SH"
+                | b"SL"
+                | b"SS"
+                | b"ST"
+                | b"TM"
+                | b"UI"
+                | b"UL"
+                | b"US"
+        );
+        if !long && !short {
+            return Err(format!(
+                "unknown value representation {:?} at byte {}",
+                String::from_utf8_lossy(&vr),
+                self.pos - 2
+            ));
+        }
+        let len = if long {
+            self.pos += 2;
+            self.u32(big)?
+        } else {
+            u32::from(self.u16(big)?)
+        };
+        Ok((tag, Some(vr), len))
+    }
+}
+
+/// Walks elements until `end` (or a delimiter when `end` is `None`).
+fn walk(
+    c: &mut Cursor<'_>,
+    end: Option<usize>,
+    depth: usize,
+    stop_at_pixel_data: bool,
+) -> Result<(), String> {
+    if depth > MAX_DEPTH {
+        return Err("sequences nested too deeply".into());
+    }
+    let limit = end.unwrap_or(c.data.len());
+    while c.pos < limit {
+        let at = c.pos;
+        let (tag, vr, len) = c.header()?;
+        if tag == ITEM_END || tag == SEQUENCE_END {
+            if end.is_none() {
+                return Ok(());
+            }
+            continue;
+        }
+        if depth == 0 && stop_at_pixel_data && tag == (0x7FE0, 0x0010) {
+            return Ok(());
+        }
+        let sequence_like = vr.as_ref().is_some_and(|v| v == b"SQ")
+            || (vr.is_none() && len == UNDEFINED)
+            || (vr.as_ref().is_some_and(|v| v == b"UN") && len == UNDEFINED);
+        if len == UNDEFINED && vr.as_ref().is_some_and(|v| v == b"UN") {
+            // an undefined-length UN holds an implicit VR sequence: not followed here
+            return Ok(());
+        }
+        if len == UNDEFINED {
+            if !sequence_like
+                && tag != (0x7FE0, 0x0010)
+                && vr.as_ref().is_none_or(|v| v != b"OB" && v != b"OW")
+            {
+                return Err(format!(
+                    "undefined length on a non-sequence element at byte {at}"
+                ));
+            }
+            // encapsulated pixel data holds raw fragments, not data sets
+            walk_items(c, None, depth + 1, tag == (0x7FE0, 0x0010))?;
+            continue;
+        }
+        let value_end = c
+            .pos
+            .checked_add(len as usize)
+            .filter(|&e| e <= limit)
+            .ok_or_else(|| {
+                format!(
+                    "element ({:04X},{:04X}) at byte {at} claims {len} bytes, only {} remain",
+                    tag.0,
+                    tag.1,
+                    limit.saturating_sub(c.pos)
+                )
+            })?;
+        // A defined-length sequence (or, in implicit VR, a value that starts with an
+        // item tag) holds items whose lengths must fit inside it.
+        let starts_with_item = c
+            .data
+            .get(c.pos..c.pos + 4)
+            .is_some_and(|b| b == [0xFE, 0xFF, 0x00, 0xE0]);
+        if vr.as_ref().is_some_and(|v| v == b"SQ")
+            || (vr.is_none() && tag.0 != 0xFFFE && starts_with_item)
+        {
+            walk_items(c, Some(value_end), depth + 1, false)?;
+        }
+        c.pos = value_end;
+    }
+    if end.is_none() && c.pos > c.data.len() {
+        return Err("truncated".into());
+    }
+    Ok(())
+}
+
+/// Walks sequence items (or encapsulated fragments) until `end` or a sequence delimiter.
+fn walk_items(
+    c: &mut Cursor<'_>,
+    end: Option<usize>,
+    depth: usize,
+    fragments: bool,
+) -> Result<(), String> {
+    let limit = end.unwrap_or(c.data.len());
+    while c.pos < limit {
+        let at = c.pos;
+        let (tag, _, len) = c.header()?;
+        if tag == SEQUENCE_END {
+            return Ok(());
+        }
+        if tag != ITEM {
+            return Err(format!("expected a sequence item at byte {at}"));
+        }
+        if len == UNDEFINED {
+            if fragments {
+                return Err(format!("pixel data fragment at byte {at} has no length"));
+            }
+            walk(c, None, depth, false)?;
+            continue;
+        }
+        let item_end = c
+            .pos
+            .checked_add(len as usize)
+            .filter(|&e| e <= limit)
+            .ok_or_else(|| {
+                format!(
+                    "item at byte {at} claims {len} bytes, only {} remain",
+                    limit.saturating_sub(c.pos)
+                )
+            })?;
+        // item content: a nested data set, or (encapsulated pixel data) raw bytes; check
+        // it as a data set only when it parses as one
+        if !fragments {
+            let mut inner = Cursor {
+                data: c.data,
+                pos: c.pos,
+                syntax: c.syntax,
+            };
+            walk(&mut inner, Some(item_end), depth, false)?;
+        }
+        c.pos = item_end;
+    }
+    if end.is_none() {
+        return Err("sequence without its delimiter (truncated)".into());
+    }
+    Ok(())
+}
+
+/// Checks the lengths of a DICOM file (`bytes` is the whole file, preamble included).
+/// Files without the `DICM` preamble are left to the parser.
+///
+/// # Errors
+/// A sentence saying which element claims more bytes than remain.
+pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<(), String> {
+    if bytes.get(128..132) != Some(b"DICM".as_slice()) {
+        return Ok(());
+    }
+    // file meta group: explicit VR little endian, group 0002
+    let mut meta = Cursor {
+        data: bytes,
+        pos: 132,
+        syntax: Syntax::ExplicitLe,
+    };
+    let mut ts = String::new();
+    loop {
+        let at = meta.pos;
+        let Some(group) = bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        else {
+            return Err("file ends inside the file meta group".into());
+        };
+        if group != 0x0002 {
+            meta.pos = at;
+            break;
+        }
+        let (tag, _, len) = meta.header()?;
+        let value_end = meta
+            .pos
+            .checked_add(len as usize)
+            .filter(|&e| e <= bytes.len() && len != UNDEFINED)
+            .ok_or_else(|| format!("file meta element at byte {at} claims {len} bytes"))?;
+        if tag == (0x0002, 0x0000) && len == 4 {
+            // the group length says how many meta bytes follow; parsers trust it
+            let v = &bytes[meta.pos..value_end];
+            let group_len = u64::from(u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
+            if group_len > (bytes.len() - value_end) as u64 {
+                return Err(format!(
+                    "file meta group length {group_len} exceeds the file ({} bytes remain)",
+                    bytes.len() - value_end
+                ));
+            }
+        }
+        if tag == (0x0002, 0x0010) {
+            ts = String::from_utf8_lossy(&bytes[meta.pos..value_end])
+                .trim_end_matches(['\0', ' '])
+                .to_string();
+        }
+        meta.pos = value_end;
+    }
+    let body = &bytes[meta.pos..];
+    let (syntax, inflated);
+    let data: &[u8] = match ts.as_str() {
+        "1.2.840.10008.1.2" => {
+            syntax = Syntax::ImplicitLe;
+            body
+        }
+        "1.2.840.10008.1.2.2" => {
+            syntax = Syntax::ExplicitBe;
+            body
+        }
+        "1.2.840.10008.1.2.1.99" => {
+            syntax = Syntax::ExplicitLe;
+            let mut out = Vec::new();
+            flate2::read::DeflateDecoder::new(body)
+                .take(MAX_INFLATED_BYTES)
+                .read_to_end(&mut out)
+                .map_err(|e| format!("deflated data set does not inflate: {e}"))?;
+            inflated = out;
+            &inflated
+        }
+        _ => {
+            syntax = Syntax::ExplicitLe;
+            body
+        }
+    };
+    let mut c = Cursor {
+        data,
+        pos: 0,
+        syntax,
+    };
+    walk(&mut c, Some(data.len()), 0, stop_at_pixel_data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(body: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 128];
+        f.extend_from_slice(b"DICM");
+        // (0002,0010) UI "1.2.840.10008.1.2.1"
+        let ts = b"1.2.840.10008.1.2.1\0";
+        f.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
+        f.extend_from_slice(&(ts.len() as u16).to_le_bytes());
+        f.extend_from_slice(ts);
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn well_formed_elements_pass() {
+        // (0010,0010) PN "DOE^J " ; (7FE0,0010) OW 4 bytes
+        let mut body = vec![0x10, 0x00, 0x10, 0x00, b'P', b'N', 6, 0];
+        body.extend_from_slice(b"DOE^J ");
+        body.extend_from_slice(&[
+            0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 4, 0, 0, 0, 1, 2, 3, 4,
+        ]);
+        assert!(check_lengths(&file(&body), false).is_ok());
+    }
+
+    #[test]
+    fn a_length_past_the_end_is_refused_before_allocation() {
+        let body = [
+            0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 0xF0, 0xFF, 0xFF, 0xFF, 1, 2,
+        ];
+        let err = check_lengths(&file(&body), false).unwrap_err();
+        assert!(err.contains("claims 4294967280 bytes"), "{err}");
+    }
+
+    #[test]
+    fn items_must_fit_their_sequence() {
+        // (0008,1115) SQ, length 16, holding an item that claims 1000 bytes
+        let mut body = vec![0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 16, 0, 0, 0];
+        body.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xE8, 0x03, 0, 0]);
+        body.extend_from_slice(&[0; 8]);
+        assert!(check_lengths(&file(&body), false).is_err());
+    }
+}
