@@ -158,14 +158,22 @@ fn assert_close(what: &str, cpu: &Array3<f32>, gpu: &Array3<f32>) {
 #[test]
 fn ci_finds_a_gpu_adapter_when_it_asks_for_one() {
     let required = std::env::var("COSAM_TEST_GPU").is_ok_and(|v| v == "1");
-    let (ops, note) = mask_ops(Device::Auto);
+    let (ops, note) = mask_ops(Device::Gpu);
     println!("{note}");
     if required {
         assert!(
             matches!(ops.backend(), Backend::Gpu(_)),
-            "COSAM_TEST_GPU=1 but auto chose {}: {note}",
+            "COSAM_TEST_GPU=1 but --device gpu chose {}: {note}",
             ops.backend()
         );
+    }
+    // auto takes a hardware adapter, never a software one (slower than the CPU path)
+    let (auto, auto_note) = mask_ops(Device::Auto);
+    println!("{auto_note}");
+    match cosam::post::GpuMaskOps::new() {
+        Ok(gpu) if gpu.is_software() => assert_eq!(auto.backend(), Backend::Cpu, "{auto_note}"),
+        Ok(_) => assert!(matches!(auto.backend(), Backend::Gpu(_)), "{auto_note}"),
+        Err(_) => assert_eq!(auto.backend(), Backend::Cpu),
     }
     let (cpu, _) = mask_ops(Device::Cpu);
     assert_eq!(cpu.backend(), Backend::Cpu);

@@ -37,8 +37,9 @@ pub struct ModelArgs {
     /// ONNX Runtime intra-op threads; default: one per core.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
-    /// Where mask post-processing runs: auto (a Vulkan/GL adapter when one exists, else
-    /// the CPU), gpu (falls back to the CPU with a notice), cpu.
+    /// Where mask post-processing runs: auto (a hardware Vulkan/GL adapter when one
+    /// exists, else the CPU), gpu (any adapter, software ones included; the CPU with a
+    /// notice when none opens), cpu.
     #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = parse_device)]
     pub device: cosam::post::Device,
 }

@@ -137,6 +137,9 @@ pub(crate) struct GpuContext {
     device: wgpu::Device,
     queue: wgpu::Queue,
     description: String,
+    /// A software rasteriser (lavapipe, llvmpipe, WARP): correct, but slower than the CPU
+    /// path, so `--device auto` does not pick it.
+    software: bool,
     limits: wgpu::Limits,
     pipelines: Vec<Pipeline>,
     /// Errors wgpu reported outside any error scope (for example a lost device).
@@ -172,6 +175,7 @@ impl GpuContext {
         .map_err(|e| GpuError::NoAdapter { source: boxed(e) })?;
         let info = adapter.get_info();
         let description = format!("{}, {:?}", info.name, info.backend);
+        let software = info.device_type == wgpu::DeviceType::Cpu;
         if !adapter
             .get_downlevel_capabilities()
             .flags
@@ -231,6 +235,7 @@ impl GpuContext {
             device,
             queue,
             description,
+            software,
             limits,
             pipelines,
             uncaptured,
@@ -514,6 +519,12 @@ impl GpuMaskOps {
             ctx: context()?,
             max_buffer: None,
         })
+    }
+
+    /// True when the adapter is a software rasteriser (Mesa lavapipe or llvmpipe): it runs
+    /// the kernels on the CPU, slower than [`super::CpuMaskOps`].
+    pub fn is_software(&self) -> bool {
+        self.ctx.software
     }
 
     /// Caps every GPU buffer at `bytes` (at least 4 KiB): volumes are then processed in more,

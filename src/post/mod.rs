@@ -83,7 +83,8 @@ pub fn logits_to_source(logits: ArrayView2<f32>, transform: &Transform) -> Array
 /// Where post-processing runs (`--device auto|gpu|cpu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
-    /// A wgpu adapter (Vulkan or GL) when one exists, the CPU otherwise.
+    /// A hardware wgpu adapter (Vulkan or GL) when one exists, the CPU otherwise (a
+    /// software adapter such as Mesa's lavapipe is slower than the CPU path).
     #[default]
     Auto,
     /// A wgpu adapter; the CPU, with a notice, when none can be opened.
@@ -526,6 +527,16 @@ pub fn mask_ops(device: Device) -> (Box<dyn MaskOps>, String) {
             "post-processing on the CPU".to_string(),
         ),
         Device::Auto | Device::Gpu => match GpuMaskOps::new() {
+            // A software adapter computes the same masks 15-100x slower than the CPU path
+            // (benches/post.rs on lavapipe): auto takes the CPU, gpu takes what it asked for.
+            Ok(gpu) if device == Device::Auto && gpu.is_software() => (
+                Box::new(CpuMaskOps::new()),
+                format!(
+                    "post-processing on the CPU: the only adapter is a software one ({}); \
+                     --device gpu would use it",
+                    gpu.backend()
+                ),
+            ),
             Ok(gpu) => {
                 let note = format!("post-processing on the {}", gpu.backend());
                 (Box::new(WithFallback::new(gpu)), note)
