@@ -1,6 +1,6 @@
 //! The crate-wide error, shaped by blame so a caller can tell the user what to do.
 
-use crate::{io, model, preprocess};
+use crate::{io, model, post, preprocess};
 
 /// Any error from cosam. Each variant wraps the error of the stage that failed, which
 /// carries the file, slice or tensor it was working on.
@@ -22,6 +22,12 @@ pub enum Error {
     /// ONNX Runtime or a model file failed to load or run.
     #[error(transparent)]
     Model(#[from] model::ModelError),
+    /// Mask post-processing failed (the GPU path falls back to the CPU before this).
+    #[error(transparent)]
+    Post(#[from] post::PostError),
+    /// A metric could not be computed (shape or spacing mismatch).
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 impl Error {

@@ -167,13 +167,7 @@ impl Segmenter {
         logits: ndarray::ArrayView3<f32>,
         t: &Transform,
     ) -> Result<Array3<u8>> {
-        self.post
-            .upsample_threshold(logits, t, THRESHOLD_LOGIT)
-            .map_err(|e| crate::model::ModelError::Inference {
-                model: "post-processing".into(),
-                reason: e.to_string(),
-            })
-            .map_err(Into::into)
+        Ok(self.post.upsample_threshold(logits, t, THRESHOLD_LOGIT)?)
     }
 
     /// The loaded models.
