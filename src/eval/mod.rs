@@ -253,17 +253,24 @@ pub fn evaluate_case(
     rows
 }
 
-/// The label map on the image's voxel grid `[slice, row, col]`. Equal shapes are taken as
-/// they are; otherwise the label grid must be the image grid with axes permuted or
-/// flipped (as a LAS label map of an LPS-ordered DICOM series is), checked voxel by voxel
-/// through both affines.
+/// The label map on the image's voxel grid `[slice, row, col]`. A label with the image's
+/// shape and affine is taken as it is; otherwise its grid must be the image grid with axes
+/// permuted or flipped (as a LAS label map of a DICOM series is: same shape, rows
+/// reversed), checked voxel by voxel through both affines.
 pub fn align_label(label: &Volume, image: &Volume) -> Result<Array3<u32>, String> {
     let lv = label
         .voxels()
         .index_axis(Axis(3), 0)
         .mapv(|v| v.round().max(0.0) as u32);
     let (n, rows, cols) = (image.slices(), image.slice_size().0, image.slice_size().1);
-    if lv.dim() == (n, rows, cols) {
+    let same_grid = label
+        .affine()
+        .0
+        .iter()
+        .flatten()
+        .zip(image.affine().0.iter().flatten())
+        .all(|(a, b)| (a - b).abs() < 1e-3);
+    if lv.dim() == (n, rows, cols) && same_grid {
         return Ok(lv);
     }
     let inverse = invert(label.affine()).ok_or("label affine is singular")?;
@@ -352,6 +359,49 @@ mod tests {
             [0.0, 0.0, 0.0, 1.0],
         ]);
         assert!(invert(&singular).is_none());
+    }
+
+    fn volume(values: ndarray::Array3<f32>, affine: Affine) -> Volume {
+        let (n, r, c) = values.dim();
+        let spacing = crate::io::Spacing {
+            column_mm: 1.0,
+            row_mm: 1.0,
+            slice_mm: 1.0,
+        };
+        Volume::new(
+            values.into_shape_with_order((n, r, c, 1)).unwrap(),
+            spacing,
+            affine,
+            crate::io::Modality::Mr,
+            "v".into(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn label_with_same_shape_but_flipped_rows_is_realigned() {
+        // image rows run towards -y (as a DICOM series' rows do in RAS); the label's j axis
+        // runs towards +y over the same 4 rows
+        let image_affine = Affine([
+            [1.0, 0.0, 0.0, 0.0],
+            [0.0, -1.0, 0.0, 3.0],
+            [0.0, 0.0, 1.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ]);
+        let label_affine = Affine::from_spacing(crate::io::Spacing {
+            column_mm: 1.0,
+            row_mm: 1.0,
+            slice_mm: 1.0,
+        });
+        let image = volume(ndarray::Array3::zeros((2, 4, 3)), image_affine);
+        let mut lab = ndarray::Array3::<f32>::zeros((2, 4, 3));
+        lab[[1, 0, 2]] = 5.0; // label row 0 is image row 3
+        let aligned = align_label(&volume(lab.clone(), label_affine), &image).unwrap();
+        assert_eq!(aligned[[1, 3, 2]], 5);
+        assert_eq!(aligned.iter().filter(|&&v| v != 0).count(), 1);
+        // same affine: taken as it is
+        let same = align_label(&volume(lab, image_affine), &image).unwrap();
+        assert_eq!(same[[1, 0, 2]], 5);
     }
 
     #[test]
