@@ -67,6 +67,10 @@ struct CaseReport {
     error: Option<String>,
     /// SeriesInstanceUID of a DICOM input.
     series_uid: Option<String>,
+    /// SeriesDescription of a DICOM input.
+    series_description: Option<String>,
+    /// What the reader noticed but accepted (uneven spacing, gantry tilt, ...).
+    warnings: Vec<String>,
     seconds: f64,
     modality: Option<Modality>,
     spacing_mm: Option<Spacing>,
@@ -319,6 +323,9 @@ fn run_volume(
             "--format dicom-seg needs a DICOM input to reference; write nifti or png for this one"
         );
     }
+    for w in volume.warnings() {
+        bar.suspend(|| eprintln!("cosam: warning: {}: {w}", job.input.display()));
+    }
     let reoriented = io::reorient(&volume, args.axis)?;
     let work: &Volume = &reoriented.volume;
     let n = work.slices();
@@ -344,6 +351,8 @@ fn run_volume(
         input: job.input.clone(),
         status: "ok",
         series_uid: volume.series_uid().map(str::to_string),
+        series_description: volume.series_description().map(str::to_string),
+        warnings: volume.warnings().to_vec(),
         modality: Some(volume.modality()),
         spacing_mm: Some(spacing),
         slices_segmented: result.slices.len(),
