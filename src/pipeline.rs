@@ -259,8 +259,11 @@ impl Segmenter {
     fn cache_key(&self, tensor: &ndarray::Array4<f32>) -> String {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
-        for v in tensor.iter() {
-            h.update(v.to_le_bytes());
+        // One update over the whole buffer: hashing value by value cost ~200k calls per
+        // slice on the evaluation's hot path. The key only has to be stable on one machine.
+        match tensor.as_slice() {
+            Some(values) => h.update(bytemuck::cast_slice::<f32, u8>(values)),
+            None => tensor.iter().for_each(|v| h.update(v.to_ne_bytes())),
         }
         if let Some(m) = self
             .sam
