@@ -1,6 +1,6 @@
 //! The crate-wide error, shaped by blame so a caller can tell the user what to do.
 
-use crate::{io, model, post, preprocess};
+use crate::{correct, io, model, post, preprocess};
 
 /// Any error from cosam. Each variant wraps the error of the stage that failed, which
 /// carries the file, slice or tensor it was working on.
@@ -25,6 +25,9 @@ pub enum Error {
     /// Mask post-processing failed (the GPU path falls back to the CPU before this).
     #[error(transparent)]
     Post(#[from] post::PostError),
+    /// The self-correcting loop failed.
+    #[error(transparent)]
+    Correct(#[from] correct::CorrectError),
     /// A metric could not be computed (shape or spacing mismatch).
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
@@ -34,7 +37,7 @@ impl Error {
     /// True when the fault lies with the environment (runtime library, model files) rather
     /// than with one input: a batch cannot go on after it.
     pub fn is_setup(&self) -> bool {
-        matches!(self, Error::Model(e) if e.is_setup())
+        matches!(self, Error::Model(e) | Error::Correct(correct::CorrectError::Model(e)) if e.is_setup())
     }
 }
 

@@ -41,6 +41,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod correct;
 mod error;
 pub mod eval;
 pub mod io;

@@ -8,10 +8,14 @@
 use std::ops::RangeInclusive;
 use std::time::Instant;
 
-use ndarray::{s, Array3};
+use ndarray::{s, Array2, Array3};
+
+use crate::correct::{correct_slice, CorrectOptions, Quality, Round};
 
 use crate::io::{Mask, Volume};
-use crate::model::{ImageEmbedding, LiteMedSam, ModelConfig, PromptError, Prompts};
+use crate::model::{
+    HeadsSource, ImageEmbedding, LiteMedSam, ModelConfig, PromptError, Prompts, TaskHeads,
+};
 use crate::post::{mask_ops, Device, MaskOps, THRESHOLD_LOGIT};
 use crate::preprocess::{
     prepare_slice, IntensityMap, Prepared, PreprocessOptions, Transform, MODEL_SIZE,
@@ -122,6 +126,30 @@ impl VolumeSegmentation {
     }
 }
 
+/// The loop's record of one slice of a prompt-free segmentation.
+#[derive(Debug, Clone)]
+pub struct SliceTrace {
+    /// Slice index.
+    pub slice: usize,
+    /// Every mask the loop made (round 0 is the coarse mask).
+    pub trace: Vec<Round>,
+    /// Index into `trace` of the mask returned.
+    pub chosen: usize,
+    /// Model-frame map of each round (> 0 foreground), when asked for.
+    pub maps: Vec<Array2<f32>>,
+}
+
+/// The result of [`Segmenter::segment_volume_prompt_free`].
+#[derive(Debug, Clone)]
+pub struct PromptFreeSegmentation {
+    /// The final mask and per-slice results.
+    pub segmentation: VolumeSegmentation,
+    /// The loop's trace per slice that had content.
+    pub traces: Vec<SliceTrace>,
+    /// How much to trust the mask.
+    pub quality: Quality,
+}
+
 /// A store of encoder outputs, so re-running methods over the same slices costs decoder
 /// time only. Keys are hex digests of the model input tensor and the encoder file, so a
 /// change of image, preprocessing or model never hits a stale entry.
@@ -168,6 +196,19 @@ impl Segmenter {
         t: &Transform,
     ) -> Result<Array3<u8>> {
         Ok(self.post.upsample_threshold(logits, t, THRESHOLD_LOGIT)?)
+    }
+
+    /// Loads the CoSAM heads of a task or folder (see [`LiteMedSam::load_heads`]).
+    ///
+    /// # Errors
+    /// An unknown task (the message lists the shipped ones), checksum or session errors.
+    pub fn load_heads(&self, source: &HeadsSource) -> Result<TaskHeads> {
+        Ok(self.sam.load_heads(source)?)
+    }
+
+    /// The post-processing operations in use.
+    pub fn mask_ops(&self) -> &dyn MaskOps {
+        self.post.as_ref()
     }
 
     /// The loaded models.
@@ -316,6 +357,82 @@ impl Segmenter {
         volume: &Volume,
         prompts: &Prompts,
         slices: Option<RangeInclusive<usize>>,
+        progress: impl FnMut(usize),
+    ) -> Result<VolumeSegmentation> {
+        let (rows, cols) = volume.slice_size();
+        if prompts.is_empty() {
+            return Err(PromptError::NoPrompt.into());
+        }
+        prompts.check_inside(rows, cols)?;
+        let model_prompts = prompts.to_model(&Transform::new(rows, cols));
+        self.segment_slices(
+            volume,
+            slices,
+            |_, embedding| {
+                let out = self.sam.decoder.predict(embedding, &model_prompts, None)?;
+                Ok((out.logits, out.iou))
+            },
+            progress,
+        )
+    }
+
+    /// Segments structure `structure` of `heads` on `slices` of `volume` (all when `None`)
+    /// without prompts: CoSAM's coarse mask and self-correcting loop on every slice, with
+    /// each slice's trace and a quality score for the volume.
+    ///
+    /// # Errors
+    /// A constant volume, a slice range past the end, or a model failure.
+    pub fn segment_volume_prompt_free(
+        &self,
+        volume: &Volume,
+        heads: &TaskHeads,
+        structure: usize,
+        options: &CorrectOptions,
+        slices: Option<RangeInclusive<usize>>,
+        keep_masks: bool,
+        progress: impl FnMut(usize),
+    ) -> Result<PromptFreeSegmentation> {
+        let transform = Transform::new(volume.slice_size().0, volume.slice_size().1);
+        let mut traces = Vec::new();
+        let segmentation = self.segment_slices(
+            volume,
+            slices,
+            |z, embedding| {
+                let c = correct_slice(
+                    heads,
+                    self.post.as_ref(),
+                    embedding,
+                    &transform,
+                    structure,
+                    options,
+                    keep_masks,
+                )?;
+                let iou = c.final_round().iou.unwrap_or(0.0);
+                traces.push(SliceTrace {
+                    slice: z,
+                    trace: c.trace,
+                    chosen: c.chosen,
+                    maps: c.maps,
+                });
+                Ok((c.logits, iou))
+            },
+            progress,
+        )?;
+        let quality = Quality::from_rounds(traces.iter().map(|t| &t.trace[t.chosen]));
+        Ok(PromptFreeSegmentation {
+            segmentation,
+            traces,
+            quality,
+        })
+    }
+
+    /// The slice loop shared by the prompted and prompt-free paths: embed each slice once,
+    /// `decode` it to model-frame logits, post-process in chunks.
+    fn segment_slices(
+        &self,
+        volume: &Volume,
+        slices: Option<RangeInclusive<usize>>,
+        mut decode: impl FnMut(usize, &ImageEmbedding) -> Result<(Array2<f32>, f32)>,
         mut progress: impl FnMut(usize),
     ) -> Result<VolumeSegmentation> {
         let n = volume.slices();
@@ -328,13 +445,8 @@ impl Segmenter {
             .into());
         }
         let (rows, cols) = volume.slice_size();
-        if prompts.is_empty() {
-            return Err(PromptError::NoPrompt.into());
-        }
-        prompts.check_inside(rows, cols)?;
         let map = self.intensity_map(volume)?;
         let transform = Transform::new(rows, cols);
-        let model_prompts = prompts.to_model(&transform);
         let mut mask = Array3::<u8>::zeros((n, rows, cols));
         let mut results = Vec::with_capacity(range.clone().count());
         // Logits are upsampled in chunks: one post-processing call per chunk (a GPU batch)
@@ -348,9 +460,9 @@ impl Segmenter {
                 let embedded = self.embed_slice_with(volume, z, &map)?;
                 let iou = match &embedded.embedding {
                     Some(embedding) => {
-                        let out = self.sam.decoder.predict(embedding, &model_prompts, None)?;
-                        logits.slice_mut(s![i, .., ..]).assign(&out.logits);
-                        Some(out.iou)
+                        let (slice_logits, iou) = decode(z, embedding)?;
+                        logits.slice_mut(s![i, .., ..]).assign(&slice_logits);
+                        Some(iou)
                     }
                     None => {
                         logits.slice_mut(s![i, .., ..]).fill(CONSTANT_SLICE_LOGIT);

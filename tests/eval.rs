@@ -53,7 +53,7 @@ fn bad_entries_fail_their_rows_and_good_dice_matches_an_independent_count() {
     let rows: Vec<_> = dataset
         .cases
         .iter()
-        .flat_map(|c| evaluate_case(seg, c, &options, Some(&cache as &dyn EmbeddingCache)))
+        .flat_map(|c| evaluate_case(seg, c, &options, Some(&cache as &dyn EmbeddingCache), None))
         .collect();
     let find = |case: &str, method: &str| {
         rows.iter()

@@ -22,6 +22,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Evaluate methods on a multi-domain dataset (per-case metrics, summaries, plots).
     Eval(EvalArgs),
+    /// Write a task's slice embeddings and reference masks in the model frame as .npy
+    /// files, for training the CoSAM heads (models/train).
+    ExportTraining(ExportTrainingArgs),
 }
 
 /// Where the models and ONNX Runtime are, shared by every subcommand.
@@ -116,6 +119,35 @@ pub struct SegmentArgs {
     /// Name of the segmented structure, written into DICOM SEG segment descriptions.
     #[arg(long, value_name = "NAME")]
     pub label: Option<String>,
+    /// Segment without prompts with the CoSAM heads of this task (brain, abdomen): coarse
+    /// mask, then the self-correcting loop.
+    #[arg(long, value_name = "TASK", conflicts_with_all = ["bbox", "points", "heads"])]
+    pub task: Option<String>,
+    /// As --task, with the heads in this folder (holding heads.json), e.g. heads trained
+    /// for a leave-one-domain-out study.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["bbox", "points"])]
+    pub heads: Option<PathBuf>,
+    /// Structures of the task to segment, comma-separated; default: all.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub structures: Vec<String>,
+    /// Most correction rounds after the coarse mask (0: coarse mask only).
+    #[arg(long, value_name = "T", default_value_t = 4)]
+    pub rounds: usize,
+    /// Error points per round.
+    #[arg(long, value_name = "K", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub top_k: u32,
+    /// Error probability above which a pixel is predicted wrong.
+    #[arg(long, value_name = "P", default_value_t = 0.5, value_parser = parse_probability)]
+    pub error_threshold: f32,
+    /// Run every round instead of stopping when the predicted error count stops falling.
+    #[arg(long)]
+    pub no_early_stop: bool,
+    /// Write each round's mask and overlay, and trace.json, per input and structure.
+    #[arg(long)]
+    pub trace: bool,
+    /// Quality score below which report.json flags a structure `needs_review`.
+    #[arg(long, value_name = "SCORE", default_value_t = DEFAULT_REVIEW_THRESHOLD, value_parser = parse_probability)]
+    pub review_threshold: f32,
     /// Refuse inputs with more voxels than this.
     #[arg(long, value_name = "N", default_value_t = cosam::io::Limits::default().max_voxels)]
     pub max_voxels: u64,
@@ -123,7 +155,36 @@ pub struct SegmentArgs {
     pub model: ModelArgs,
 }
 
+/// Default of `--review-threshold` (see README, "Review flag", for how it was chosen).
+pub const DEFAULT_REVIEW_THRESHOLD: f32 = 0.5;
+
+fn parse_probability(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("'{s}' is not a number between 0 and 1")),
+    }
+}
+
 impl SegmentArgs {
+    /// Where the CoSAM heads come from, when segmenting without prompts.
+    pub fn heads_source(&self) -> Option<cosam::model::HeadsSource> {
+        use cosam::model::HeadsSource;
+        match (&self.task, &self.heads) {
+            (Some(task), _) => Some(HeadsSource::Task(task.clone())),
+            (None, Some(dir)) => Some(HeadsSource::Dir(dir.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// The loop's options from the flags.
+    pub fn correct_options(&self) -> cosam::correct::CorrectOptions {
+        cosam::correct::CorrectOptions::default()
+            .with_max_rounds(self.rounds)
+            .with_top_k(self.top_k as usize)
+            .with_error_threshold(self.error_threshold)
+            .with_stop_early(!self.no_early_stop)
+    }
+
     /// The prompts given on the command line.
     pub fn prompts(&self) -> Prompts {
         Prompts {
@@ -197,7 +258,8 @@ pub struct EvalArgs {
     /// Task to evaluate (as named in the manifest).
     #[arg(long)]
     pub task: String,
-    /// Methods, comma-separated: full-box, gt-box, gt-box:JITTER_PX, gt-box-3d.
+    /// Methods, comma-separated: full-box, gt-box, gt-box:JITTER_PX, gt-box-3d, and with
+    /// CoSAM heads coarse, corrected, cosam:T (T rounds at most; cosam = cosam:4).
     #[arg(
         long,
         value_delimiter = ',',
@@ -213,6 +275,11 @@ pub struct EvalArgs {
     /// Hold out each domain in turn (train on the others, test on it).
     #[arg(long, conflicts_with_all = ["train_domains", "test_domains"])]
     pub leave_one_domain_out: bool,
+    /// CoSAM heads for coarse, corrected and cosam:T: a folder with heads.json, or one
+    /// with a heads folder per held-out domain (models/lodo/TASK); default: the task's
+    /// shipped heads.
+    #[arg(long, value_name = "DIR")]
+    pub heads: Option<PathBuf>,
     /// Output folder for cases.csv, cases.json, summary.md, summary.json and the plot.
     #[arg(short, long, value_name = "DIR")]
     pub output: PathBuf,
@@ -235,6 +302,27 @@ pub struct EvalArgs {
     /// Refuse inputs with more voxels than this.
     #[arg(long, value_name = "N", default_value_t = cosam::io::Limits::default().max_voxels)]
     pub max_voxels: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportTrainingArgs {
+    /// Dataset manifest or folder, as for `cosam eval`.
+    #[arg(long, value_name = "PATH")]
+    pub dataset: PathBuf,
+    /// Task whose cases to export.
+    #[arg(long)]
+    pub task: String,
+    /// Output folder: one subfolder per domain plus index.json.
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Embedding cache folder; default as for `cosam eval`.
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Do not read or write cached embeddings.
+    #[arg(long)]
+    pub no_cache: bool,
     #[command(flatten)]
     pub model: ModelArgs,
 }

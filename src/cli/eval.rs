@@ -1,6 +1,6 @@
 //! `cosam eval`: methods x cases of a multi-domain dataset, with reports.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -9,13 +9,14 @@ use cosam::eval::{
 };
 use cosam::io::Limits;
 use cosam::metrics::MetricsOptions;
+use cosam::model::{HeadsSource, TaskHeads};
 use cosam::pipeline::EmbeddingCache;
 use cosam::Segmenter;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::args::EvalArgs;
 
-fn default_cache_dir() -> PathBuf {
+pub(super) fn default_cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
@@ -82,6 +83,42 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
                 .with_context(|| format!("cannot create cache folder {}", dir.display()))?,
         )
     };
+    let head_sets = if methods.iter().any(Method::is_prompt_free) {
+        load_head_sets(&segmenter, args)?
+    } else {
+        Vec::new()
+    };
+    // with leave-one-domain-out, each held-out domain is evaluated with the heads that
+    // never saw it, and their training domains are what the report records
+    let rounds: Vec<(Vec<String>, Vec<String>, Option<usize>)> = rounds
+        .into_iter()
+        .map(|(test, train)| -> anyhow::Result<_> {
+            if head_sets.is_empty() {
+                return Ok((test, train, None));
+            }
+            let holding_out = |d: &String| {
+                head_sets
+                    .iter()
+                    .position(|h| h.info.held_out_domains.contains(d))
+            };
+            let chosen = match test.first().and_then(holding_out) {
+                Some(i) => i,
+                None if args.leave_one_domain_out => bail!(
+                    "no heads under {} hold out domain '{}'; train them with \
+                     models/train/train_all (leave-one-domain-out heads go to models/lodo/{})",
+                    args.heads
+                        .as_deref()
+                        .unwrap_or(Path::new("models"))
+                        .display(),
+                    test.join(", "),
+                    args.task
+                ),
+                None => 0,
+            };
+            let train = head_sets[chosen].info.train_domains.clone();
+            Ok((test, train, Some(chosen)))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let metrics = MetricsOptions::default()
         .with_hd95_convention(args.hd95.convention())
         .with_nsd_tolerance_mm(args.nsd_tolerance_mm);
@@ -93,14 +130,14 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let total: usize = rounds
         .iter()
-        .map(|(test, _)| dataset.select(&args.task, Some(test)).len())
+        .map(|(test, _, _)| dataset.select(&args.task, Some(test)).len())
         .sum();
     let bar = ProgressBar::new(total as u64).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut rows = Vec::new();
-    for (test, _train) in &rounds {
+    for (test, _train, heads) in &rounds {
         for case in dataset.select(&args.task, Some(test)) {
             bar.set_message(case.id.clone());
             let case_rows = evaluate_case(
@@ -108,6 +145,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
                 case,
                 &options,
                 cache.as_ref().map(|c| c as &dyn EmbeddingCache),
+                heads.map(|i| &head_sets[i]),
             );
             for r in case_rows.iter().filter(|r| r.status != "ok") {
                 bar.suspend(|| {
@@ -150,7 +188,12 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
         methods.iter().map(Method::name).collect::<Vec<_>>().join(", "),
         rounds
             .iter()
-            .map(|(t, tr)| format!("test [{}] train [{}]", t.join(", "), tr.join(", ")))
+            .map(|(t, tr, h)| {
+                let heads = h.map_or(String::new(), |i| {
+                    format!(" heads {}", head_sets[i].dir().display())
+                });
+                format!("test [{}] train [{}]{heads}", t.join(", "), tr.join(", "))
+            })
             .collect::<Vec<_>>()
             .join("; "),
         args.hd95.convention(),
@@ -173,4 +216,44 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
             .join(", ")
     );
     Ok(failed == 0)
+}
+
+/// The CoSAM head sets to evaluate with: `--heads DIR` (one `heads.json` there, or one
+/// per subfolder, e.g. models/lodo/TASK), else the task's shipped heads.
+fn load_head_sets(segmenter: &Segmenter, args: &EvalArgs) -> anyhow::Result<Vec<TaskHeads>> {
+    let sources: Vec<HeadsSource> = match &args.heads {
+        None => vec![HeadsSource::Task(args.task.clone())],
+        Some(dir) if dir.join("heads.json").is_file() => vec![HeadsSource::Dir(dir.clone())],
+        Some(dir) => {
+            let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
+                .with_context(|| format!("cannot read heads folder {}", dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("heads.json").is_file())
+                .collect();
+            subdirs.sort();
+            if subdirs.is_empty() {
+                bail!(
+                    "{}: no heads.json there or in its subfolders",
+                    dir.display()
+                );
+            }
+            subdirs.into_iter().map(HeadsSource::Dir).collect()
+        }
+    };
+    let mut sets = Vec::new();
+    for source in &sources {
+        let heads = segmenter
+            .load_heads(source)
+            .context("cannot load the CoSAM heads")?;
+        if heads.info.task != args.task {
+            bail!(
+                "{}: heads for task '{}', not '{}'",
+                heads.dir().display(),
+                heads.info.task,
+                args.task
+            );
+        }
+        sets.push(heads);
+    }
+    Ok(sets)
 }

@@ -4,6 +4,8 @@
 mod args;
 mod bench;
 mod eval;
+mod export;
+mod prompt_free;
 mod segment;
 
 use std::process::ExitCode;
@@ -33,6 +35,7 @@ pub fn run() -> ExitCode {
         Command::Segment(args) => segment::run(&args),
         Command::Bench(args) => bench::run(&args).map(|()| true),
         Command::Eval(args) => eval::run(&args),
+        Command::ExportTraining(args) => export::run(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 use super::args::{parse_box, parse_point, ModalityArg, SegmentArgs};
 
 /// One input with its prompts.
-struct Job {
-    id: String,
-    input: PathBuf,
+pub(super) struct Job {
+    pub(super) id: String,
+    pub(super) input: PathBuf,
     /// Prompt errors are per case, so a bad case does not stop the batch.
     prompts: Result<Prompts, String>,
     slices: Option<(usize, usize)>,
@@ -60,29 +60,37 @@ struct RunReport {
 }
 
 #[derive(Serialize, Default)]
-struct CaseReport {
-    id: String,
-    input: PathBuf,
-    status: &'static str,
-    error: Option<String>,
+pub(super) struct CaseReport {
+    pub(super) id: String,
+    pub(super) input: PathBuf,
+    pub(super) status: &'static str,
+    pub(super) error: Option<String>,
     /// SeriesInstanceUID of a DICOM input.
-    series_uid: Option<String>,
+    pub(super) series_uid: Option<String>,
     /// SeriesDescription of a DICOM input.
-    series_description: Option<String>,
+    pub(super) series_description: Option<String>,
     /// What the reader noticed but accepted (uneven spacing, gantry tilt, ...).
-    warnings: Vec<String>,
-    seconds: f64,
-    modality: Option<Modality>,
-    spacing_mm: Option<Spacing>,
-    slices_segmented: usize,
+    pub(super) warnings: Vec<String>,
+    pub(super) seconds: f64,
+    pub(super) modality: Option<Modality>,
+    pub(super) spacing_mm: Option<Spacing>,
+    pub(super) slices_segmented: usize,
     /// Mean of the IoU head over segmented, non-constant slices.
-    predicted_iou: Option<f32>,
-    mask_pixels: usize,
+    pub(super) predicted_iou: Option<f32>,
+    pub(super) mask_pixels: usize,
     /// For single-slice inputs.
-    mask_area_mm2: Option<f64>,
+    pub(super) mask_area_mm2: Option<f64>,
     /// For multi-slice inputs.
-    mask_volume_mm3: Option<f64>,
-    outputs: Vec<PathBuf>,
+    pub(super) mask_volume_mm3: Option<f64>,
+    pub(super) outputs: Vec<PathBuf>,
+    /// Prompt-free runs: the task and one entry per structure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) task: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(super) structures: Vec<super::prompt_free::StructureReport>,
+    /// Prompt-free runs: true when any structure's quality score is below the threshold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) needs_review: Option<bool>,
 }
 
 pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
@@ -99,6 +107,12 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
         .with_preprocess(PreprocessOptions::default().with_intensity(args.intensity()));
     let segmenter = Segmenter::new(options).context("cannot load the model")?;
     let limits = Limits::default().with_max_voxels(args.max_voxels);
+    let task = match args.heads_source() {
+        Some(source) => Some(super::prompt_free::TaskRun::load(
+            &segmenter, &source, args,
+        )?),
+        None => None,
+    };
 
     let started = Instant::now();
     let bar = ProgressBar::new(jobs.len() as u64).with_style(
@@ -126,9 +140,9 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
                 job.id.clone()
             };
             let id = unique_id(&base, &mut used);
-            let outcome = read
-                .map_err(anyhow::Error::from)
-                .and_then(|volume| run_volume(&segmenter, job, &id, volume, args, &bar));
+            let outcome = read.map_err(anyhow::Error::from).and_then(|volume| {
+                run_volume(&segmenter, task.as_ref(), job, &id, volume, args, &bar)
+            });
             let report = match outcome {
                 Ok(report) => report,
                 Err(e) => {
@@ -301,16 +315,13 @@ fn unique_id(id: &str, used: &mut HashSet<String>) -> String {
 
 fn run_volume(
     segmenter: &Segmenter,
+    task: Option<&super::prompt_free::TaskRun>,
     job: &Job,
     id: &str,
     mut volume: Volume,
     args: &SegmentArgs,
     bar: &ProgressBar,
 ) -> anyhow::Result<CaseReport> {
-    let prompts = job
-        .prompts
-        .clone()
-        .map_err(|reason| anyhow::anyhow!("bad prompt in the cases file: {reason}"))?;
     match args.modality {
         ModalityArg::Ct => volume.set_modality(Modality::Ct),
         ModalityArg::Mr => volume.set_modality(Modality::Mr),
@@ -327,6 +338,13 @@ fn run_volume(
         bar.suspend(|| eprintln!("cosam: warning: {}: {w}", job.input.display()));
     }
     let reoriented = io::reorient(&volume, args.axis)?;
+    if let Some(task) = task {
+        return task.run_volume(segmenter, job, id, &volume, &reoriented, &formats, bar);
+    }
+    let prompts = job
+        .prompts
+        .clone()
+        .map_err(|reason| anyhow::anyhow!("bad prompt in the cases file: {reason}"))?;
     let work: &Volume = &reoriented.volume;
     let n = work.slices();
     let result = segmenter.segment_volume(work, &prompts, job.slices.map(|(a, b)| a..=b), |z| {
@@ -341,7 +359,7 @@ fn run_volume(
         work,
         &storage_mask,
         &result,
-        job,
+        job.label.as_deref().unwrap_or("segment"),
     )?;
     let spacing = volume.spacing();
     let pixels = result.voxel_count();
@@ -366,7 +384,7 @@ fn run_volume(
 }
 
 /// The formats asked for, or the default for this input.
-fn formats(args: &SegmentArgs, volume: &Volume) -> Vec<OutputFormat> {
+pub(super) fn formats(args: &SegmentArgs, volume: &Volume) -> Vec<OutputFormat> {
     if !args.format.is_empty() {
         let mut f = args.format.clone();
         f.dedup();
@@ -380,7 +398,7 @@ fn formats(args: &SegmentArgs, volume: &Volume) -> Vec<OutputFormat> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn write_outputs(
+pub(super) fn write_outputs(
     dir: &Path,
     id: &str,
     formats: &[OutputFormat],
@@ -388,7 +406,7 @@ fn write_outputs(
     work: &Volume,
     storage_mask: &ndarray::Array3<u8>,
     result: &VolumeSegmentation,
-    job: &Job,
+    label: &str,
 ) -> cosam::Result<Vec<PathBuf>> {
     let mut outputs = Vec::new();
     for format in formats {
@@ -423,7 +441,6 @@ fn write_outputs(
             }
             OutputFormat::DicomSeg => {
                 let path = dir.join(format!("{id}_seg.dcm"));
-                let label = job.label.as_deref().unwrap_or("segment");
                 io::write_dicom_seg(
                     &path,
                     storage_mask,

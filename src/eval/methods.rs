@@ -10,15 +10,27 @@
 //!   slice of the box's z-range is segmented with its 2-D box, then each neighbouring slice
 //!   uses the bounding box of the previous slice's prediction (the 3-D box's 2-D extent when
 //!   that prediction is empty), up to the box's z-range.
+//! - `coarse`: CoSAM's prompt-free mask (task decoder, no prompt), no correction.
+//! - `corrected`: the coarse mask XOR the error decoder's prediction, no re-prompting.
+//! - `cosam:T` (`cosam` = `cosam:4`): the self-correcting loop with at most T rounds and
+//!   the early stop rule.
+//!
+//! The prompt-free methods need CoSAM heads; all of them are read off one run of the loop
+//! per slice (every round kept, no early stop), which gives exactly what each would
+//! compute on its own (see [`crate::correct::chosen_round`]).
 
 use std::str::FromStr;
 
 use ndarray::{s, Array2, Array3, ArrayView2};
 
+use std::cell::OnceCell;
+
+use crate::correct::{chosen_round, correct_slice, CorrectOptions, SliceCorrection};
 use crate::io::Volume;
-use crate::model::{BoxXyxy, Prompts};
+use crate::model::{BoxXyxy, Prompts, TaskHeads};
 use crate::pipeline::{EmbeddingCache, Segmenter};
-use crate::preprocess::IntensityMap;
+use crate::post::{logits_to_mask, THRESHOLD_LOGIT};
+use crate::preprocess::{IntensityMap, Transform};
 use crate::Result;
 
 /// A method of `cosam eval`.
@@ -34,7 +46,19 @@ pub enum Method {
     },
     /// One reference 3-D box, propagated slice to slice.
     GtBox3d,
+    /// CoSAM's prompt-free coarse mask.
+    Coarse,
+    /// The coarse mask corrected once by the error decoder, without re-prompting.
+    Corrected,
+    /// The self-correcting loop.
+    Cosam {
+        /// Most rounds.
+        rounds: u32,
+    },
 }
+
+/// Rounds of `cosam` without `:T` (CoSAM's default).
+pub const COSAM_DEFAULT_ROUNDS: u32 = 4;
 
 impl Method {
     /// The method's name as written on the command line.
@@ -44,7 +68,18 @@ impl Method {
             Method::GtBox { jitter_px: 0 } => "gt-box".into(),
             Method::GtBox { jitter_px } => format!("gt-box:{jitter_px}"),
             Method::GtBox3d => "gt-box-3d".into(),
+            Method::Coarse => "coarse".into(),
+            Method::Corrected => "corrected".into(),
+            Method::Cosam { rounds } => format!("cosam:{rounds}"),
         }
+    }
+
+    /// True for the methods that need CoSAM heads.
+    pub fn is_prompt_free(&self) -> bool {
+        matches!(
+            self,
+            Method::Coarse | Method::Corrected | Method::Cosam { .. }
+        )
     }
 
     /// True when the prediction does not depend on the reference (so one run serves
@@ -55,7 +90,15 @@ impl Method {
 }
 
 /// The methods `cosam eval` knows.
-pub const METHOD_NAMES: &[&str] = &["full-box", "gt-box", "gt-box:J", "gt-box-3d"];
+pub const METHOD_NAMES: &[&str] = &[
+    "full-box",
+    "gt-box",
+    "gt-box:J",
+    "gt-box-3d",
+    "coarse",
+    "corrected",
+    "cosam:T",
+];
 
 impl FromStr for Method {
     type Err = String;
@@ -65,13 +108,31 @@ impl FromStr for Method {
             "full-box" => Ok(Method::FullBox),
             "gt-box" => Ok(Method::GtBox { jitter_px: 0 }),
             "gt-box-3d" => Ok(Method::GtBox3d),
-            other => match other.strip_prefix("gt-box:").map(str::parse::<u32>) {
-                Some(Ok(j)) => Ok(Method::GtBox { jitter_px: j }),
-                _ => Err(format!(
-                    "unknown method '{other}'; available: {}",
-                    METHOD_NAMES.join(", ")
-                )),
-            },
+            "coarse" => Ok(Method::Coarse),
+            "corrected" => Ok(Method::Corrected),
+            "cosam" => Ok(Method::Cosam {
+                rounds: COSAM_DEFAULT_ROUNDS,
+            }),
+            other => {
+                let unknown = || {
+                    format!(
+                        "unknown method '{other}'; available: {}",
+                        METHOD_NAMES.join(", ")
+                    )
+                };
+                if let Some(j) = other.strip_prefix("gt-box:") {
+                    j.parse::<u32>()
+                        .map(|jitter_px| Method::GtBox { jitter_px })
+                        .map_err(|_| unknown())
+                } else if let Some(t) = other.strip_prefix("cosam:") {
+                    match t.parse::<u32>() {
+                        Ok(rounds @ 1..=16) => Ok(Method::Cosam { rounds }),
+                        _ => Err(format!("'{other}': T must be 1 to 16")),
+                    }
+                } else {
+                    Err(unknown())
+                }
+            }
         }
     }
 }
@@ -131,6 +192,10 @@ pub struct Context<'a> {
     pub cache: Option<&'a dyn EmbeddingCache>,
     /// Seed for jitter (derived from the case and structure).
     pub seed: u64,
+    /// CoSAM heads and the structure's index in them, for the prompt-free methods.
+    pub heads: Option<(&'a TaskHeads, usize)>,
+    /// The loop's run on every slice, made by the first prompt-free method.
+    pub rounds: OnceCell<Vec<Option<SliceCorrection>>>,
 }
 
 impl Context<'_> {
@@ -139,6 +204,68 @@ impl Context<'_> {
             .segmenter
             .embed_slice_cached(self.volume, z, self.map, self.cache)?;
         Ok(self.segmenter.predict(&embedded, &box_prompt(b)?)?.mask.0)
+    }
+
+    /// Every round of the loop on every slice (`None` for a constant slice), computed once.
+    fn loop_rounds(&self) -> Result<&Vec<Option<SliceCorrection>>> {
+        if let Some(r) = self.rounds.get() {
+            return Ok(r);
+        }
+        let Some((heads, structure)) = self.heads else {
+            return Err(crate::model::ModelError::Manifest {
+                path: "heads.json".into(),
+                reason: "the prompt-free methods (coarse, corrected, cosam) need CoSAM heads: \
+                         pass --heads DIR or evaluate a task with shipped heads"
+                    .into(),
+            }
+            .into());
+        };
+        let options = CorrectOptions::default()
+            .with_max_rounds(MAX_EVAL_ROUNDS)
+            .with_stop_early(false);
+        let mut out = Vec::with_capacity(self.volume.slices());
+        for z in 0..self.volume.slices() {
+            let embedded =
+                self.segmenter
+                    .embed_slice_cached(self.volume, z, self.map, self.cache)?;
+            out.push(match embedded.embedding() {
+                Some(e) => Some(correct_slice(
+                    heads,
+                    self.segmenter.mask_ops(),
+                    e,
+                    embedded.transform(),
+                    structure,
+                    &options,
+                    true,
+                )?),
+                None => None,
+            });
+        }
+        Ok(self.rounds.get_or_init(|| out))
+    }
+}
+
+/// Rounds the evaluation runs once per slice; `cosam:T` above this reuses the last.
+const MAX_EVAL_ROUNDS: usize = 4;
+
+/// The model-frame map a prompt-free method returns for one slice.
+fn prompt_free_map(method: Method, c: &SliceCorrection) -> Option<Array2<f32>> {
+    let counts: Vec<usize> = c
+        .trace
+        .iter()
+        .map(|r| r.error_px.unwrap_or(usize::MAX))
+        .collect();
+    match method {
+        Method::Coarse => c.maps.first().cloned(),
+        Method::Corrected => match &c.corrected {
+            Some(m) => Some(m.mapv(|v| if v != 0 { 1.0 } else { -1.0 })),
+            None => c.maps.first().cloned(),
+        },
+        Method::Cosam { rounds } => c
+            .maps
+            .get(chosen_round(&counts, rounds as usize, true))
+            .cloned(),
+        _ => None,
     }
 }
 
@@ -164,6 +291,15 @@ pub fn run(method: Method, ctx: &Context<'_>, reference: &Array3<u8>) -> Result<
                     let bx = jittered(b, jitter_px, seed, rows, cols);
                     pred.slice_mut(s![z, .., ..])
                         .assign(&ctx.predict_slice(z, bx)?);
+                }
+            }
+        }
+        Method::Coarse | Method::Corrected | Method::Cosam { .. } => {
+            let transform = Transform::new(rows, cols);
+            for (z, c) in ctx.loop_rounds()?.iter().enumerate() {
+                if let Some(map) = c.as_ref().and_then(|c| prompt_free_map(method, c)) {
+                    pred.slice_mut(s![z, .., ..])
+                        .assign(&logits_to_mask(map.view(), &transform, THRESHOLD_LOGIT).0);
                 }
             }
         }
@@ -220,13 +356,23 @@ mod tests {
 
     #[test]
     fn method_names_round_trip() {
-        for name in ["full-box", "gt-box", "gt-box:5", "gt-box-3d"] {
+        for name in [
+            "full-box",
+            "gt-box",
+            "gt-box:5",
+            "gt-box-3d",
+            "coarse",
+            "corrected",
+            "cosam:2",
+        ] {
             assert_eq!(name.parse::<Method>().unwrap().name(), name);
         }
         assert!("magic"
             .parse::<Method>()
             .unwrap_err()
             .contains("available: full-box"));
+        assert_eq!("cosam".parse::<Method>().unwrap().name(), "cosam:4");
+        assert!("cosam:0".parse::<Method>().is_err());
     }
 
     #[test]

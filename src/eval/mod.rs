@@ -7,6 +7,7 @@ mod cache;
 mod dataset;
 mod methods;
 mod report;
+mod training;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -15,11 +16,13 @@ use ndarray::{Array3, Axis};
 
 pub use cache::DiskCache;
 pub use dataset::{Case, Dataset, MANIFEST_FORMAT};
-pub use methods::{bounding_box, Method, METHOD_NAMES};
+pub use methods::{bounding_box, Method, COSAM_DEFAULT_ROUNDS, METHOD_NAMES};
 pub use report::{aggregate, bootstrap_ci, markdown, markdown_table, write_reports, Summary};
+pub use training::{case_dir, export_case, TrainingCase};
 
 use crate::io::{Affine, Limits, Volume};
 use crate::metrics::{self, MetricsOptions};
+use crate::model::TaskHeads;
 use crate::pipeline::{EmbeddingCache, Segmenter};
 
 /// Failure to load a dataset.
@@ -170,6 +173,7 @@ pub fn evaluate_case(
     case: &Case,
     options: &EvalOptions,
     cache: Option<&dyn EmbeddingCache>,
+    heads: Option<&TaskHeads>,
 ) -> Vec<Row> {
     let all_failed = |reason: String| -> Vec<Row> {
         case.labels
@@ -201,6 +205,16 @@ pub fn evaluate_case(
     for (structure, &value) in &case.labels {
         let reference = label.mapv(|v| u8::from(v == value));
         let ref_voxels = reference.iter().filter(|&&v| v != 0).count();
+        let structure_heads = heads.and_then(|h| h.structure_index(structure).map(|i| (h, i)));
+        let ctx = methods::Context {
+            segmenter,
+            volume: &volume,
+            map: &map,
+            cache,
+            seed: seed_of(&case.id, structure),
+            heads: structure_heads,
+            rounds: std::cell::OnceCell::new(),
+        };
         for method in &options.methods {
             let mut row = Row::new(case, structure, &method.name());
             if ref_voxels == 0 {
@@ -210,13 +224,15 @@ pub fn evaluate_case(
                 )));
                 continue;
             }
-            let ctx = methods::Context {
-                segmenter,
-                volume: &volume,
-                map: &map,
-                cache,
-                seed: seed_of(&case.id, structure),
-            };
+            if method.is_prompt_free() {
+                if let (Some(h), None) = (heads, structure_heads) {
+                    rows.push(row.failed(format!(
+                        "the heads in {} have no structure '{structure}'",
+                        h.dir().display()
+                    )));
+                    continue;
+                }
+            }
             let started = Instant::now();
             let reused = reference_free.iter().find(|(m, _, _)| m == method);
             let result = match reused {

@@ -207,7 +207,87 @@ pub fn write_reports(
     })?;
     write_bytes(&path, svg.as_bytes())?;
     written.push(path);
+    if let Some(svg) = iteration_chart(summaries) {
+        let path = dir.join("dice_by_iteration.svg");
+        let svg = svg.map_err(|reason| WriteError::Encode {
+            path: path.clone(),
+            reason,
+        })?;
+        write_bytes(&path, svg.as_bytes())?;
+        written.push(path);
+    }
     Ok(written)
+}
+
+/// The loop round a method stands for: `coarse` is 0, `cosam:T` is T.
+fn iteration_of(method: &str) -> Option<u32> {
+    match method {
+        "coarse" => Some(0),
+        m => m.strip_prefix("cosam:").and_then(|t| t.parse().ok()),
+    }
+}
+
+/// Mean Dice against the loop's round limit T (0 = coarse), one line per domain; `None`
+/// when fewer than two such methods ran.
+fn iteration_chart(summaries: &[Summary]) -> Option<Result<String, String>> {
+    let mut lines: BTreeMap<String, Vec<(u32, f64)>> = BTreeMap::new();
+    for s in summaries {
+        if let (Some(t), true) = (iteration_of(&s.method), s.dice_mean.is_finite()) {
+            lines
+                .entry(format!("{}/{}", s.task, s.domain))
+                .or_default()
+                .push((t, s.dice_mean));
+        }
+    }
+    let max_t = lines.values().flatten().map(|p| p.0).max()?;
+    if max_t == 0 {
+        return None;
+    }
+    let mut svg = String::new();
+    let result = (|| -> Result<(), String> {
+        let root = SVGBackend::with_string(&mut svg, (720, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "mean Dice vs loop rounds T (0 = coarse)",
+                ("sans-serif", 18),
+            )
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(40)
+            .right_y_label_area_size(10)
+            .build_cartesian_2d(0.0..f64::from(max_t) + 0.2, 0.0..1.0)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_labels(max_t as usize + 1)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .x_desc("T")
+            .y_desc("Dice")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, (domain, mut points)) in lines.into_iter().enumerate() {
+            points.sort_by_key(|p| p.0);
+            let colour = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().map(|&(t, d)| (f64::from(t), d)),
+                    colour.stroke_width(2),
+                ))
+                .map_err(|e| e.to_string())?
+                .label(domain)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], colour));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())
+    })();
+    Some(result.map(|()| svg))
 }
 
 mod erased {

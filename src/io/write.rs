@@ -163,7 +163,7 @@ pub fn write_mask_nifti(path: &Path, mask: &Array3<u8>, volume: &Volume) -> Resu
     // NIFTI_INTENT_LABEL
     header.intent_code = 1002;
     header.cal_min = 0.0;
-    header.cal_max = 1.0;
+    header.cal_max = f32::from(mask.iter().copied().max().unwrap_or(0).max(1));
     header.descrip = b"cosam mask".to_vec();
     // cosam stores [slice k, row j, column i]; NIfTI wants [i, j, k].
     let data = mask.view().permuted_axes([2, 1, 0]);

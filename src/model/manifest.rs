@@ -16,6 +16,9 @@ pub struct Manifest {
     pub image_size: usize,
     /// One entry per ONNX file.
     pub models: Vec<ModelEntry>,
+    /// Shipped CoSAM head sets, one per task.
+    #[serde(default)]
+    pub tasks: Vec<TaskEntry>,
     #[serde(skip)]
     dir: PathBuf,
 }
@@ -33,7 +36,53 @@ pub struct ModelEntry {
     pub size_bytes: u64,
 }
 
+/// A task's head set in the manifest.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct TaskEntry {
+    /// Task name, as `--task` takes it.
+    pub name: String,
+    /// Folder holding `heads.json`, relative to the manifest.
+    pub dir: String,
+    /// sha256 of that `heads.json` (which in turn holds the heads' digests).
+    pub heads_sha256: String,
+}
+
 impl Manifest {
+    /// Names of the shipped tasks.
+    pub fn task_names(&self) -> Vec<String> {
+        self.tasks.iter().map(|t| t.name.clone()).collect()
+    }
+
+    /// The head folder of task `name`, after checking its `heads.json` digest.
+    ///
+    /// # Errors
+    /// [`ModelError::UnknownTask`] listing the shipped tasks, [`ModelError::Checksum`]
+    /// when `heads.json` differs from the manifest.
+    pub fn task_dir(&self, name: &str) -> Result<PathBuf, ModelError> {
+        let entry =
+            self.tasks
+                .iter()
+                .find(|t| t.name == name)
+                .ok_or_else(|| ModelError::UnknownTask {
+                    task: name.to_string(),
+                    available: self.task_names(),
+                })?;
+        let dir = self.dir.join(&entry.dir);
+        let heads = dir.join("heads.json");
+        let found = sha256_file(&heads).map_err(|e| ModelError::Manifest {
+            path: heads.clone(),
+            reason: format!("cannot read the heads manifest: {e}"),
+        })?;
+        if !found.eq_ignore_ascii_case(&entry.heads_sha256) {
+            return Err(ModelError::Checksum {
+                path: heads,
+                expected: entry.heads_sha256.clone(),
+                found,
+            });
+        }
+        Ok(dir)
+    }
+
     /// Reads `dir/manifest.json`.
     ///
     /// # Errors

@@ -21,10 +21,12 @@ pub struct DecoderOutput {
     pub iou: f32,
 }
 
-/// The promptable mask decoder session.
+/// The promptable mask decoder session: LiteMedSAM's own, or a task decoder of the CoSAM
+/// heads, which takes one more input, the index of the structure to segment.
 #[derive(Debug)]
 pub struct MaskDecoder {
     engine: Engine,
+    conditioned: bool,
 }
 
 const INPUTS: [&str; 5] = [
@@ -50,7 +52,38 @@ impl MaskDecoder {
                 &INPUTS,
                 &["low_res_masks", "iou_predictions"],
             )?,
+            conditioned: false,
         })
+    }
+
+    /// Loads a task decoder (`heads/TASK/decoder.onnx`): the inputs of `decoder.onnx` plus
+    /// `structure` (int64 `[1]`).
+    ///
+    /// # Errors
+    /// [`ModelError::Session`] or [`ModelError::Signature`].
+    pub(crate) fn load_task(
+        runtime: &Runtime,
+        path: &Path,
+        threads: usize,
+    ) -> Result<MaskDecoder, ModelError> {
+        let mut inputs = INPUTS.to_vec();
+        inputs.push("structure");
+        Ok(MaskDecoder {
+            engine: Engine::load(
+                runtime,
+                "task decoder",
+                path,
+                threads,
+                &inputs,
+                &["low_res_masks", "iou_predictions"],
+            )?,
+            conditioned: true,
+        })
+    }
+
+    /// True for a task decoder, whose calls name a structure.
+    pub fn is_task_decoder(&self) -> bool {
+        self.conditioned
     }
 
     /// Decodes one mask. `mask_input`, when given, is a 256x256 mask prompt in the model
@@ -63,6 +96,21 @@ impl MaskDecoder {
         embedding: &ImageEmbedding,
         prompts: &ModelPrompts,
         mask_input: Option<ArrayView2<f32>>,
+    ) -> Result<DecoderOutput, ModelError> {
+        self.predict_structure(embedding, prompts, mask_input, 0)
+    }
+
+    /// As [`MaskDecoder::predict`], for structure `structure` of a task decoder (ignored by
+    /// LiteMedSAM's decoder). A task decoder accepts no prompt at all: the prompt-free call.
+    ///
+    /// # Errors
+    /// [`ModelError::Inference`] for a wrong mask shape or a failed run.
+    pub fn predict_structure(
+        &self,
+        embedding: &ImageEmbedding,
+        prompts: &ModelPrompts,
+        mask_input: Option<ArrayView2<f32>>,
+        structure: usize,
     ) -> Result<DecoderOutput, ModelError> {
         let n = prompts.coords.len();
         let coords = Array3::from_shape_fn((1, n, 2), |(_, i, k)| prompts.coords[i][k]);
@@ -84,13 +132,22 @@ impl MaskDecoder {
         let has_mask = Array1::from_elem(1, has_mask);
         let err = |e: ort::Error| self.engine.error(e.to_string());
         let emb = embedding.0.as_standard_layout();
-        let inputs = ort::inputs![
+        let structure = Array1::from_elem(1, structure as i64);
+        let mut inputs = ort::inputs![
             "image_embeddings" => TensorRef::from_array_view(emb.view()).map_err(err)?,
             "point_coords" => TensorRef::from_array_view(coords.view()).map_err(err)?,
             "point_labels" => TensorRef::from_array_view(labels.view()).map_err(err)?,
             "mask_input" => TensorRef::from_array_view(mask.view()).map_err(err)?,
             "has_mask_input" => TensorRef::from_array_view(has_mask.view()).map_err(err)?,
         ];
+        if self.conditioned {
+            inputs.push((
+                "structure".into(),
+                TensorRef::from_array_view(structure.view())
+                    .map_err(err)?
+                    .into(),
+            ));
+        }
         self.engine.run(inputs, |out| {
             let logits = out["low_res_masks"]
                 .try_extract_array::<f32>()

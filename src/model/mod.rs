@@ -2,10 +2,14 @@
 //! once; [`MaskDecoder`] (SAM's prompt encoder and mask decoder in one graph) turns an
 //! embedding and prompts into mask logits.
 //!
+//! [`TaskHeads`] are CoSAM's trained heads of one task: a task decoder that segments
+//! without prompts (and refines with them) and an error decoder.
+//!
 //! Owns the runtime library discovery ([`runtime`]), the model manifest and its checksums,
 //! and the prompt types. Must not import `pipeline`, `post` or the CLI.
 
 mod engine;
+mod heads;
 mod image_encoder;
 mod manifest;
 mod mask_decoder;
@@ -15,11 +19,12 @@ mod sam;
 
 use std::path::PathBuf;
 
+pub use heads::{ErrorDecoder, HeadsInfo, TaskHeads, HEADS_FORMAT};
 pub use image_encoder::{ImageEmbedding, ImageEncoder, EMBEDDING_SHAPE};
-pub use manifest::{Manifest, ModelEntry};
+pub use manifest::{Manifest, ModelEntry, TaskEntry};
 pub use mask_decoder::{DecoderOutput, MaskDecoder};
 pub use prompt::{BoxXyxy, ModelPrompts, Point, PointLabel, PromptError, Prompts};
-pub use sam::{LiteMedSam, ModelConfig};
+pub use sam::{HeadsSource, LiteMedSam, ModelConfig};
 
 /// Failure to load or run a model.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +83,14 @@ pub enum ModelError {
         expected: String,
         /// What the graph declares.
         found: String,
+    },
+    /// `--task` names a task without shipped heads.
+    #[error("no heads for task '{task}'; available tasks: {}", if available.is_empty() { "none".to_string() } else { available.join(", ") })]
+    UnknownTask {
+        /// The task asked for.
+        task: String,
+        /// The tasks the manifest lists.
+        available: Vec<String>,
     },
     /// Running a graph failed, or it returned an unexpected tensor.
     #[error("{model}: inference failed: {reason}")]

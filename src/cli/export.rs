@@ -1,0 +1,77 @@
+//! `cosam export-training`: a task's training set for models/train.
+
+use anyhow::{bail, Context};
+use cosam::eval::{case_dir, export_case, Dataset, DiskCache};
+use cosam::io::Limits;
+use cosam::pipeline::EmbeddingCache;
+use cosam::Segmenter;
+
+use super::args::ExportTrainingArgs;
+use super::eval::default_cache_dir;
+
+/// Cache cap when exporting: large enough for every benchmark slice.
+const CACHE_BYTES: u64 = 8 << 30;
+
+pub fn run(args: &ExportTrainingArgs) -> anyhow::Result<bool> {
+    let dataset = Dataset::load(&args.dataset)?;
+    let cases = dataset.select(&args.task, None);
+    if cases.is_empty() {
+        bail!(
+            "task '{}' is not in {}; available tasks: {}",
+            args.task,
+            args.dataset.display(),
+            dataset.tasks().join(", ")
+        );
+    }
+    let mut structures: Vec<String> = cases
+        .iter()
+        .flat_map(|c| c.labels.keys().cloned())
+        .collect();
+    structures.sort();
+    structures.dedup();
+    let segmenter =
+        Segmenter::new(args.model.segmenter_options()).context("cannot load the model")?;
+    let cache = if args.no_cache {
+        None
+    } else {
+        let dir = args.cache.clone().unwrap_or_else(default_cache_dir);
+        Some(
+            DiskCache::new(&dir, CACHE_BYTES)
+                .with_context(|| format!("cannot create cache folder {}", dir.display()))?,
+        )
+    };
+    let mut written = Vec::new();
+    let mut all_ok = true;
+    for case in cases {
+        let dir = case_dir(&args.output, case);
+        match export_case(
+            &segmenter,
+            case,
+            &structures,
+            cache.as_ref().map(|c| c as &dyn EmbeddingCache),
+            &Limits::default(),
+            &dir,
+        ) {
+            Ok(meta) => {
+                eprintln!(
+                    "{}: {} slices -> {}",
+                    case.id,
+                    meta.slices.len(),
+                    dir.display()
+                );
+                written.push(meta);
+            }
+            Err(e) => {
+                eprintln!("cosam: {}: {e}", case.id);
+                all_ok = false;
+            }
+        }
+    }
+    let index =
+        serde_json::json!({ "task": args.task, "structures": structures, "cases": written });
+    cosam::io::write_bytes(
+        &args.output.join("index.json"),
+        &serde_json::to_vec_pretty(&index)?,
+    )?;
+    Ok(all_ok)
+}

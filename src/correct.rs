@@ -1,0 +1,444 @@
+//! The self-correcting loop of CoSAM on one embedded slice, in the 256x256 model frame.
+//!
+//! ```text
+//! coarse = task decoder(embedding, no prompt)
+//! repeat up to T rounds:
+//!     error     = error decoder(embedding, mask)            (logit > 0: predicted wrong)
+//!     stop when the predicted error count did not decrease
+//!     corrected = mask XOR error
+//!     prompts   = top-K error pixels labelled by `corrected`, the box of the largest
+//!                 8-connected component of `corrected`, `corrected` as mask prompt
+//!     mask      = task decoder(embedding, prompts)
+//! ```
+//! The encoder runs once per slice (the caller's embedding); each round costs one error
+//! decoder and one decoder call. The mask returned is the one with the fewest predicted
+//! error pixels, so a round that makes things worse is never kept.
+
+use std::time::Instant;
+
+use ndarray::{s, Array2, ArrayView2, Axis};
+
+use crate::model::{ImageEmbedding, ModelError, ModelPrompts, TaskHeads};
+use crate::post::{bounds, Connectivity, MaskOps, PostError};
+use crate::preprocess::Transform;
+
+/// Failure inside the loop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CorrectError {
+    /// A model call failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A mask operation failed.
+    #[error(transparent)]
+    Post(#[from] PostError),
+    /// The structure index is not one of the heads' structures.
+    #[error("structure {index} is out of range: the heads segment {count} structures")]
+    Structure {
+        /// Index asked for.
+        index: usize,
+        /// Structures the heads know.
+        count: usize,
+    },
+}
+
+/// Options of the loop; the defaults are CoSAM's (K = 64, T = 4, threshold 0.5).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct CorrectOptions {
+    /// Error points per round (the top-K pixels by error probability).
+    pub top_k: usize,
+    /// Most correction rounds after the coarse mask; 0 returns the coarse mask.
+    pub max_rounds: usize,
+    /// Error probability above which a pixel is predicted wrong.
+    pub error_threshold: f32,
+    /// Stop when a round does not lower the predicted error count (CoSAM's rule); when
+    /// false, always run `max_rounds` rounds (for plots of every round).
+    pub stop_early: bool,
+    /// Return the corrected mask of round 1 (coarse XOR error) without re-prompting: the
+    /// `corrected` ablation.
+    pub correction_only: bool,
+}
+
+impl Default for CorrectOptions {
+    fn default() -> Self {
+        CorrectOptions {
+            top_k: 64,
+            max_rounds: 4,
+            error_threshold: 0.5,
+            stop_early: true,
+            correction_only: false,
+        }
+    }
+}
+
+impl CorrectOptions {
+    /// At most `rounds` rounds.
+    pub fn with_max_rounds(mut self, rounds: usize) -> Self {
+        self.max_rounds = rounds;
+        self
+    }
+
+    /// Top-K error points per round.
+    pub fn with_top_k(mut self, k: usize) -> Self {
+        self.top_k = k.max(1);
+        self
+    }
+
+    /// Error probability threshold, clamped to (0, 1).
+    pub fn with_error_threshold(mut self, p: f32) -> Self {
+        self.error_threshold = p.clamp(1e-4, 1.0 - 1e-4);
+        self
+    }
+
+    /// Whether to stop when the predicted error count stops decreasing.
+    pub fn with_stop_early(mut self, stop: bool) -> Self {
+        self.stop_early = stop;
+        self
+    }
+
+    /// Whether to stop after the first correction, without re-prompting.
+    pub fn with_correction_only(mut self, only: bool) -> Self {
+        self.correction_only = only;
+        self
+    }
+
+    fn error_logit(&self) -> f32 {
+        let p = self.error_threshold;
+        (p / (1.0 - p)).ln()
+    }
+}
+
+/// One mask of the loop: round 0 is the coarse mask.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Round {
+    /// 0 for the coarse mask, then 1, 2, ...
+    pub round: usize,
+    /// Foreground pixels in the model frame.
+    pub area_px: usize,
+    /// Pixels the error decoder predicts wrong in this mask (model frame); `None` when the
+    /// loop ended before checking it.
+    pub error_px: Option<usize>,
+    /// The IoU head's score of this mask (`None` for the `corrected` mask, which no
+    /// decoder call scored).
+    pub iou: Option<f32>,
+    /// Time of the calls that made and checked this mask, seconds.
+    pub seconds: f64,
+}
+
+/// The loop's result on one slice.
+#[derive(Debug, Clone)]
+pub struct SliceCorrection {
+    /// Model-frame map of the returned mask: decoder logits, or +-1 for a corrected mask
+    /// (> 0 is foreground either way; the padding outside the slice is negative).
+    pub logits: Array2<f32>,
+    /// Every mask the loop made, in order.
+    pub trace: Vec<Round>,
+    /// Index into `trace` of the returned mask.
+    pub chosen: usize,
+    /// Model-frame map of every round, as `logits` (only when asked for: `--trace`,
+    /// evaluation of every round).
+    pub maps: Vec<Array2<f32>>,
+    /// The first correction, coarse XOR predicted error (only when asked for).
+    pub corrected: Option<Array2<u8>>,
+}
+
+impl SliceCorrection {
+    /// The returned round.
+    pub fn final_round(&self) -> &Round {
+        &self.trace[self.chosen]
+    }
+}
+
+/// How much to trust a prompt-free mask, from the rounds the loop returned (one per
+/// slice): the error decoder's predicted error fraction and the IoU head.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Quality {
+    /// Predicted error pixels over (mask + predicted error) pixels, model frame, 0..1.
+    pub predicted_error_fraction: f64,
+    /// The IoU head's score, weighted by mask area; `None` when every mask is empty.
+    pub iou_head: Option<f64>,
+    /// `(1 - predicted_error_fraction) * iou_head` (without the IoU factor for an empty
+    /// mask), 0..1: higher is better.
+    pub score: f64,
+}
+
+impl Quality {
+    /// The quality of the masks of `rounds` taken together (a volume's slices).
+    pub fn from_rounds<'a>(rounds: impl IntoIterator<Item = &'a Round>) -> Quality {
+        let (mut area, mut wrong, mut iou_area) = (0.0f64, 0.0f64, 0.0f64);
+        for r in rounds {
+            let a = r.area_px as f64;
+            area += a;
+            wrong += r.error_px.unwrap_or(0) as f64;
+            iou_area += f64::from(r.iou.unwrap_or(0.0).clamp(0.0, 1.0)) * a;
+        }
+        let predicted_error_fraction = if area + wrong > 0.0 {
+            wrong / (area + wrong)
+        } else {
+            0.0
+        };
+        let iou_head = (area > 0.0).then(|| iou_area / area);
+        Quality {
+            predicted_error_fraction,
+            iou_head,
+            score: (1.0 - predicted_error_fraction) * iou_head.unwrap_or(1.0),
+        }
+    }
+
+    /// Whether a person should check the mask: `score` below `threshold`.
+    pub fn needs_review(&self, threshold: f64) -> bool {
+        self.score < threshold
+    }
+}
+
+/// Runs the loop for structure `structure` of `heads` on one slice. `transform` gives the
+/// slice's place in the model frame: prompts and error counts stay inside it.
+///
+/// # Errors
+/// [`CorrectError`] when a model call or mask operation fails, or the structure is unknown.
+pub fn correct_slice(
+    heads: &TaskHeads,
+    ops: &dyn MaskOps,
+    embedding: &ImageEmbedding,
+    transform: &Transform,
+    structure: usize,
+    options: &CorrectOptions,
+    keep_rounds: bool,
+) -> Result<SliceCorrection, CorrectError> {
+    let count = heads.info.structures.len();
+    if structure >= count {
+        return Err(CorrectError::Structure {
+            index: structure,
+            count,
+        });
+    }
+    let (rows, cols) = (transform.scaled_rows, transform.scaled_cols);
+    let threshold = options.error_logit();
+    // errors predicted inside the slice for `mask`, with the time it took
+    let check = |mask: &Array2<u8>| -> Result<(Array2<f32>, Array2<u8>, f64), CorrectError> {
+        let started = Instant::now();
+        let error = heads
+            .error
+            .predict(embedding, mask.mapv(f32::from).view(), structure)?;
+        let wrong = inside_u8(error.mapv(|v| u8::from(v > threshold)), rows, cols);
+        Ok((error, wrong, started.elapsed().as_secs_f64()))
+    };
+    let started = Instant::now();
+    let coarse =
+        heads
+            .decoder
+            .predict_structure(embedding, &ModelPrompts::default(), None, structure)?;
+    let mut maps = vec![inside(coarse.logits, rows, cols)];
+    let mut mask = binary(maps[0].view());
+    let mut trace = vec![Round {
+        round: 0,
+        area_px: count_on(mask.view()),
+        error_px: None,
+        iou: Some(coarse.iou),
+        seconds: started.elapsed().as_secs_f64(),
+    }];
+    let mut first_correction = None;
+    let mut pending_check = true;
+    for round in 1..=options.max_rounds {
+        let (error, wrong, seconds) = check(&mask)?;
+        let last = trace.len() - 1;
+        let error_px = count_on(wrong.view());
+        trace[last].error_px = Some(error_px);
+        trace[last].seconds += seconds;
+        pending_check = false;
+        if options.stop_early
+            && last > 0
+            && trace[last - 1]
+                .error_px
+                .is_some_and(|before| error_px >= before)
+        {
+            break;
+        }
+        let started = Instant::now();
+        let corrected = &mask ^ &wrong;
+        if options.correction_only {
+            trace.push(Round {
+                round,
+                area_px: count_on(corrected.view()),
+                error_px: None,
+                iou: None,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+            maps.push(corrected.mapv(|v| if v != 0 { 1.0 } else { -1.0 }));
+            let chosen = trace.len() - 1;
+            let logits = maps[chosen].clone();
+            return Ok(SliceCorrection {
+                logits,
+                trace,
+                chosen,
+                maps: if keep_rounds { maps } else { Vec::new() },
+                corrected: keep_rounds.then_some(corrected),
+            });
+        }
+        if round == 1 && keep_rounds {
+            first_correction = Some(corrected.clone());
+        }
+        let prompts = correction_prompts(ops, &error, &corrected, rows, cols, options.top_k)?;
+        let out = heads.decoder.predict_structure(
+            embedding,
+            &prompts,
+            Some(corrected.mapv(f32::from).view()),
+            structure,
+        )?;
+        maps.push(inside(out.logits, rows, cols));
+        mask = binary(maps[maps.len() - 1].view());
+        trace.push(Round {
+            round,
+            area_px: count_on(mask.view()),
+            error_px: None,
+            iou: Some(out.iou),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        pending_check = true;
+    }
+    if pending_check {
+        // the last mask is checked too, so the trace and the quality score have its count
+        let (_, wrong, seconds) = check(&mask)?;
+        let last = trace.len() - 1;
+        trace[last].error_px = Some(count_on(wrong.view()));
+        trace[last].seconds += seconds;
+    }
+    let counts: Vec<usize> = trace
+        .iter()
+        .map(|r| r.error_px.unwrap_or(usize::MAX))
+        .collect();
+    let chosen = chosen_round(&counts, options.max_rounds, options.stop_early);
+    let logits = maps[chosen].clone();
+    Ok(SliceCorrection {
+        logits,
+        trace,
+        chosen,
+        maps: if keep_rounds { maps } else { Vec::new() },
+        corrected: first_correction,
+    })
+}
+
+/// The round the loop returns, from the predicted error count of each mask made
+/// (`error_px[0]` is the coarse mask's): with `stop_early`, rounds run until one does not
+/// lower the count (that round is still checked); then, among the rounds run and at most
+/// `max_rounds`, the one with the fewest predicted errors, the earliest on ties (the stop
+/// rule keeps the mask before a round that did not help).
+pub fn chosen_round(error_px: &[usize], max_rounds: usize, stop_early: bool) -> usize {
+    let mut last = error_px.len().min(max_rounds + 1).saturating_sub(1);
+    if stop_early {
+        if let Some(t) = (1..=last).find(|&t| error_px[t] >= error_px[t - 1]) {
+            last = t;
+        }
+    }
+    (0..=last).min_by_key(|&i| error_px[i]).unwrap_or(0)
+}
+
+/// CoSAM's prompts from one correction: the `k` pixels of highest error probability
+/// inside the slice, each labelled by `corrected` there (1 positive, 0 negative), then the
+/// box of the largest 8-connected component of `corrected` (the slice when it is empty).
+fn correction_prompts(
+    ops: &dyn MaskOps,
+    error_logits: &Array2<f32>,
+    corrected: &Array2<u8>,
+    rows: usize,
+    cols: usize,
+    k: usize,
+) -> Result<ModelPrompts, PostError> {
+    let region = error_logits.slice(s![..rows, ..cols]);
+    let peaks = ops.top_k(region.insert_axis(Axis(0)), k)?;
+    let mut prompts = ModelPrompts::default();
+    for p in peaks {
+        prompts.coords.push([p.column as f32, p.row as f32]);
+        prompts
+            .labels
+            .push(f32::from(corrected[[p.row, p.column]] != 0));
+    }
+    let inside = corrected.slice(s![..rows, ..cols]);
+    let largest = ops.keep_largest(inside.insert_axis(Axis(0)), Connectivity::Planar)?;
+    let (x0, y0, x1, y1) = match bounds(largest.view()).first().copied().flatten() {
+        Some(b) => (b.column_min, b.row_min, b.column_max, b.row_max),
+        None => (0, 0, cols - 1, rows - 1),
+    };
+    prompts.coords.push([x0 as f32, y0 as f32]);
+    prompts.coords.push([x1 as f32, y1 as f32]);
+    prompts.labels.extend([2.0, 3.0]);
+    Ok(prompts)
+}
+
+/// Logits with the padding outside the slice forced to background.
+fn inside(mut logits: Array2<f32>, rows: usize, cols: usize) -> Array2<f32> {
+    logits.slice_mut(s![rows.., ..]).fill(-1e4);
+    logits.slice_mut(s![..rows, cols..]).fill(-1e4);
+    logits
+}
+
+fn inside_u8(mut mask: Array2<u8>, rows: usize, cols: usize) -> Array2<u8> {
+    mask.slice_mut(s![rows.., ..]).fill(0);
+    mask.slice_mut(s![..rows, cols..]).fill(0);
+    mask
+}
+
+fn binary(logits: ArrayView2<f32>) -> Array2<u8> {
+    logits.mapv(|v| u8::from(v > 0.0))
+}
+
+fn count_on(mask: ArrayView2<u8>) -> usize {
+    mask.iter().filter(|&&v| v != 0).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_threshold_maps_to_logit() {
+        let o = CorrectOptions::default();
+        assert!(o.error_logit().abs() < 1e-6);
+        let o = o.with_error_threshold(0.8);
+        assert!((o.error_logit() - 4.0f32.ln()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn quality_combines_error_fraction_and_iou() {
+        let round = |area_px, error_px, iou| Round {
+            round: 1,
+            area_px,
+            error_px: Some(error_px),
+            iou: Some(iou),
+            seconds: 0.0,
+        };
+        let q = Quality::from_rounds(&[round(900, 100, 0.8), round(0, 0, 0.1)]);
+        assert!((q.predicted_error_fraction - 0.1).abs() < 1e-9);
+        assert!((q.iou_head.unwrap() - 0.8).abs() < 1e-6);
+        assert!((q.score - 0.72).abs() < 1e-6);
+        assert!(q.needs_review(0.8) && !q.needs_review(0.7));
+        // nothing found and nothing predicted wrong: an absent structure, trusted
+        let empty = Quality::from_rounds(&[round(0, 0, 0.2)]);
+        assert_eq!(empty.score, 1.0);
+        assert_eq!(empty.iou_head, None);
+        // nothing found but errors predicted: something was missed
+        assert_eq!(Quality::from_rounds(&[round(0, 50, 0.2)]).score, 0.0);
+    }
+
+    #[test]
+    fn stop_rule_keeps_the_mask_before_a_round_that_did_not_help() {
+        // 100 -> 60 -> 70: stop at round 2, keep round 1
+        assert_eq!(chosen_round(&[100, 60, 70, 10], 4, true), 1);
+        // without early stopping every round counts
+        assert_eq!(chosen_round(&[100, 60, 70, 10], 4, false), 3);
+        // T limits the rounds considered
+        assert_eq!(chosen_round(&[100, 60, 50, 10], 2, true), 2);
+        assert_eq!(chosen_round(&[100, 60, 50, 10], 0, true), 0);
+        // ties keep the earlier mask
+        assert_eq!(chosen_round(&[100, 100], 4, true), 0);
+        assert_eq!(chosen_round(&[100], 4, true), 0);
+    }
+
+    #[test]
+    fn padding_is_forced_to_background() {
+        let l = inside(Array2::from_elem((4, 4), 3.0), 2, 3);
+        assert_eq!(l.iter().filter(|&&v| v > 0.0).count(), 6);
+        assert!(l[[3, 0]] < 0.0 && l[[0, 3]] < 0.0);
+    }
+}
