@@ -150,6 +150,9 @@ impl SliceCorrection {
     }
 }
 
+/// Quality score below which a mask is flagged for review (`--review-threshold`).
+pub const DEFAULT_REVIEW_THRESHOLD: f64 = 0.5;
+
 /// How much to trust a prompt-free mask, from the rounds the loop returned (one per
 /// slice): the error decoder's predicted error fraction and the IoU head.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]

@@ -259,3 +259,96 @@ fn demo_cases_file_segments_every_case() {
     assert_eq!(mask.voxels().dim(), input.voxels().dim());
     assert!(out.join("ct_liver_mask.nii.gz").is_file() && out.join("brain_mask.png").is_file());
 }
+
+/// Prompt-free segmentation with the shipped heads: a DICOM slice and a NIfTI volume in
+/// one batch, per-structure masks and quality in report.json, and every round with
+/// `--trace`.
+#[test]
+fn task_segments_without_prompts_and_traces_every_round() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = cosam(&[
+        "segment",
+        "--task",
+        "abdomen",
+        "--structures",
+        "liver,spleen",
+        "--trace",
+        "-i",
+        &text(&demo("ct_abdomen_slice.dcm")),
+        &text(&demo("ct_abdomen.nii.gz")),
+        "-o",
+        &text(&out),
+        "--threads",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = report(&out);
+    for input in ["ct_abdomen_slice.dcm", "ct_abdomen.nii.gz"] {
+        let e = entry(&r, input);
+        assert_eq!(e["status"], "ok");
+        assert_eq!(e["task"], "abdomen");
+        let structures = e["structures"].as_array().unwrap();
+        assert_eq!(structures.len(), 2);
+        for s in structures {
+            let q = &s["quality"];
+            let score = q["score"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&score), "{q}");
+            assert_eq!(s["needs_review"].as_bool().unwrap(), score < 0.5);
+            for f in s["outputs"].as_array().unwrap() {
+                assert!(Path::new(f.as_str().unwrap()).exists(), "{f}");
+            }
+        }
+        assert!(e["needs_review"].is_boolean());
+    }
+    // the volume: one mask per structure, the combined label map, the rounds
+    assert!(out.join("ct_abdomen_liver_mask.nii.gz").exists());
+    assert!(out.join("ct_abdomen_labels.nii.gz").exists());
+    let trace_dir = out.join("ct_abdomen_liver_trace");
+    assert!(trace_dir.join("round_0_mask.nii.gz").exists());
+    assert!(trace_dir.join("round_0_overlay.png").exists());
+    let trace: Value =
+        serde_json::from_str(&std::fs::read_to_string(trace_dir.join("trace.json")).unwrap())
+            .unwrap();
+    let slices = trace["slices"].as_array().unwrap();
+    assert!(!slices.is_empty());
+    for s in slices {
+        let rounds = s["rounds"].as_array().unwrap();
+        assert!(!rounds.is_empty() && rounds.len() <= 5);
+        assert!(s["chosen_round"].as_u64().unwrap() < rounds.len() as u64);
+    }
+    let labels = cosam::io::read(&out.join("ct_abdomen_labels.nii.gz")).unwrap();
+    assert!(labels.voxels().iter().all(|&v| v == 0.0 || v == 3.0 || v == 4.0));
+    no_partial_files(&out);
+}
+
+#[test]
+fn unknown_task_or_structure_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = cosam(&[
+        "segment",
+        "--task",
+        "prostate",
+        "-i",
+        &text(&demo("brain_t1.png")),
+        "-o",
+        &text(tmp.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("prostate") && err.contains("abdomen, brain"), "{err}");
+    let o = cosam(&[
+        "segment",
+        "--task",
+        "brain",
+        "--structures",
+        "liver",
+        "-i",
+        &text(&demo("brain_t1.png")),
+        "-o",
+        &text(tmp.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no structure 'liver'") && err.contains("brain"), "{err}");
+}

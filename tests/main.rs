@@ -1,6 +1,7 @@
 //! The single integration-test binary: real models, real readers, real files.
 
 mod cli;
+mod correct;
 mod eval;
 mod io;
 mod metrics;

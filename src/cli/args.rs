@@ -136,9 +136,10 @@ pub struct SegmentArgs {
     /// Error points per round.
     #[arg(long, value_name = "K", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub top_k: u32,
-    /// Error probability above which a pixel is predicted wrong.
-    #[arg(long, value_name = "P", default_value_t = 0.5, value_parser = parse_probability)]
-    pub error_threshold: f32,
+    /// Error probability above which a pixel is predicted wrong; default: the heads'
+    /// calibrated value (heads.json `error_threshold`).
+    #[arg(long, value_name = "P", value_parser = parse_probability)]
+    pub error_threshold: Option<f32>,
     /// Run every round instead of stopping when the predicted error count stops falling.
     #[arg(long)]
     pub no_early_stop: bool,
@@ -146,7 +147,7 @@ pub struct SegmentArgs {
     #[arg(long)]
     pub trace: bool,
     /// Quality score below which report.json flags a structure `needs_review`.
-    #[arg(long, value_name = "SCORE", default_value_t = DEFAULT_REVIEW_THRESHOLD, value_parser = parse_probability)]
+    #[arg(long, value_name = "SCORE", default_value_t = cosam::correct::DEFAULT_REVIEW_THRESHOLD as f32, value_parser = parse_probability)]
     pub review_threshold: f32,
     /// Refuse inputs with more voxels than this.
     #[arg(long, value_name = "N", default_value_t = cosam::io::Limits::default().max_voxels)]
@@ -154,9 +155,6 @@ pub struct SegmentArgs {
     #[command(flatten)]
     pub model: ModelArgs,
 }
-
-/// Default of `--review-threshold` (see README, "Review flag", for how it was chosen).
-pub const DEFAULT_REVIEW_THRESHOLD: f32 = 0.5;
 
 fn parse_probability(s: &str) -> Result<f32, String> {
     match s.trim().parse::<f32>() {
@@ -176,12 +174,12 @@ impl SegmentArgs {
         }
     }
 
-    /// The loop's options from the flags.
-    pub fn correct_options(&self) -> cosam::correct::CorrectOptions {
+    /// The loop's options from the flags, for heads calibrated at `heads_threshold`.
+    pub fn correct_options(&self, heads_threshold: f32) -> cosam::correct::CorrectOptions {
         cosam::correct::CorrectOptions::default()
             .with_max_rounds(self.rounds)
             .with_top_k(self.top_k as usize)
-            .with_error_threshold(self.error_threshold)
+            .with_error_threshold(self.error_threshold.unwrap_or(heads_threshold))
             .with_stop_early(!self.no_early_stop)
     }
 
@@ -226,6 +224,11 @@ pub struct BenchArgs {
     /// Folder with manifest.json and the ONNX models.
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
+    /// Also time CoSAM's prompt-free loop with this task's heads (its first structure)
+    /// against one box-prompted pass on the same slice; with --volume-slices, the volume
+    /// is segmented prompt-free.
+    #[arg(long, value_name = "TASK")]
+    pub task: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

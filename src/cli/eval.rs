@@ -88,37 +88,36 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
     } else {
         Vec::new()
     };
-    // with leave-one-domain-out, each held-out domain is evaluated with the heads that
-    // never saw it, and their training domains are what the report records
-    let rounds: Vec<(Vec<String>, Vec<String>, Option<usize>)> = rounds
-        .into_iter()
-        .map(|(test, train)| -> anyhow::Result<_> {
-            if head_sets.is_empty() {
-                return Ok((test, train, None));
+    // With leave-one-domain-out heads (several sets, or --leave-one-domain-out), each test
+    // domain is evaluated on its own with the set that never saw it, and that set's
+    // training domains are what the report records. One set (shipped heads) serves all.
+    let rounds: Vec<(Vec<String>, Vec<String>, Option<usize>)> = if head_sets.is_empty() {
+        rounds.into_iter().map(|(t, tr)| (t, tr, None)).collect()
+    } else {
+        let per_domain = args.leave_one_domain_out || head_sets.len() > 1;
+        let mut out = Vec::new();
+        for (test, _) in rounds {
+            if !per_domain {
+                out.push((test, head_sets[0].info.train_domains.clone(), Some(0)));
+                continue;
             }
-            let holding_out = |d: &String| {
-                head_sets
+            for d in test {
+                let Some(i) = head_sets
                     .iter()
-                    .position(|h| h.info.held_out_domains.contains(d))
-            };
-            let chosen = match test.first().and_then(holding_out) {
-                Some(i) => i,
-                None if args.leave_one_domain_out => bail!(
-                    "no heads under {} hold out domain '{}'; train them with \
-                     models/train/train_all (leave-one-domain-out heads go to models/lodo/{})",
-                    args.heads
-                        .as_deref()
-                        .unwrap_or(Path::new("models"))
-                        .display(),
-                    test.join(", "),
-                    args.task
-                ),
-                None => 0,
-            };
-            let train = head_sets[chosen].info.train_domains.clone();
-            Ok((test, train, Some(chosen)))
-        })
-        .collect::<anyhow::Result<_>>()?;
+                    .position(|h| h.info.held_out_domains.contains(&d))
+                else {
+                    bail!(
+                        "no heads under {} hold out domain '{d}'; train them with \
+                         models/train/train_all (leave-one-domain-out heads go to models/lodo/{})",
+                        args.heads.as_deref().unwrap_or(Path::new("models")).display(),
+                        args.task
+                    );
+                };
+                out.push((vec![d], head_sets[i].info.train_domains.clone(), Some(i)));
+            }
+        }
+        out
+    };
     let metrics = MetricsOptions::default()
         .with_hd95_convention(args.hd95.convention())
         .with_nsd_tolerance_mm(args.nsd_tolerance_mm);

@@ -85,10 +85,11 @@ impl TaskRun {
             }
             chosen
         };
+        let options = args.correct_options(heads.info.error_threshold);
         Ok(TaskRun {
             heads,
             structures,
-            options: args.correct_options(),
+            options,
             review_threshold: f64::from(args.review_threshold),
             trace: args.trace,
             output: args.output.clone(),

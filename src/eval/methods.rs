@@ -25,7 +25,7 @@ use ndarray::{s, Array2, Array3, ArrayView2};
 
 use std::cell::OnceCell;
 
-use crate::correct::{chosen_round, correct_slice, CorrectOptions, SliceCorrection};
+use crate::correct::{chosen_round, correct_slice, CorrectOptions, Quality, SliceCorrection};
 use crate::io::Volume;
 use crate::model::{BoxXyxy, Prompts, TaskHeads};
 use crate::pipeline::{EmbeddingCache, Segmenter};
@@ -221,6 +221,7 @@ impl Context<'_> {
             .into());
         };
         let options = CorrectOptions::default()
+            .with_error_threshold(heads.info.error_threshold)
             .with_max_rounds(MAX_EVAL_ROUNDS)
             .with_stop_early(false);
         let mut out = Vec::with_capacity(self.volume.slices());
@@ -248,34 +249,43 @@ impl Context<'_> {
 /// Rounds the evaluation runs once per slice; `cosam:T` above this reuses the last.
 const MAX_EVAL_ROUNDS: usize = 4;
 
-/// The model-frame map a prompt-free method returns for one slice.
-fn prompt_free_map(method: Method, c: &SliceCorrection) -> Option<Array2<f32>> {
+/// The model-frame map a prompt-free method returns for one slice, with the index of its
+/// round in the trace (`None` for the corrected mask, which is no round).
+fn prompt_free_map(
+    method: Method,
+    c: &SliceCorrection,
+) -> Option<(Option<usize>, Array2<f32>)> {
     let counts: Vec<usize> = c
         .trace
         .iter()
         .map(|r| r.error_px.unwrap_or(usize::MAX))
         .collect();
+    let round = |r: usize| c.maps.get(r).map(|m| (Some(r), m.clone()));
     match method {
-        Method::Coarse => c.maps.first().cloned(),
+        Method::Coarse => round(0),
         Method::Corrected => match &c.corrected {
-            Some(m) => Some(m.mapv(|v| if v != 0 { 1.0 } else { -1.0 })),
-            None => c.maps.first().cloned(),
+            Some(m) => Some((None, m.mapv(|v| if v != 0 { 1.0 } else { -1.0 }))),
+            None => round(0),
         },
-        Method::Cosam { rounds } => c
-            .maps
-            .get(chosen_round(&counts, rounds as usize, true))
-            .cloned(),
+        Method::Cosam { rounds } => round(chosen_round(&counts, rounds as usize, true)),
         _ => None,
     }
 }
 
 /// Runs `method` on a volume; `reference` is the structure's binary mask `[slice, row, col]`.
+/// Returns the prediction and, for the prompt-free methods that score their masks, the
+/// volume's quality.
 ///
 /// # Errors
 /// Inference failures.
-pub fn run(method: Method, ctx: &Context<'_>, reference: &Array3<u8>) -> Result<Array3<u8>> {
+pub fn run(
+    method: Method,
+    ctx: &Context<'_>,
+    reference: &Array3<u8>,
+) -> Result<(Array3<u8>, Option<Quality>)> {
     let (n, rows, cols) = reference.dim();
     let mut pred = Array3::<u8>::zeros((n, rows, cols));
+    let mut quality = None;
     match method {
         Method::FullBox => {
             let full = [0.0, 0.0, (cols - 1) as f64, (rows - 1) as f64];
@@ -296,11 +306,17 @@ pub fn run(method: Method, ctx: &Context<'_>, reference: &Array3<u8>) -> Result<
         }
         Method::Coarse | Method::Corrected | Method::Cosam { .. } => {
             let transform = Transform::new(rows, cols);
+            let mut returned = Vec::new();
             for (z, c) in ctx.loop_rounds()?.iter().enumerate() {
-                if let Some(map) = c.as_ref().and_then(|c| prompt_free_map(method, c)) {
+                let Some(c) = c else { continue };
+                if let Some((round, map)) = prompt_free_map(method, c) {
                     pred.slice_mut(s![z, .., ..])
                         .assign(&logits_to_mask(map.view(), &transform, THRESHOLD_LOGIT).0);
+                    returned.extend(round.and_then(|r| c.trace.get(r)));
                 }
+            }
+            if method != Method::Corrected {
+                quality = Some(Quality::from_rounds(returned));
             }
         }
         Method::GtBox3d => {
@@ -308,10 +324,10 @@ pub fn run(method: Method, ctx: &Context<'_>, reference: &Array3<u8>) -> Result<
                 .filter(|&z| reference.slice(s![z, .., ..]).iter().any(|&v| v != 0))
                 .collect();
             let (Some(&z0), Some(&z1)) = (slices.first(), slices.last()) else {
-                return Ok(pred);
+                return Ok((pred, None));
             };
             let Some(b2d) = bounding_box(reference.max_projection().view()) else {
-                return Ok(pred);
+                return Ok((pred, None));
             };
             let box3 = b2d.map(|v| v as f64);
             let mid = (z0 + z1) / 2;
@@ -331,7 +347,7 @@ pub fn run(method: Method, ctx: &Context<'_>, reference: &Array3<u8>) -> Result<
             }
         }
     }
-    Ok(pred)
+    Ok((pred, quality))
 }
 
 /// Maximum over slices of a `[slice, row, col]` mask.

@@ -17,7 +17,10 @@ use ndarray::{Array3, Axis};
 pub use cache::DiskCache;
 pub use dataset::{Case, Dataset, MANIFEST_FORMAT};
 pub use methods::{bounding_box, Method, COSAM_DEFAULT_ROUNDS, METHOD_NAMES};
-pub use report::{aggregate, bootstrap_ci, markdown, markdown_table, write_reports, Summary};
+pub use report::{
+    aggregate, bootstrap_ci, markdown, markdown_table, review_flag, write_reports, ReviewSummary,
+    Summary, REVIEW_DICE, REVIEW_THRESHOLD,
+};
 pub use training::{case_dir, export_case, TrainingCase};
 
 use crate::io::{Affine, Limits, Volume};
@@ -122,8 +125,12 @@ pub struct Row {
     pub pred_voxels: usize,
     /// Reference voxels.
     pub ref_voxels: usize,
-    /// Wall time of the method on this case and structure, seconds.
+    /// Wall time of the method on this case and structure, seconds (the prompt-free
+    /// methods share one run of the loop: the first of them carries its time).
     pub seconds: f64,
+    /// The prompt-free methods' quality score of the volume's mask (see
+    /// [`crate::correct::Quality`]); `None` for the others and for `corrected`.
+    pub quality: Option<f64>,
 }
 
 impl Row {
@@ -147,6 +154,7 @@ impl Row {
             pred_voxels: 0,
             ref_voxels: 0,
             seconds: 0.0,
+            quality: None,
         }
     }
 
@@ -236,13 +244,14 @@ pub fn evaluate_case(
             let started = Instant::now();
             let reused = reference_free.iter().find(|(m, _, _)| m == method);
             let result = match reused {
-                Some((_, pred, secs)) => Ok((pred.clone(), *secs)),
+                Some((_, pred, secs)) => Ok((pred.clone(), None, *secs)),
                 None => methods::run(*method, &ctx, &reference)
-                    .map(|p| (p, started.elapsed().as_secs_f64())),
+                    .map(|(p, q)| (p, q, started.elapsed().as_secs_f64())),
             };
             match result {
-                Ok((pred, seconds)) => {
+                Ok((pred, quality, seconds)) => {
                     row.seconds = seconds;
+                    row.quality = quality.map(|q| q.score);
                     match metrics::evaluate_case(&pred, &reference, &spacing_mm, &options.metrics) {
                         Ok(m) => {
                             row.status = "ok".into();

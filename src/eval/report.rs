@@ -159,12 +159,12 @@ pub fn write_reports(
 ) -> Result<Vec<PathBuf>, WriteError> {
     let mut written = Vec::new();
     let mut csv = String::from(
-        "case,task,domain,synthetic,structure,method,status,dice,iou,hd_mm,hd95_mm,assd_mm,nsd,pred_voxels,ref_voxels,seconds,error,label_kind\n",
+        "case,task,domain,synthetic,structure,method,status,dice,iou,hd_mm,hd95_mm,assd_mm,nsd,pred_voxels,ref_voxels,seconds,error,label_kind,quality\n",
     );
     for r in rows {
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{},{},{}",
             csv_field(&r.case),
             csv_field(&r.task),
             csv_field(&r.domain),
@@ -182,7 +182,8 @@ pub fn write_reports(
             r.ref_voxels,
             r.seconds,
             csv_field(r.error.as_deref().unwrap_or("")),
-            csv_field(&r.label_kind)
+            csv_field(&r.label_kind),
+            opt(r.quality)
         );
     }
     let path = dir.join("cases.csv");
@@ -198,7 +199,12 @@ pub fn write_reports(
         written.push(path);
     }
     let path = dir.join("summary.md");
-    write_bytes(&path, markdown(header, summaries).as_bytes())?;
+    let mut md = markdown(header, summaries);
+    let review = review_flag(rows, REVIEW_DICE, REVIEW_THRESHOLD);
+    if !review.is_empty() {
+        md.push_str(&review_markdown(&review));
+    }
+    write_bytes(&path, md.as_bytes())?;
     written.push(path);
     let path = dir.join("dice_by_domain.svg");
     let svg = bar_chart(summaries).map_err(|reason| WriteError::Encode {
@@ -217,6 +223,94 @@ pub fn write_reports(
         written.push(path);
     }
     Ok(written)
+}
+
+/// Dice below which a case counts as one a clinician should have reviewed.
+pub const REVIEW_DICE: f64 = 0.8;
+/// The review threshold of the report: `cosam segment`'s default.
+pub const REVIEW_THRESHOLD: f64 = crate::correct::DEFAULT_REVIEW_THRESHOLD;
+
+/// How well a method's quality score flags its bad cases.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ReviewSummary {
+    /// Method.
+    pub method: String,
+    /// Rows with a quality score and a Dice.
+    pub n: usize,
+    /// Rows with Dice below the bad-case cut.
+    pub bad: usize,
+    /// Area under the ROC curve of `1 - quality` for "Dice below the cut" (`None` when
+    /// all rows are good or all bad).
+    pub auroc: Option<f64>,
+    /// Bad rows flagged at the threshold (quality below it).
+    pub flagged_bad: usize,
+    /// Good rows flagged at the threshold.
+    pub flagged_good: usize,
+}
+
+/// Per method with quality scores: AUROC of the score against `Dice < bad_dice`, and what
+/// the flag at `threshold` catches. Ties count one half (the Mann-Whitney statistic).
+pub fn review_flag(rows: &[Row], bad_dice: f64, threshold: f64) -> Vec<ReviewSummary> {
+    let mut by_method: BTreeMap<&str, Vec<(f64, bool)>> = BTreeMap::new();
+    for r in rows {
+        if let (Some(q), Some(d)) = (r.quality, r.dice) {
+            by_method
+                .entry(&r.method)
+                .or_default()
+                .push((q, d < bad_dice));
+        }
+    }
+    by_method
+        .into_iter()
+        .map(|(method, v)| {
+            let bad: Vec<f64> = v.iter().filter(|x| x.1).map(|x| x.0).collect();
+            let good: Vec<f64> = v.iter().filter(|x| !x.1).map(|x| x.0).collect();
+            let auroc = (!bad.is_empty() && !good.is_empty()).then(|| {
+                let mut wins = 0.0;
+                for b in &bad {
+                    for g in &good {
+                        wins += match b.total_cmp(g) {
+                            std::cmp::Ordering::Less => 1.0,
+                            std::cmp::Ordering::Equal => 0.5,
+                            std::cmp::Ordering::Greater => 0.0,
+                        };
+                    }
+                }
+                wins / (bad.len() * good.len()) as f64
+            });
+            ReviewSummary {
+                method: method.to_string(),
+                n: v.len(),
+                bad: bad.len(),
+                auroc,
+                flagged_bad: bad.iter().filter(|&&q| q < threshold).count(),
+                flagged_good: good.iter().filter(|&&q| q < threshold).count(),
+            }
+        })
+        .collect()
+}
+
+fn review_markdown(review: &[ReviewSummary]) -> String {
+    let mut md = format!(
+        "\n## Review flag\n\nQuality score against bad cases (Dice < {REVIEW_DICE}), per case and \
+         structure: AUROC, and what `needs_review` (quality < {REVIEW_THRESHOLD}) flags.\n\n\
+         | method | n | bad | AUROC | bad flagged | good flagged |\n|---|---|---|---|---|---|\n"
+    );
+    for r in review {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {}/{} | {}/{} |",
+            r.method,
+            r.n,
+            r.bad,
+            r.auroc.map_or("n/a".into(), |a| format!("{a:.3}")),
+            r.flagged_bad,
+            r.bad,
+            r.flagged_good,
+            r.n - r.bad
+        );
+    }
+    md
 }
 
 /// The loop round a method stands for: `coarse` is 0, `cosam:T` is T.
@@ -449,7 +543,30 @@ mod tests {
             pred_voxels: 1,
             ref_voxels: 1,
             seconds: 0.0,
+            quality: None,
         }
+    }
+
+    #[test]
+    fn review_auroc_counts_pairs_and_ties() {
+        let scored = |dice: f64, q: f64| Row {
+            quality: Some(q),
+            ..row("d", "cosam:4", dice)
+        };
+        // bad cases (Dice < 0.8) score 0.2 and 0.6, good ones 0.6 and 0.9: of the four
+        // bad-good pairs, three rank the bad case lower (one of them a tie)
+        let rows = [
+            scored(0.5, 0.2),
+            scored(0.7, 0.6),
+            scored(0.9, 0.6),
+            scored(0.95, 0.9),
+            row("d", "gt-box", 0.9),
+        ];
+        let r = review_flag(&rows, 0.8, 0.5);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].n, r[0].bad), (4, 2));
+        assert!((r[0].auroc.unwrap() - 3.5 / 4.0).abs() < 1e-12);
+        assert_eq!((r[0].flagged_bad, r[0].flagged_good), (1, 0));
     }
 
     #[test]

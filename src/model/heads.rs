@@ -32,6 +32,10 @@ pub struct HeadsInfo {
     /// Domains left out of training (leave-one-domain-out heads).
     #[serde(default)]
     pub held_out_domains: Vec<String>,
+    /// Error probability above which a pixel counts as wrong, chosen on the training
+    /// domains (CoSAM's 0.5 when the file does not say).
+    #[serde(default = "default_error_threshold")]
+    pub error_threshold: f32,
     files: Vec<HeadFile>,
 }
 
@@ -40,6 +44,10 @@ struct HeadFile {
     name: String,
     file: String,
     sha256: String,
+}
+
+fn default_error_threshold() -> f32 {
+    0.5
 }
 
 /// The error decoder session: image embedding + binary mask to error logits.

@@ -1,0 +1,112 @@
+//! CoSAM heads and the self-correcting loop with the shipped models on real slices.
+
+use cosam::correct::{chosen_round, correct_slice, CorrectOptions};
+use cosam::model::{HeadsSource, ModelError};
+use cosam::{io, Error};
+
+use crate::util::{demo, root, segmenter};
+
+fn abdomen() -> cosam::model::TaskHeads {
+    segmenter()
+        .load_heads(&HeadsSource::Task("abdomen".into()))
+        .unwrap_or_else(|e| panic!("shipped abdomen heads: {e}"))
+}
+
+fn dice(a: &ndarray::Array2<u8>, b: &ndarray::Array2<u8>) -> f64 {
+    let inter = a.iter().zip(b).filter(|(x, y)| **x != 0 && **y != 0).count();
+    let total = a.iter().filter(|v| **v != 0).count() + b.iter().filter(|v| **v != 0).count();
+    2.0 * inter as f64 / total.max(1) as f64
+}
+
+#[test]
+fn unknown_task_lists_the_shipped_ones() {
+    let err = segmenter()
+        .load_heads(&HeadsSource::Task("prostate".into()))
+        .unwrap_err();
+    assert!(matches!(err, Error::Model(ModelError::UnknownTask { .. })), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("prostate") && text.contains("abdomen") && text.contains("brain"), "{text}");
+}
+
+#[test]
+fn tampered_heads_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = root().join("models/heads/abdomen");
+    for f in ["heads.json", "decoder.onnx", "error.onnx"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let mut bytes = std::fs::read(dir.path().join("error.onnx")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(dir.path().join("error.onnx"), bytes).unwrap();
+    let err = segmenter()
+        .load_heads(&HeadsSource::Dir(dir.path().to_path_buf()))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Model(ModelError::Checksum { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("error.onnx"), "{err}");
+}
+
+/// The loop on the demo CT slice, prompt-free: it returns the mask with the fewest
+/// predicted errors under the stop rule, a full run of every round picks the same one, and
+/// the liver it finds overlaps the reference. (This slice's series is in the shipped
+/// heads' training data: the Dice is a functional check, not a generalisation figure.)
+#[test]
+fn loop_on_a_real_slice_follows_the_stop_rule() {
+    let seg = segmenter();
+    let heads = abdomen();
+    let volume = io::read(&demo("ct_abdomen_slice.dcm")).unwrap();
+    let embedded = seg.embed_slice(&volume, 0).unwrap();
+    let embedding = embedded.embedding().expect("a CT slice with content");
+    let liver = heads.structure_index("liver").unwrap();
+    let options = CorrectOptions::default();
+    let run = correct_slice(
+        &heads,
+        seg.mask_ops(),
+        embedding,
+        embedded.transform(),
+        liver,
+        &options,
+        false,
+    )
+    .unwrap();
+    assert!(run.trace.len() >= 2 && run.trace.len() <= options.max_rounds + 1);
+    assert!(run.trace.iter().all(|r| r.error_px.is_some()));
+    let counts: Vec<usize> = run.trace.iter().map(|r| r.error_px.unwrap()).collect();
+    assert_eq!(run.chosen, chosen_round(&counts, options.max_rounds, true));
+    assert_eq!(counts[run.chosen], *counts.iter().min().unwrap());
+
+    let full = correct_slice(
+        &heads,
+        seg.mask_ops(),
+        embedding,
+        embedded.transform(),
+        liver,
+        &options.with_stop_early(false),
+        true,
+    )
+    .unwrap();
+    assert_eq!(full.maps.len(), options.max_rounds + 1);
+    let full_counts: Vec<usize> = full.trace.iter().map(|r| r.error_px.unwrap()).collect();
+    assert_eq!(&full_counts[..counts.len()], &counts[..], "rounds are deterministic");
+    let picked = chosen_round(&full_counts, options.max_rounds, true);
+    assert_eq!(picked, run.chosen);
+    assert_eq!(full.maps[picked], run.logits);
+
+    let t = embedded.transform();
+    let mask = cosam::post::logits_to_mask(run.logits.view(), t, 0.0).0;
+    let reference = io::read(&demo("ct_liver_ref.png")).unwrap();
+    let reference = reference
+        .voxels()
+        .index_axis(ndarray::Axis(3), 0)
+        .index_axis(ndarray::Axis(0), 0)
+        .mapv(|v| u8::from(v > 0.0));
+    let d = dice(&mask, &reference);
+    println!(
+        "prompt-free liver on the demo CT slice: Dice {d:.3}, rounds {:?}, chosen {}",
+        counts, run.chosen
+    );
+    assert!(d > 0.5, "Dice {d}");
+}
