@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use ndarray::{s, Array2, ArrayView2, Axis};
 
-use crate::model::{ImageEmbedding, ModelError, ModelPrompts, TaskHeads};
+use crate::model::{ImageEmbedding, MaskDecoder, ModelError, ModelPrompts, TaskHeads};
 use crate::post::{bounds, Connectivity, MaskOps, PostError};
 use crate::preprocess::Transform;
 
@@ -42,6 +42,41 @@ pub enum CorrectError {
     },
 }
 
+/// Which decoder makes each round's mask from the corrected mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Refine {
+    /// CoSAM: the task decoder with the top-K error points, the box of the corrected
+    /// mask's largest component and the corrected mask as mask prompt.
+    #[default]
+    Task,
+    /// The task decoder with the error points and the box, without the mask prompt (which
+    /// it tends to copy).
+    TaskPoints,
+    /// LiteMedSAM's own decoder with only that box: the prompt it was trained on, which
+    /// carries across domains best (see the README's results).
+    BaseBox,
+}
+
+/// The models one run of the loop needs.
+#[derive(Clone, Copy)]
+pub struct LoopModels<'a> {
+    /// The task's heads.
+    pub heads: &'a TaskHeads,
+    /// LiteMedSAM's promptable decoder (for [`Refine::BaseBox`]).
+    pub base: &'a MaskDecoder,
+    /// Mask operations for prompt generation.
+    pub ops: &'a dyn MaskOps,
+}
+
+impl std::fmt::Debug for LoopModels<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoopModels")
+            .field("task", &self.heads.info.task)
+            .finish()
+    }
+}
+
 /// Options of the loop; the defaults are CoSAM's (K = 64, T = 4, threshold 0.5).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 #[non_exhaustive]
@@ -58,6 +93,8 @@ pub struct CorrectOptions {
     /// Return the corrected mask of round 1 (coarse XOR error) without re-prompting: the
     /// `corrected` ablation.
     pub correction_only: bool,
+    /// Which decoder refines.
+    pub refine: Refine,
 }
 
 impl Default for CorrectOptions {
@@ -68,6 +105,7 @@ impl Default for CorrectOptions {
             error_threshold: 0.5,
             stop_early: true,
             correction_only: false,
+            refine: Refine::Task,
         }
     }
 }
@@ -81,7 +119,7 @@ impl CorrectOptions {
 
     /// Top-K error points per round.
     pub fn with_top_k(mut self, k: usize) -> Self {
-        self.top_k = k.max(1);
+        self.top_k = k;
         self
     }
 
@@ -100,6 +138,12 @@ impl CorrectOptions {
     /// Whether to stop after the first correction, without re-prompting.
     pub fn with_correction_only(mut self, only: bool) -> Self {
         self.correction_only = only;
+        self
+    }
+
+    /// Which decoder refines.
+    pub fn with_refine(mut self, refine: Refine) -> Self {
+        self.refine = refine;
         self
     }
 
@@ -201,14 +245,14 @@ impl Quality {
 /// # Errors
 /// [`CorrectError`] when a model call or mask operation fails, or the structure is unknown.
 pub fn correct_slice(
-    heads: &TaskHeads,
-    ops: &dyn MaskOps,
+    models: &LoopModels<'_>,
     embedding: &ImageEmbedding,
     transform: &Transform,
     structure: usize,
     options: &CorrectOptions,
     keep_rounds: bool,
 ) -> Result<SliceCorrection, CorrectError> {
+    let LoopModels { heads, base, ops } = *models;
     let count = heads.info.structures.len();
     if structure >= count {
         return Err(CorrectError::Structure {
@@ -282,13 +326,23 @@ pub fn correct_slice(
         if round == 1 && keep_rounds {
             first_correction = Some(corrected.clone());
         }
-        let prompts = correction_prompts(ops, &error, &corrected, rows, cols, options.top_k)?;
-        let out = heads.decoder.predict_structure(
-            embedding,
-            &prompts,
-            Some(corrected.mapv(f32::from).view()),
-            structure,
-        )?;
+        let out = match options.refine {
+            Refine::Task | Refine::TaskPoints => {
+                let prompts =
+                    correction_prompts(ops, &error, &corrected, rows, cols, options.top_k)?;
+                let mask_prompt = corrected.mapv(f32::from);
+                heads.decoder.predict_structure(
+                    embedding,
+                    &prompts,
+                    (options.refine == Refine::Task).then(|| mask_prompt.view()),
+                    structure,
+                )?
+            }
+            Refine::BaseBox => {
+                let prompts = correction_prompts(ops, &error, &corrected, rows, cols, 0)?;
+                base.predict(embedding, &prompts, None)?
+            }
+        };
         maps.push(inside(out.logits, rows, cols));
         mask = binary(maps[maps.len() - 1].view());
         trace.push(Round {
@@ -348,9 +402,13 @@ fn correction_prompts(
     cols: usize,
     k: usize,
 ) -> Result<ModelPrompts, PostError> {
-    let region = error_logits.slice(s![..rows, ..cols]);
-    let peaks = ops.top_k(region.insert_axis(Axis(0)), k)?;
     let mut prompts = ModelPrompts::default();
+    let peaks = if k == 0 {
+        Vec::new()
+    } else {
+        let region = error_logits.slice(s![..rows, ..cols]);
+        ops.top_k(region.insert_axis(Axis(0)), k)?
+    };
     for p in peaks {
         prompts.coords.push([p.column as f32, p.row as f32]);
         prompts

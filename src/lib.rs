@@ -11,10 +11,14 @@
 //! 3. [`model`] holds the ONNX Runtime sessions: the image encoder embeds a slice once; the
 //!    promptable mask decoder turns an embedding plus point, box and mask prompts into
 //!    logits.
-//! 4. [`post`] upsamples logits to the source grid and thresholds them, and provides the
+//! 4. [`correct`] is CoSAM's self-correcting loop: with a task's trained heads
+//!    ([`model::TaskHeads`]), a prompt-free coarse mask, an error decoder that predicts
+//!    where it is wrong, and re-prompting from the corrected mask until the predicted
+//!    error stops shrinking; it reports a [`correct::Quality`] score for review.
+//! 5. [`post`] upsamples logits to the source grid and thresholds them, and provides the
 //!    mask operations (components, hole filling, distance transform, top-K) in WGSL on
 //!    wgpu or on the CPU with identical results.
-//! 5. [`pipeline`] ties the stages together for slices and volumes; [`metrics`] scores
+//! 6. [`pipeline`] ties the stages together for slices and volumes; [`metrics`] scores
 //!    masks against references in millimetres (Dice, HD95 under a named convention, ASSD,
 //!    NSD), and [`eval`] runs methods over multi-domain datasets.
 //!
@@ -32,6 +36,35 @@
 //! let prediction = segmenter.predict(&slice, &prompts)?;
 //! println!("{} mask pixels, predicted IoU {:.2}", prediction.mask.area(), prediction.iou);
 //! assert!(prediction.mask.area() > 1000 && prediction.iou > 0.5);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Without any prompt, with the shipped CoSAM heads of a task (the encoder still runs once
+//! per slice; each round adds one error-decoder and one decoder call):
+//!
+//! ```
+//! use cosam::correct::{correct_slice, CorrectOptions, Quality};
+//! use cosam::model::HeadsSource;
+//! use cosam::{Segmenter, SegmenterOptions};
+//!
+//! # fn main() -> cosam::Result<()> {
+//! let segmenter = Segmenter::new(SegmenterOptions::default())?;
+//! let heads = segmenter.load_heads(&HeadsSource::Task("abdomen".into()))?;
+//! let volume = cosam::io::read(std::path::Path::new("data/demo/ct_abdomen_slice.dcm"))?;
+//! let slice = segmenter.embed_slice(&volume, 0)?;
+//! let liver = heads.structure_index("liver").expect("the abdomen heads segment the liver");
+//! if let Some(embedding) = slice.embedding() {
+//!     let options = CorrectOptions::default().with_error_threshold(heads.info.error_threshold);
+//!     let run = correct_slice(&segmenter.loop_models(&heads), embedding, slice.transform(),
+//!                             liver, &options, false)?;
+//!     for round in &run.trace {
+//!         println!("round {}: {} px, {:?} px predicted wrong", round.round, round.area_px,
+//!                  round.error_px);
+//!     }
+//!     let quality = Quality::from_rounds([run.final_round()]);
+//!     assert!((0.0..=1.0).contains(&quality.score));
+//! }
 //! # Ok(())
 //! # }
 //! ```

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use ndarray::{s, Array2, Array3};
 
-use crate::correct::{correct_slice, CorrectOptions, Quality, Round};
+use crate::correct::{correct_slice, CorrectOptions, LoopModels, Quality, Round};
 
 use crate::io::{Mask, Volume};
 use crate::model::{
@@ -206,6 +206,15 @@ impl Segmenter {
         Ok(self.sam.load_heads(source)?)
     }
 
+    /// What [`correct_slice`] needs to run with `heads`.
+    pub fn loop_models<'a>(&'a self, heads: &'a TaskHeads) -> LoopModels<'a> {
+        LoopModels {
+            heads,
+            base: &self.sam.decoder,
+            ops: self.post.as_ref(),
+        }
+    }
+
     /// The post-processing operations in use.
     pub fn mask_ops(&self) -> &dyn MaskOps {
         self.post.as_ref()
@@ -399,8 +408,7 @@ impl Segmenter {
             slices,
             |z, embedding| {
                 let c = correct_slice(
-                    heads,
-                    self.post.as_ref(),
+                    &self.loop_models(heads),
                     embedding,
                     &transform,
                     structure,

@@ -352,3 +352,30 @@ fn unknown_task_or_structure_is_a_usage_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("no structure 'liver'") && err.contains("brain"), "{err}");
 }
+
+/// A structure that is not in the image (this series stops above the kidneys) is a result,
+/// not an error: the input succeeds and the structure's mask is (nearly) empty.
+#[test]
+fn absent_structure_gives_an_empty_mask_not_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = cosam(&[
+        "segment",
+        "--task",
+        "abdomen",
+        "--structures",
+        "kidney_left,kidney_right",
+        "-i",
+        &text(&demo("ct_abdomen_slice.dcm")),
+        "-o",
+        &text(tmp.path()),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = report(tmp.path());
+    let e = entry(&r, "ct_abdomen_slice.dcm");
+    assert_eq!(e["status"], "ok");
+    for s in e["structures"].as_array().unwrap() {
+        let voxels = s["voxels"].as_u64().unwrap();
+        println!("{}: {voxels} px, quality {}", s["name"], s["quality"]);
+        assert!(voxels < 512 * 512 / 100, "{}: {voxels} px", s["name"]);
+    }
+}

@@ -63,8 +63,7 @@ fn loop_on_a_real_slice_follows_the_stop_rule() {
     let liver = heads.structure_index("liver").unwrap();
     let options = CorrectOptions::default();
     let run = correct_slice(
-        &heads,
-        seg.mask_ops(),
+        &seg.loop_models(&heads),
         embedding,
         embedded.transform(),
         liver,
@@ -79,8 +78,7 @@ fn loop_on_a_real_slice_follows_the_stop_rule() {
     assert_eq!(counts[run.chosen], *counts.iter().min().unwrap());
 
     let full = correct_slice(
-        &heads,
-        seg.mask_ops(),
+        &seg.loop_models(&heads),
         embedding,
         embedded.transform(),
         liver,

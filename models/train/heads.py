@@ -41,7 +41,9 @@ class TaskDecoder(nn.Module):
         super().__init__()
         self.prompt_encoder = copy.deepcopy(net.prompt_encoder)
         self.mask_decoder = copy.deepcopy(net.mask_decoder)
-        for p in self.prompt_encoder.parameters():
+        # the positional encoding stays as trained; the point, mask and no-mask embeddings
+        # are trained (LiteMedSAM only ever saw boxes, so they were never tuned for it)
+        for p in self.prompt_encoder.pe_layer.parameters():
             p.requires_grad_(False)
         scale = self.prompt_encoder.point_embeddings[1].weight.detach().std()
         self.structure_tokens = nn.Parameter(

@@ -16,7 +16,7 @@ Per step and sample (CoSAM, arXiv 2411.10136, Alg. 1; deviations marked *):
             perturbation instead of i.i.d. pixel flips: salt-and-pepper noise is erased by
             the mask embedding's strided convolutions and teaches nothing)
   error   = Err(E, input)                           positive-weighted BCE vs XOR(input, ref)
-  corrected = input XOR (sigmoid(error) > 0.5)
+  corrected = input XOR (sigmoid(error) > 0.8) *(0.5 in the paper; see TRAIN_THRESHOLD)
   refined = D(E, top-K error points, box of the largest component, corrected mask)
                                                     1.0 x (Dice+BCE + IoU MSE)
   error2  = Err(E, refined mask), every 2nd step *(so the error decoder also sees the masks
@@ -24,7 +24,9 @@ Per step and sample (CoSAM, arXiv 2411.10136, Alg. 1; deviations marked *):
   guided  = D(E, K random positive + K negative reference points, reference box and mask)
                                                     0.1 x Dice+BCE, on 2 samples every
                                                     4th step *
-Adam, poly decay 0.9; learning rate 1e-4 for the pretrained decoder, 1e-3 for new weights *.
+Adam, poly decay 0.9; learning rate 1e-4 for the pretrained mask decoder, 1e-3 for new
+weights and for the prompt encoder's point, mask and no-mask embeddings *(LiteMedSAM was
+trained with boxes only, so these never were).
 Mixed precision: bf16 autocast on CPU (AMX) *, fp32 weights and fp32 export.
 Then picks the error threshold that maximises the corrected mask's Dice on the training
 slices *(the positive weight shifts probabilities up; see calibrate_threshold), and exports
@@ -60,6 +62,11 @@ GUIDED_SAMPLES = 2
 GUIDED_EVERY = 4
 ERROR2_EVERY = 2
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+# Error probability above which training flips a pixel to make the corrected mask. With
+# BCE weighted w = log(N / n_wrong) (about 3-5 here) on wrong pixels, p_w > w / (1 + w),
+# about 0.8, is where the unweighted odds pass even: a flip is then right more often than
+# wrong. The threshold used at inference is calibrated after training (THRESHOLDS).
+TRAIN_THRESHOLD = 0.8
 FLIP_P = 0.2
 OPSET = 17
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -308,8 +315,11 @@ def train(args):
     net, _ = load_net()
     dec = TaskDecoder(net, len(data.structures))
     err = ErrorDecoder(net, len(data.structures))
-    pretrained = [p for p in dec.mask_decoder.parameters()]
-    new = [dec.structure_tokens, dec.structure_dense] + list(err.parameters())
+    pretrained = list(dec.mask_decoder.parameters())
+    prompt_embeddings = [p for n, p in dec.prompt_encoder.named_parameters()
+                         if not n.startswith("pe_layer")]
+    new = ([dec.structure_tokens, dec.structure_dense] + prompt_embeddings
+           + list(err.parameters()))
     opt = torch.optim.Adam([{"params": pretrained, "lr": args.lr},
                             {"params": new, "lr": args.lr_new}])
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -335,7 +345,7 @@ def train(args):
             e_logits = err(emb, inp, s).float()
             loss_e = error_loss(e_logits, (inp != gt).float())
             prob = torch.sigmoid(e_logits.detach())
-            corrected = ((inp > 0) ^ (prob > 0.5)).float()
+            corrected = ((inp > 0) ^ (prob > TRAIN_THRESHOLD)).float()
             coords, labels = correction_prompts(prob.numpy(), corrected.numpy(), scaled)
             r_logits, r_iou = dec(emb, coords, labels, corrected, torch.ones(b), s)
             r_logits, r_iou = r_logits.float(), r_iou.float()
@@ -371,8 +381,7 @@ def train(args):
     threshold, by_threshold = calibrate_threshold(dec, err, data)
     print(f"error threshold {threshold} (corrected-mask Dice on training slices by threshold: "
           f"{by_threshold})", flush=True)
-    summary = {"error_threshold": threshold, "corrected_dice_by_threshold": by_threshold,
-               "train": evaluate(dec, err, data, threshold=threshold)}
+    summary = {"error_threshold": threshold, "corrected_dice_by_threshold": by_threshold}
     if val is not None:
         summary["held_out"] = evaluate(dec, err, val, threshold=threshold)
     print("dice (model frame, slices with the structure):", json.dumps(summary), flush=True)
@@ -444,6 +453,7 @@ def export(args, dec, err, data, train_domains, held_out, log, summary):
             "command": " ".join([".venv-export/bin/python", "models/train/train.py"] + sys.argv[1:]),
             "seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr,
             "lr_new": args.lr_new, "top_k": TOP_K, "flip_p": FLIP_P,
+            "train_threshold": TRAIN_THRESHOLD,
             "guided_every": GUIDED_EVERY, "error2_every": ERROR2_EVERY,
             "torch": torch.__version__, "loss_log": log, "dice_model_frame": summary,
             "onnx_parity_max_abs": worst,

@@ -70,6 +70,26 @@ impl ModelArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RefineArg {
+    /// The task decoder with error points, box and mask prompt (CoSAM).
+    Task,
+    /// The task decoder with error points and box, no mask prompt.
+    TaskPoints,
+    /// LiteMedSAM's decoder with the box of the corrected mask's largest component.
+    BaseBox,
+}
+
+impl From<RefineArg> for cosam::correct::Refine {
+    fn from(r: RefineArg) -> Self {
+        match r {
+            RefineArg::Task => cosam::correct::Refine::Task,
+            RefineArg::TaskPoints => cosam::correct::Refine::TaskPoints,
+            RefineArg::BaseBox => cosam::correct::Refine::BaseBox,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModalityArg {
     /// From the file (DICOM Modality; NIfTI: CT when values go below -500).
     Auto,
@@ -140,6 +160,10 @@ pub struct SegmentArgs {
     /// calibrated value (heads.json `error_threshold`).
     #[arg(long, value_name = "P", value_parser = parse_probability)]
     pub error_threshold: Option<f32>,
+    /// Which decoder refines: task (CoSAM: error points, box and mask prompt to the task
+    /// decoder) or base-box (LiteMedSAM's own decoder with the box only).
+    #[arg(long, value_enum, default_value_t = RefineArg::Task)]
+    pub refine: RefineArg,
     /// Run every round instead of stopping when the predicted error count stops falling.
     #[arg(long)]
     pub no_early_stop: bool,
@@ -181,6 +205,7 @@ impl SegmentArgs {
             .with_top_k(self.top_k as usize)
             .with_error_threshold(self.error_threshold.unwrap_or(heads_threshold))
             .with_stop_early(!self.no_early_stop)
+            .with_refine(self.refine.into())
     }
 
     /// The prompts given on the command line.
@@ -278,6 +303,16 @@ pub struct EvalArgs {
     /// Hold out each domain in turn (train on the others, test on it).
     #[arg(long, conflicts_with_all = ["train_domains", "test_domains"])]
     pub leave_one_domain_out: bool,
+    /// Error points per round of the prompt-free methods (default 64).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub top_k: Option<u32>,
+    /// Error probability threshold of the prompt-free methods (default: the heads').
+    #[arg(long, value_name = "P", value_parser = parse_probability)]
+    pub error_threshold: Option<f32>,
+    /// Which decoder refines in the prompt-free methods: task (CoSAM: error points, box and
+    /// mask prompt to the task decoder) or base-box (LiteMedSAM's decoder with the box).
+    #[arg(long, value_enum, default_value_t = RefineArg::Task)]
+    pub refine: RefineArg,
     /// CoSAM heads for coarse, corrected and cosam:T: a folder with heads.json, or one
     /// with a heads folder per held-out domain (models/lodo/TASK); default: the task's
     /// shipped heads.

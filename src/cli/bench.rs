@@ -128,8 +128,7 @@ fn measure_loop(
         out?;
         let run = |o: &CorrectOptions| {
             correct_slice(
-                heads,
-                segmenter.mask_ops(),
+                &segmenter.loop_models(heads),
                 &embedding,
                 &input.transform,
                 0,

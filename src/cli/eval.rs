@@ -124,7 +124,12 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
     let options = EvalOptions::default()
         .with_methods(methods.clone())
         .with_metrics(metrics)
-        .with_limits(Limits::default().with_max_voxels(args.max_voxels));
+        .with_limits(Limits::default().with_max_voxels(args.max_voxels))
+        .with_loop(
+            args.top_k.map(|k| k as usize),
+            args.error_threshold,
+            args.refine.into(),
+        );
 
     let started = Instant::now();
     let total: usize = rounds

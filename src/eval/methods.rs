@@ -194,6 +194,8 @@ pub struct Context<'a> {
     pub seed: u64,
     /// CoSAM heads and the structure's index in them, for the prompt-free methods.
     pub heads: Option<(&'a TaskHeads, usize)>,
+    /// The loop's top-K and threshold (rounds and stopping are set per method).
+    pub loop_options: Option<CorrectOptions>,
     /// The loop's run on every slice, made by the first prompt-free method.
     pub rounds: OnceCell<Vec<Option<SliceCorrection>>>,
 }
@@ -220,8 +222,9 @@ impl Context<'_> {
             }
             .into());
         };
-        let options = CorrectOptions::default()
-            .with_error_threshold(heads.info.error_threshold)
+        let options = self
+            .loop_options
+            .unwrap_or_default()
             .with_max_rounds(MAX_EVAL_ROUNDS)
             .with_stop_early(false);
         let mut out = Vec::with_capacity(self.volume.slices());
@@ -231,8 +234,7 @@ impl Context<'_> {
                     .embed_slice_cached(self.volume, z, self.map, self.cache)?;
             out.push(match embedded.embedding() {
                 Some(e) => Some(correct_slice(
-                    heads,
-                    self.segmenter.mask_ops(),
+                    &self.segmenter.loop_models(heads),
                     e,
                     embedded.transform(),
                     structure,

@@ -52,6 +52,12 @@ pub struct EvalOptions {
     pub metrics: MetricsOptions,
     /// Size caps for reading images.
     pub limits: Limits,
+    /// Error points per round of the prompt-free methods (`None`: CoSAM's 64).
+    pub top_k: Option<usize>,
+    /// Error probability threshold of the prompt-free methods (`None`: the heads').
+    pub error_threshold: Option<f32>,
+    /// Which decoder refines in the prompt-free methods.
+    pub refine: crate::correct::Refine,
 }
 
 impl Default for EvalOptions {
@@ -64,6 +70,9 @@ impl Default for EvalOptions {
             ],
             metrics: MetricsOptions::default(),
             limits: Limits::default(),
+            top_k: None,
+            error_threshold: None,
+            refine: crate::correct::Refine::default(),
         }
     }
 }
@@ -78,6 +87,19 @@ impl EvalOptions {
     /// Options with metric conventions.
     pub fn with_metrics(mut self, metrics: MetricsOptions) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Options with the loop's top-K and error threshold (`None` keeps the default).
+    pub fn with_loop(
+        mut self,
+        top_k: Option<usize>,
+        error_threshold: Option<f32>,
+        refine: crate::correct::Refine,
+    ) -> Self {
+        self.top_k = top_k;
+        self.error_threshold = error_threshold;
+        self.refine = refine;
         self
     }
 
@@ -221,6 +243,12 @@ pub fn evaluate_case(
             cache,
             seed: seed_of(&case.id, structure),
             heads: structure_heads,
+            loop_options: structure_heads.map(|(h, _)| {
+                let o = crate::correct::CorrectOptions::default()
+                    .with_error_threshold(options.error_threshold.unwrap_or(h.info.error_threshold))
+                    .with_refine(options.refine);
+                options.top_k.map_or(o, |k| o.with_top_k(k))
+            }),
             rounds: std::cell::OnceCell::new(),
         };
         for method in &options.methods {
