@@ -95,6 +95,9 @@ pub struct CorrectOptions {
     pub correction_only: bool,
     /// Which decoder refines.
     pub refine: Refine,
+    /// Keep every round's map and the first correction in the result (for `--trace` and
+    /// for evaluating every round from one run).
+    pub keep_rounds: bool,
 }
 
 impl Default for CorrectOptions {
@@ -106,6 +109,7 @@ impl Default for CorrectOptions {
             stop_early: true,
             correction_only: false,
             refine: Refine::Task,
+            keep_rounds: false,
         }
     }
 }
@@ -138,6 +142,12 @@ impl CorrectOptions {
     /// Whether to stop after the first correction, without re-prompting.
     pub fn with_correction_only(mut self, only: bool) -> Self {
         self.correction_only = only;
+        self
+    }
+
+    /// Whether to keep every round's map.
+    pub fn with_keep_rounds(mut self, keep: bool) -> Self {
+        self.keep_rounds = keep;
         self
     }
 
@@ -250,8 +260,8 @@ pub fn correct_slice(
     transform: &Transform,
     structure: usize,
     options: &CorrectOptions,
-    keep_rounds: bool,
 ) -> Result<SliceCorrection, CorrectError> {
+    let keep_rounds = options.keep_rounds;
     let LoopModels { heads, base, ops } = *models;
     let count = heads.info.structures.len();
     if structure >= count {

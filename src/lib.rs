@@ -57,7 +57,7 @@
 //! if let Some(embedding) = slice.embedding() {
 //!     let options = CorrectOptions::default().with_error_threshold(heads.info.error_threshold);
 //!     let run = correct_slice(&segmenter.loop_models(&heads), embedding, slice.transform(),
-//!                             liver, &options, false)?;
+//!                             liver, &options)?;
 //!     for round in &run.trace {
 //!         println!("round {}: {} px, {:?} px predicted wrong", round.round, round.area_px,
 //!                  round.error_px);

@@ -387,7 +387,8 @@ impl Segmenter {
 
     /// Segments structure `structure` of `heads` on `slices` of `volume` (all when `None`)
     /// without prompts: CoSAM's coarse mask and self-correcting loop on every slice, with
-    /// each slice's trace and a quality score for the volume.
+    /// each slice's trace (and every round's map with `options.keep_rounds`) and a quality
+    /// score for the volume.
     ///
     /// # Errors
     /// A constant volume, a slice range past the end, or a model failure.
@@ -398,7 +399,6 @@ impl Segmenter {
         structure: usize,
         options: &CorrectOptions,
         slices: Option<RangeInclusive<usize>>,
-        keep_masks: bool,
         progress: impl FnMut(usize),
     ) -> Result<PromptFreeSegmentation> {
         let transform = Transform::new(volume.slice_size().0, volume.slice_size().1);
@@ -413,7 +413,6 @@ impl Segmenter {
                     &transform,
                     structure,
                     options,
-                    keep_masks,
                 )?;
                 let iou = c.final_round().iou.unwrap_or(0.0);
                 traces.push(SliceTrace {

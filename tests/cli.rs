@@ -318,7 +318,10 @@ fn task_segments_without_prompts_and_traces_every_round() {
         assert!(s["chosen_round"].as_u64().unwrap() < rounds.len() as u64);
     }
     let labels = cosam::io::read(&out.join("ct_abdomen_labels.nii.gz")).unwrap();
-    assert!(labels.voxels().iter().all(|&v| v == 0.0 || v == 3.0 || v == 4.0));
+    assert!(labels
+        .voxels()
+        .iter()
+        .all(|&v| v == 0.0 || v == 3.0 || v == 4.0));
     no_partial_files(&out);
 }
 
@@ -336,7 +339,10 @@ fn unknown_task_or_structure_is_a_usage_error() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("prostate") && err.contains("abdomen, brain"), "{err}");
+    assert!(
+        err.contains("prostate") && err.contains("abdomen, brain"),
+        "{err}"
+    );
     let o = cosam(&[
         "segment",
         "--task",
@@ -350,7 +356,10 @@ fn unknown_task_or_structure_is_a_usage_error() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("no structure 'liver'") && err.contains("brain"), "{err}");
+    assert!(
+        err.contains("no structure 'liver'") && err.contains("brain"),
+        "{err}"
+    );
 }
 
 /// A structure that is not in the image (this series stops above the kidneys) is a result,

@@ -13,7 +13,11 @@ fn abdomen() -> cosam::model::TaskHeads {
 }
 
 fn dice(a: &ndarray::Array2<u8>, b: &ndarray::Array2<u8>) -> f64 {
-    let inter = a.iter().zip(b).filter(|(x, y)| **x != 0 && **y != 0).count();
+    let inter = a
+        .iter()
+        .zip(b)
+        .filter(|(x, y)| **x != 0 && **y != 0)
+        .count();
     let total = a.iter().filter(|v| **v != 0).count() + b.iter().filter(|v| **v != 0).count();
     2.0 * inter as f64 / total.max(1) as f64
 }
@@ -23,9 +27,15 @@ fn unknown_task_lists_the_shipped_ones() {
     let err = segmenter()
         .load_heads(&HeadsSource::Task("prostate".into()))
         .unwrap_err();
-    assert!(matches!(err, Error::Model(ModelError::UnknownTask { .. })), "{err}");
+    assert!(
+        matches!(err, Error::Model(ModelError::UnknownTask { .. })),
+        "{err}"
+    );
     let text = err.to_string();
-    assert!(text.contains("prostate") && text.contains("abdomen") && text.contains("brain"), "{text}");
+    assert!(
+        text.contains("prostate") && text.contains("abdomen") && text.contains("brain"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -68,7 +78,6 @@ fn loop_on_a_real_slice_follows_the_stop_rule() {
         embedded.transform(),
         liver,
         &options,
-        false,
     )
     .unwrap();
     assert!(run.trace.len() >= 2 && run.trace.len() <= options.max_rounds + 1);
@@ -82,13 +91,16 @@ fn loop_on_a_real_slice_follows_the_stop_rule() {
         embedding,
         embedded.transform(),
         liver,
-        &options.with_stop_early(false),
-        true,
+        &options.with_stop_early(false).with_keep_rounds(true),
     )
     .unwrap();
     assert_eq!(full.maps.len(), options.max_rounds + 1);
     let full_counts: Vec<usize> = full.trace.iter().map(|r| r.error_px.unwrap()).collect();
-    assert_eq!(&full_counts[..counts.len()], &counts[..], "rounds are deterministic");
+    assert_eq!(
+        &full_counts[..counts.len()],
+        &counts[..],
+        "rounds are deterministic"
+    );
     let picked = chosen_round(&full_counts, options.max_rounds, true);
     assert_eq!(picked, run.chosen);
     assert_eq!(full.maps[picked], run.logits);

@@ -2,20 +2,15 @@
 `tasks` entry per task with the sha256 of its heads.json, and each head file in `models`
 with its digest, size and signature. Run by models/train/train_all after training."""
 
-import hashlib
 import json
 import os
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS = os.path.join(ROOT, "models")
+sys.path.insert(0, os.path.join(MODELS, "export"))
 
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from export import sha256  # noqa: E402
 
 
 def main():

@@ -35,7 +35,6 @@ with ONNX Runtime, and writes heads.json (structures, domains, hashes, loss log 
 """
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -52,7 +51,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "models", "export"))
 sys.path.insert(0, HERE)
 
-from export import load_net  # noqa: E402
+from export import load_net, sha256  # noqa: E402
 from heads import (ErrorDecoder, ExportErrorDecoder, ExportTaskDecoder,  # noqa: E402
                    TaskDecoder)
 
@@ -70,14 +69,6 @@ TRAIN_THRESHOLD = 0.8
 FLIP_P = 0.2
 OPSET = 17
 EIGHT = np.ones((3, 3), dtype=bool)
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class TrainingSet:
@@ -239,6 +230,21 @@ def positives(data, limit):
     return [(i, s) for s, (pos, _) in data.pools.items() for i in pos][:limit]
 
 
+def batches(data, items, size=8):
+    """(indices, structures, embeddings, reference masks) of `items` in chunks."""
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        idx = torch.tensor([i for i, _ in chunk])
+        s = torch.tensor([x for _, x in chunk])
+        gt = (data.labels[idx] == (s + 1).reshape(-1, 1, 1)).float().unsqueeze(1)
+        yield idx, s, data.embeddings[idx].float(), gt
+
+
+def dice_sum(masks, gt):
+    inter = (masks * gt).sum(dim=(1, 2, 3))
+    return float((2 * inter / (masks.sum(dim=(1, 2, 3)) + gt.sum(dim=(1, 2, 3))).clamp(min=1)).sum())
+
+
 def calibrate_threshold(dec, err, data, limit=160):
     """The error probability threshold that maximises the mean Dice of the corrected mask
     (coarse XOR error) on training slices. The error decoder is trained with a positive
@@ -249,20 +255,12 @@ def calibrate_threshold(dec, err, data, limit=160):
     items = positives(data, limit)
     sums = {t: 0.0 for t in THRESHOLDS}
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        for start in range(0, len(items), 8):
-            chunk = items[start:start + 8]
-            idx = torch.tensor([i for i, _ in chunk])
-            s = torch.tensor([x for _, x in chunk])
-            emb = data.embeddings[idx].float()
-            gt = (data.labels[idx] == (s + 1).reshape(-1, 1, 1)).float().unsqueeze(1)
+        for _, s, emb, gt in batches(data, items):
             coarse, _ = dec(emb, *no_prompt(emb.shape[0]), s)
             mask = coarse.float() > 0
             prob = torch.sigmoid(err(emb, mask.float(), s).float())
             for t in THRESHOLDS:
-                m = (mask ^ (prob > t)).float()
-                inter = (m * gt).sum(dim=(1, 2, 3))
-                d = 2 * inter / (m.sum(dim=(1, 2, 3)) + gt.sum(dim=(1, 2, 3))).clamp(min=1)
-                sums[t] += float(d.sum())
+                sums[t] += dice_sum((mask ^ (prob > t)).float(), gt)
     dec.train()
     err.train()
     dice = {t: round(v / max(len(items), 1), 4) for t, v in sums.items()}
@@ -277,20 +275,12 @@ def evaluate(dec, err, data, rounds=2, limit=160, threshold=0.5):
     sums, count = {}, 0
     items = positives(data, limit)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        for start in range(0, len(items), 8):
-            chunk = items[start:start + 8]
-            idx = torch.tensor([i for i, _ in chunk])
-            s = torch.tensor([x for _, x in chunk])
-            emb = data.embeddings[idx].float()
-            gt = (data.labels[idx] == (s + 1).reshape(-1, 1, 1)).float().unsqueeze(1)
+        for idx, s, emb, gt in batches(data, items):
             stages = run_loop_step(dec, err, emb, s, [data.scaled[i] for i in idx], rounds,
                                    threshold)
             for name, m in stages.items():
-                m = m.float()
-                inter = (m * gt).sum(dim=(1, 2, 3))
-                d = 2 * inter / (m.sum(dim=(1, 2, 3)) + gt.sum(dim=(1, 2, 3))).clamp(min=1)
-                sums[name] = sums.get(name, 0.0) + float(d.sum())
-            count += len(chunk)
+                sums[name] = sums.get(name, 0.0) + dice_sum(m.float(), gt)
+            count += len(idx)
     dec.train()
     err.train()
     return {k: round(v / max(count, 1), 4) for k, v in sums.items()}

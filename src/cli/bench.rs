@@ -133,7 +133,6 @@ fn measure_loop(
                 &input.transform,
                 0,
                 o,
-                false,
             )
         };
         let (c, t_loop) = timed(|| run(&early));
@@ -330,10 +329,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                         &synthetic,
                         heads,
                         0,
-                        &CorrectOptions::default()
-                            .with_error_threshold(heads.info.error_threshold),
+                        &CorrectOptions::default().with_error_threshold(heads.info.error_threshold),
                         None,
-                        false,
                         |_| {},
                     )
                 });

@@ -16,7 +16,22 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::args::EvalArgs;
 
-pub(super) fn default_cache_dir() -> PathBuf {
+/// The embedding cache in `dir` (default: the user's cache folder), unless disabled.
+pub(super) fn open_cache(
+    dir: Option<&Path>,
+    disabled: bool,
+    max_bytes: u64,
+) -> anyhow::Result<Option<DiskCache>> {
+    if disabled {
+        return Ok(None);
+    }
+    let dir = dir.map_or_else(default_cache_dir, Path::to_path_buf);
+    Ok(Some(DiskCache::new(&dir, max_bytes).with_context(
+        || format!("cannot create cache folder {}", dir.display()),
+    )?))
+}
+
+fn default_cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
@@ -73,16 +88,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
         .with_context(|| format!("cannot create output folder {}", args.output.display()))?;
     let segmenter =
         Segmenter::new(args.model.segmenter_options()).context("cannot load the model")?;
-    let cache = if args.no_cache {
-        None
-    } else {
-        let dir = args.cache.clone().unwrap_or_else(default_cache_dir);
-        let bytes = (args.cache_max_gb.max(0.0) * 1024.0 * 1024.0 * 1024.0) as u64;
-        Some(
-            DiskCache::new(&dir, bytes)
-                .with_context(|| format!("cannot create cache folder {}", dir.display()))?,
-        )
-    };
+    let bytes = (args.cache_max_gb.max(0.0) * 1024.0 * 1024.0 * 1024.0) as u64;
+    let cache = open_cache(args.cache.as_deref(), args.no_cache, bytes)?;
     let head_sets = if methods.iter().any(Method::is_prompt_free) {
         load_head_sets(&segmenter, args)?
     } else {
@@ -109,7 +116,10 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
                     bail!(
                         "no heads under {} hold out domain '{d}'; train them with \
                          models/train/train_all (leave-one-domain-out heads go to models/lodo/{})",
-                        args.heads.as_deref().unwrap_or(Path::new("models")).display(),
+                        args.heads
+                            .as_deref()
+                            .unwrap_or(Path::new("models"))
+                            .display(),
                         args.task
                     );
                 };

@@ -1,13 +1,13 @@
 //! `cosam export-training`: a task's training set for models/train.
 
 use anyhow::{bail, Context};
-use cosam::eval::{case_dir, export_case, Dataset, DiskCache};
+use cosam::eval::{case_dir, export_case, Dataset};
 use cosam::io::Limits;
 use cosam::pipeline::EmbeddingCache;
 use cosam::Segmenter;
 
 use super::args::ExportTrainingArgs;
-use super::eval::default_cache_dir;
+use super::eval::open_cache;
 
 /// Cache cap when exporting: large enough for every benchmark slice.
 const CACHE_BYTES: u64 = 8 << 30;
@@ -31,15 +31,7 @@ pub fn run(args: &ExportTrainingArgs) -> anyhow::Result<bool> {
     structures.dedup();
     let segmenter =
         Segmenter::new(args.model.segmenter_options()).context("cannot load the model")?;
-    let cache = if args.no_cache {
-        None
-    } else {
-        let dir = args.cache.clone().unwrap_or_else(default_cache_dir);
-        Some(
-            DiskCache::new(&dir, CACHE_BYTES)
-                .with_context(|| format!("cannot create cache folder {}", dir.display()))?,
-        )
-    };
+    let cache = open_cache(args.cache.as_deref(), args.no_cache, CACHE_BYTES)?;
     let mut written = Vec::new();
     let mut all_ok = true;
     for case in cases {

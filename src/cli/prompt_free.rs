@@ -119,9 +119,8 @@ impl TaskRun {
                 work,
                 &self.heads,
                 *index,
-                &self.options,
+                &self.options.with_keep_rounds(self.trace),
                 None,
-                self.trace,
                 |z| bar.set_message(format!("{id} {name} slice {}/{n}", z + 1)),
             )?;
             let mask = &result.segmentation.mask;

@@ -226,6 +226,7 @@ impl Context<'_> {
             .loop_options
             .unwrap_or_default()
             .with_max_rounds(MAX_EVAL_ROUNDS)
+            .with_keep_rounds(true)
             .with_stop_early(false);
         let mut out = Vec::with_capacity(self.volume.slices());
         for z in 0..self.volume.slices() {
@@ -239,7 +240,6 @@ impl Context<'_> {
                     embedded.transform(),
                     structure,
                     &options,
-                    true,
                 )?),
                 None => None,
             });
@@ -253,10 +253,7 @@ const MAX_EVAL_ROUNDS: usize = 4;
 
 /// The model-frame map a prompt-free method returns for one slice, with the index of its
 /// round in the trace (`None` for the corrected mask, which is no round).
-fn prompt_free_map(
-    method: Method,
-    c: &SliceCorrection,
-) -> Option<(Option<usize>, Array2<f32>)> {
+fn prompt_free_map(method: Method, c: &SliceCorrection) -> Option<(Option<usize>, Array2<f32>)> {
     let counts: Vec<usize> = c
         .trace
         .iter()

@@ -9,7 +9,7 @@ use ort::value::TensorRef;
 
 use super::engine::Engine;
 use super::image_encoder::ImageEmbedding;
-use super::manifest::sha256_file;
+use super::manifest::verify_file;
 use super::mask_decoder::MaskDecoder;
 use super::runtime::Runtime;
 use super::ModelError;
@@ -145,17 +145,7 @@ impl TaskHeads {
                 .find(|f| f.name == name)
                 .ok_or_else(|| manifest_error(format!("no file named '{name}'")))?;
             let file = dir.join(&entry.file);
-            let found = sha256_file(&file).map_err(|e| ModelError::Manifest {
-                path: file.clone(),
-                reason: format!("cannot read model file: {e}"),
-            })?;
-            if !found.eq_ignore_ascii_case(&entry.sha256) {
-                return Err(ModelError::Checksum {
-                    path: file,
-                    expected: entry.sha256.clone(),
-                    found,
-                });
-            }
+            verify_file(&file, &entry.sha256)?;
             Ok(file)
         };
         let decoder = MaskDecoder::load_task(runtime, &verified("decoder")?, threads)?;

@@ -68,18 +68,7 @@ impl Manifest {
                     available: self.task_names(),
                 })?;
         let dir = self.dir.join(&entry.dir);
-        let heads = dir.join("heads.json");
-        let found = sha256_file(&heads).map_err(|e| ModelError::Manifest {
-            path: heads.clone(),
-            reason: format!("cannot read the heads manifest: {e}"),
-        })?;
-        if !found.eq_ignore_ascii_case(&entry.heads_sha256) {
-            return Err(ModelError::Checksum {
-                path: heads,
-                expected: entry.heads_sha256.clone(),
-                found,
-            });
-        }
+        verify_file(&dir.join("heads.json"), &entry.heads_sha256)?;
         Ok(dir)
     }
 
@@ -117,23 +106,34 @@ impl Manifest {
                     reason: format!("no model named '{name}' in the manifest"),
                 })?;
         let path = self.dir.join(&entry.file);
-        let found = sha256_file(&path).map_err(|e| ModelError::Manifest {
-            path: path.clone(),
-            reason: format!("cannot read model file: {e}"),
-        })?;
-        if !found.eq_ignore_ascii_case(&entry.sha256) {
-            return Err(ModelError::Checksum {
-                path,
-                expected: entry.sha256.clone(),
-                found,
-            });
-        }
+        verify_file(&path, &entry.sha256)?;
         Ok(path)
     }
 }
 
+/// Checks that `path`'s sha256 is `expected`.
+///
+/// # Errors
+/// [`ModelError::Manifest`] when the file cannot be read, [`ModelError::Checksum`] when its
+/// digest differs.
+pub(crate) fn verify_file(path: &Path, expected: &str) -> Result<(), ModelError> {
+    let found = sha256_file(path).map_err(|e| ModelError::Manifest {
+        path: path.to_path_buf(),
+        reason: format!("cannot read model file: {e}"),
+    })?;
+    if found.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(ModelError::Checksum {
+            path: path.to_path_buf(),
+            expected: expected.to_string(),
+            found,
+        })
+    }
+}
+
 /// Lowercase hex sha256 of a file.
-pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
+fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
