@@ -246,25 +246,31 @@ def dice_sum(masks, gt):
 
 
 def calibrate_threshold(dec, err, data, limit=160):
-    """The error probability threshold that maximises the mean Dice of the corrected mask
-    (coarse XOR error) on training slices. The error decoder is trained with a positive
-    weight of about log(N / n_wrong), which pushes its probabilities up, so 0.5 flags too
-    many pixels; the threshold is chosen on source domains only and stored in heads.json."""
+    """The error probability threshold that maximises the Dice of the corrected mask
+    (coarse XOR error), pooled over training slices with the structure and up to half as
+    many without it (where a flip can only add false positives). The error decoder is
+    trained with a positive weight of about log(N / n_wrong), which pushes its
+    probabilities up, so 0.5 flags too many pixels; the threshold is chosen on source
+    domains only and stored in heads.json."""
     dec.eval()
     err.eval()
-    items = positives(data, limit)
-    sums = {t: 0.0 for t in THRESHOLDS}
+    negatives = [(i, s) for s, (_, neg) in data.pools.items() for i in neg][:limit // 2]
+    items = positives(data, limit) + negatives
+    inter = {t: 0.0 for t in THRESHOLDS}
+    total = {t: 0.0 for t in THRESHOLDS}
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         for _, s, emb, gt in batches(data, items):
             coarse, _ = dec(emb, *no_prompt(emb.shape[0]), s)
             mask = coarse.float() > 0
             prob = torch.sigmoid(err(emb, mask.float(), s).float())
             for t in THRESHOLDS:
-                sums[t] += dice_sum((mask ^ (prob > t)).float(), gt)
+                m = (mask ^ (prob > t)).float()
+                inter[t] += float((m * gt).sum())
+                total[t] += float(m.sum() + gt.sum())
     dec.train()
     err.train()
-    dice = {t: round(v / max(len(items), 1), 4) for t, v in sums.items()}
-    return max(THRESHOLDS, key=lambda t: (dice[t], -t)), dice
+    dice = {t: round(2 * inter[t] / max(total[t], 1.0), 4) for t in THRESHOLDS}
+    return max(THRESHOLDS, key=lambda t: (dice[t], t)), dice
 
 
 def evaluate(dec, err, data, rounds=2, limit=160, threshold=0.5):
