@@ -156,7 +156,10 @@ fn measure_loop(
         heads.dir().display()
     );
     println!("  shared per slice (preprocess + encoder + post): {shared:.1}");
-    println!("  box-prompted decoder: {b:.1} -> per slice {:.1}", shared + b);
+    println!(
+        "  box-prompted decoder: {b:.1} -> per slice {:.1}",
+        shared + b
+    );
     println!(
         "  loop, T = 4 with the stop rule ({:.1} rounds run): {l:.1} -> per slice {:.1} = {:.2}x the box-prompted slice",
         median(rounds),
