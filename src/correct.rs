@@ -278,7 +278,7 @@ pub fn correct_slice(
         let error = heads
             .error
             .predict(embedding, mask.mapv(f32::from).view(), structure)?;
-        let wrong = inside_u8(error.mapv(|v| u8::from(v > threshold)), rows, cols);
+        let wrong = outside_set(error.mapv(|v| u8::from(v > threshold)), rows, cols, 0);
         Ok((error, wrong, started.elapsed().as_secs_f64()))
     };
     let started = Instant::now();
@@ -324,12 +324,12 @@ pub fn correct_slice(
             });
             maps.push(corrected.mapv(|v| if v != 0 { 1.0 } else { -1.0 }));
             let chosen = trace.len() - 1;
-            let logits = maps[chosen].clone();
+            let (logits, maps) = take_chosen(maps, chosen, keep_rounds);
             return Ok(SliceCorrection {
                 logits,
                 trace,
                 chosen,
-                maps: if keep_rounds { maps } else { Vec::new() },
+                maps,
                 corrected: keep_rounds.then_some(corrected),
             });
         }
@@ -376,14 +376,27 @@ pub fn correct_slice(
         .map(|r| r.error_px.unwrap_or(usize::MAX))
         .collect();
     let chosen = chosen_round(&counts, options.max_rounds, options.stop_early);
-    let logits = maps[chosen].clone();
+    let (logits, maps) = take_chosen(maps, chosen, keep_rounds);
     Ok(SliceCorrection {
         logits,
         trace,
         chosen,
-        maps: if keep_rounds { maps } else { Vec::new() },
+        maps,
         corrected: first_correction,
     })
+}
+
+/// The chosen round's map, and every map when they are kept (a copy only then).
+fn take_chosen(
+    mut maps: Vec<Array2<f32>>,
+    chosen: usize,
+    keep: bool,
+) -> (Array2<f32>, Vec<Array2<f32>>) {
+    if keep {
+        (maps[chosen].clone(), maps)
+    } else {
+        (maps.swap_remove(chosen), Vec::new())
+    }
 }
 
 /// The round the loop returns, from the predicted error count of each mask made
@@ -437,17 +450,16 @@ fn correction_prompts(
     Ok(prompts)
 }
 
-/// Logits with the padding outside the slice forced to background.
-fn inside(mut logits: Array2<f32>, rows: usize, cols: usize) -> Array2<f32> {
-    logits.slice_mut(s![rows.., ..]).fill(-1e4);
-    logits.slice_mut(s![..rows, cols..]).fill(-1e4);
-    logits
+/// `map` with the padding outside the slice's `rows x cols` set to `background`.
+fn outside_set<T: Clone>(mut map: Array2<T>, rows: usize, cols: usize, background: T) -> Array2<T> {
+    map.slice_mut(s![rows.., ..]).fill(background.clone());
+    map.slice_mut(s![..rows, cols..]).fill(background);
+    map
 }
 
-fn inside_u8(mut mask: Array2<u8>, rows: usize, cols: usize) -> Array2<u8> {
-    mask.slice_mut(s![rows.., ..]).fill(0);
-    mask.slice_mut(s![..rows, cols..]).fill(0);
-    mask
+/// Logits with the padding outside the slice forced to background.
+fn inside(logits: Array2<f32>, rows: usize, cols: usize) -> Array2<f32> {
+    outside_set(logits, rows, cols, -1e4)
 }
 
 fn binary(logits: ArrayView2<f32>) -> Array2<u8> {

@@ -377,7 +377,7 @@ impl Segmenter {
         self.segment_slices(
             volume,
             slices,
-            |_, embedding| {
+            |_, embedding, _| {
                 let out = self.sam.decoder.predict(embedding, &model_prompts, None)?;
                 Ok((out.logits, out.iou))
             },
@@ -401,16 +401,15 @@ impl Segmenter {
         slices: Option<RangeInclusive<usize>>,
         progress: impl FnMut(usize),
     ) -> Result<PromptFreeSegmentation> {
-        let transform = Transform::new(volume.slice_size().0, volume.slice_size().1);
         let mut traces = Vec::new();
         let segmentation = self.segment_slices(
             volume,
             slices,
-            |z, embedding| {
+            |z, embedding, transform| {
                 let c = correct_slice(
                     &self.loop_models(heads),
                     embedding,
-                    &transform,
+                    transform,
                     structure,
                     options,
                 )?;
@@ -434,12 +433,13 @@ impl Segmenter {
     }
 
     /// The slice loop shared by the prompted and prompt-free paths: embed each slice once,
-    /// `decode` it to model-frame logits, post-process in chunks.
+    /// `decode` it (slice index, embedding, its place in the model frame) to model-frame
+    /// logits, post-process in chunks.
     fn segment_slices(
         &self,
         volume: &Volume,
         slices: Option<RangeInclusive<usize>>,
-        mut decode: impl FnMut(usize, &ImageEmbedding) -> Result<(Array2<f32>, f32)>,
+        mut decode: impl FnMut(usize, &ImageEmbedding, &Transform) -> Result<(Array2<f32>, f32)>,
         mut progress: impl FnMut(usize),
     ) -> Result<VolumeSegmentation> {
         let n = volume.slices();
@@ -467,7 +467,7 @@ impl Segmenter {
                 let embedded = self.embed_slice_with(volume, z, &map)?;
                 let iou = match &embedded.embedding {
                     Some(embedding) => {
-                        let (slice_logits, iou) = decode(z, embedding)?;
+                        let (slice_logits, iou) = decode(z, embedding, &embedded.transform)?;
                         logits.slice_mut(s![i, .., ..]).assign(&slice_logits);
                         Some(iou)
                     }

@@ -178,21 +178,13 @@ impl TaskRun {
         }
         let voxels = structures.iter().map(|s| s.voxels).sum();
         Ok(CaseReport {
-            id: id.to_string(),
-            input: job.input.clone(),
-            status: "ok",
-            series_uid: volume.series_uid().map(str::to_string),
-            series_description: volume.series_description().map(str::to_string),
-            warnings: volume.warnings().to_vec(),
-            modality: Some(volume.modality()),
-            spacing_mm: Some(spacing),
             slices_segmented: n,
             mask_pixels: voxels,
             needs_review: Some(structures.iter().any(|s| s.needs_review)),
             task: Some(self.heads.info.task.clone()),
             structures,
             outputs,
-            ..CaseReport::default()
+            ..CaseReport::ok(job, id, volume)
         })
     }
 

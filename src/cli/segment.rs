@@ -365,22 +365,32 @@ fn run_volume(
     let pixels = result.voxel_count();
     let single = volume.slices() == 1;
     Ok(CaseReport {
-        id: id.to_string(),
-        input: job.input.clone(),
-        status: "ok",
-        series_uid: volume.series_uid().map(str::to_string),
-        series_description: volume.series_description().map(str::to_string),
-        warnings: volume.warnings().to_vec(),
-        modality: Some(volume.modality()),
-        spacing_mm: Some(spacing),
         slices_segmented: result.slices.len(),
         predicted_iou: result.mean_iou(),
         mask_pixels: pixels,
         mask_area_mm2: single.then(|| pixels as f64 * spacing.pixel_area_mm2()),
         mask_volume_mm3: (!single).then(|| pixels as f64 * spacing.voxel_volume_mm3()),
         outputs,
-        ..CaseReport::default()
+        ..CaseReport::ok(job, id, &volume)
     })
+}
+
+impl CaseReport {
+    /// A successful entry for `volume` with what the input itself says; callers fill in
+    /// the results.
+    pub(super) fn ok(job: &Job, id: &str, volume: &Volume) -> CaseReport {
+        CaseReport {
+            id: id.to_string(),
+            input: job.input.clone(),
+            status: "ok",
+            series_uid: volume.series_uid().map(str::to_string),
+            series_description: volume.series_description().map(str::to_string),
+            warnings: volume.warnings().to_vec(),
+            modality: Some(volume.modality()),
+            spacing_mm: Some(volume.spacing()),
+            ..CaseReport::default()
+        }
+    }
 }
 
 /// The formats asked for, or the default for this input.
