@@ -6,8 +6,11 @@
 //!     error     = error decoder(embedding, mask)            (logit > 0: predicted wrong)
 //!     stop when the predicted error count did not decrease
 //!     corrected = mask XOR error
-//!     prompts   = top-K error pixels labelled by `corrected`, the box of the largest
-//!                 8-connected component of `corrected`, `corrected` as mask prompt
+//!     prompts   = top-K error pixels, each labelled the opposite of `mask` where its
+//!                 error probability passes 0.5 (the paper's rule, whatever the flip
+//!                 threshold; the first heads label by `corrected`, as trained), the box
+//!                 of the largest 8-connected component of `corrected`, `corrected` as
+//!                 mask prompt
 //!     mask      = task decoder(embedding, prompts)
 //! ```
 //! The encoder runs once per slice (the caller's embedding); each round costs one error
@@ -158,9 +161,14 @@ impl CorrectOptions {
     }
 
     fn error_logit(&self) -> f32 {
-        let p = self.error_threshold;
-        (p / (1.0 - p)).ln()
+        logit(self.error_threshold)
     }
+}
+
+/// The logit of probability `p`, kept finite.
+fn logit(p: f32) -> f32 {
+    let p = p.clamp(1e-4, 1.0 - 1e-4);
+    (p / (1.0 - p)).ln()
 }
 
 /// One mask of the loop: round 0 is the coarse mask.
@@ -272,6 +280,7 @@ pub fn correct_slice(
     }
     let (rows, cols) = (transform.scaled_rows, transform.scaled_cols);
     let threshold = options.error_logit();
+    let label_logit = heads.info.point_label_threshold.map(logit);
     // errors predicted inside the slice for `mask`, with the time it took
     let check = |mask: &Array2<u8>| -> Result<(Array2<f32>, Array2<u8>, f64), CorrectError> {
         let started = Instant::now();
@@ -338,8 +347,12 @@ pub fn correct_slice(
         }
         let out = match options.refine {
             Refine::Task | Refine::TaskPoints => {
-                let prompts =
-                    correction_prompts(ops, &error, &corrected, rows, cols, options.top_k)?;
+                let labels = PointLabels {
+                    mask: &mask,
+                    corrected: &corrected,
+                    claim_logit: label_logit,
+                };
+                let prompts = correction_prompts(ops, &error, labels, rows, cols, options.top_k)?;
                 let mask_prompt = corrected.mapv(f32::from);
                 heads.decoder.predict_structure(
                     embedding,
@@ -349,7 +362,12 @@ pub fn correct_slice(
                 )?
             }
             Refine::BaseBox => {
-                let prompts = correction_prompts(ops, &error, &corrected, rows, cols, 0)?;
+                let labels = PointLabels {
+                    mask: &mask,
+                    corrected: &corrected,
+                    claim_logit: label_logit,
+                };
+                let prompts = correction_prompts(ops, &error, labels, rows, cols, 0)?;
                 base.predict(embedding, &prompts, None)?
             }
         };
@@ -414,13 +432,35 @@ pub fn chosen_round(error_px: &[usize], max_rounds: usize, stop_early: bool) -> 
     (0..=last).min_by_key(|&i| error_px[i]).unwrap_or(0)
 }
 
+/// The masks a round's point prompts are labelled from.
+struct PointLabels<'a> {
+    mask: &'a Array2<u8>,
+    corrected: &'a Array2<u8>,
+    /// Heads trained with the paper's rule (`point_label_threshold`): a point is the
+    /// opposite of `mask` where its error logit passes this. `None`: the label is
+    /// `corrected` there, as the first heads were trained. The paper's rule matters when
+    /// `corrected` flips at a higher threshold: labelling by `corrected` gives the points
+    /// between the two thresholds the mask's own label, the very error they point at.
+    claim_logit: Option<f32>,
+}
+
+impl PointLabels<'_> {
+    fn label(&self, row: usize, column: usize, error_logit: f32) -> f32 {
+        let positive = match self.claim_logit {
+            Some(claim) => (self.mask[[row, column]] != 0) != (error_logit > claim),
+            None => self.corrected[[row, column]] != 0,
+        };
+        f32::from(positive)
+    }
+}
+
 /// CoSAM's prompts from one correction: the `k` pixels of highest error probability
-/// inside the slice, each labelled by `corrected` there (1 positive, 0 negative), then the
-/// box of the largest 8-connected component of `corrected` (the slice when it is empty).
+/// inside the slice, labelled as [`PointLabels`] says, then the box of the largest
+/// 8-connected component of the corrected mask (the slice when it is empty).
 fn correction_prompts(
     ops: &dyn MaskOps,
     error_logits: &Array2<f32>,
-    corrected: &Array2<u8>,
+    labels: PointLabels<'_>,
     rows: usize,
     cols: usize,
     k: usize,
@@ -436,9 +476,9 @@ fn correction_prompts(
         prompts.coords.push([p.column as f32, p.row as f32]);
         prompts
             .labels
-            .push(f32::from(corrected[[p.row, p.column]] != 0));
+            .push(labels.label(p.row, p.column, error_logits[[p.row, p.column]]));
     }
-    let inside = corrected.slice(s![..rows, ..cols]);
+    let inside = labels.corrected.slice(s![..rows, ..cols]);
     let largest = ops.keep_largest(inside.insert_axis(Axis(0)), Connectivity::Planar)?;
     let (x0, y0, x1, y1) = match bounds(largest.view()).first().copied().flatten() {
         Some(b) => (b.column_min, b.row_min, b.column_max, b.row_max),
@@ -516,6 +556,29 @@ mod tests {
         // ties keep the earlier mask
         assert_eq!(chosen_round(&[100, 100], 4, true), 0);
         assert_eq!(chosen_round(&[100], 4, true), 0);
+    }
+
+    #[test]
+    fn points_are_labelled_as_the_heads_were_trained() {
+        // mask on at (0,0); flip threshold 0.9 left it on, but the error decoder says
+        // p = 0.7 that it is wrong there
+        let mask = Array2::from_shape_vec((1, 2), vec![1u8, 0]).unwrap();
+        let corrected = mask.clone();
+        let claim_wrong = logit(0.7);
+        let paper = PointLabels {
+            mask: &mask,
+            corrected: &corrected,
+            claim_logit: Some(logit(0.5)),
+        };
+        assert_eq!(paper.label(0, 0, claim_wrong), 0.0);
+        assert_eq!(paper.label(0, 1, claim_wrong), 1.0);
+        assert_eq!(paper.label(0, 0, logit(0.3)), 1.0);
+        let first_heads = PointLabels {
+            claim_logit: None,
+            ..paper
+        };
+        assert_eq!(first_heads.label(0, 0, claim_wrong), 1.0);
+        assert_eq!(first_heads.label(0, 1, claim_wrong), 0.0);
     }
 
     #[test]

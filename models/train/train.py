@@ -17,7 +17,8 @@ Per step and sample (CoSAM, arXiv 2411.10136, Alg. 1; deviations marked *):
             the mask embedding's strided convolutions and teaches nothing)
   error   = Err(E, input)                           positive-weighted BCE vs XOR(input, ref)
   corrected = input XOR (sigmoid(error) > 0.8) *(0.5 in the paper; see TRAIN_THRESHOLD)
-  refined = D(E, top-K error points, box of the largest component, corrected mask)
+  refined = D(E, top-K error points labelled input XOR (sigmoid(error) > 0.5), box of the
+            largest component of corrected, corrected mask)
                                                     1.0 x (Dice+BCE + IoU MSE)
   error2  = Err(E, refined mask), every 2nd step *(so the error decoder also sees the masks
             of later loop rounds, whose predicted error count drives the stop rule)
@@ -66,6 +67,12 @@ THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 # about 0.8, is where the unweighted odds pass even: a flip is then right more often than
 # wrong. The threshold used at inference is calibrated after training (THRESHOLDS).
 TRAIN_THRESHOLD = 0.8
+# Point prompts are labelled with the paper's rule, the opposite of the current mask where
+# the error probability passes 0.5, whatever the (higher) flip threshold. Labelling them
+# by the corrected mask instead (the first recipe) gave every top-K point between 0.5 and
+# the flip threshold the mask's own, wrong label; the refinement decoder then learned to
+# ignore points (models/train/README.md, History 4).
+POINT_LABEL_THRESHOLD = 0.5
 FLIP_P = 0.2
 OPSET = 17
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -164,16 +171,18 @@ def largest_component_box(mask, rows, cols):
     return [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
 
 
-def correction_prompts(error_prob, corrected, scaled, k=TOP_K):
-    """CoSAM's prompts: top-K error pixels labelled by the corrected mask, the box of the
-    corrected mask's largest component (box corners labels 2 and 3)."""
+def correction_prompts(error_prob, mask, corrected, scaled, k=TOP_K):
+    """CoSAM's prompts: the top-K error pixels, each labelled as the error decoder claims
+    it should be (the opposite of `mask` where the probability passes
+    POINT_LABEL_THRESHOLD), and the box of the corrected mask's largest component (box
+    corners labels 2 and 3)."""
     coords, labels = [], []
     for i in range(error_prob.shape[0]):
         rows, cols = scaled[i]
         p = error_prob[i, 0, :rows, :cols]
         flat = np.argpartition(-p.ravel(), k - 1)[:k]
         ys, xs = np.unravel_index(flat, p.shape)
-        lab = corrected[i, 0, ys, xs].astype(np.float32)
+        lab = ((mask[i, 0, ys, xs] > 0) ^ (p[ys, xs] > POINT_LABEL_THRESHOLD)).astype(np.float32)
         box = largest_component_box(corrected[i, 0, :rows, :cols] > 0, rows, cols)
         c = np.concatenate([np.stack([xs, ys], 1).astype(np.float32),
                             np.array([[box[0], box[1]], [box[2], box[3]]], np.float32)])
@@ -219,7 +228,8 @@ def run_loop_step(dec, err, emb, s, scaled, rounds=1, threshold=0.5):
         corrected = ((mask > 0) ^ (prob > threshold)).float()
         if t == 0:
             stages["corrected"] = corrected
-        coords, labels = correction_prompts(prob.float().numpy(), corrected.numpy(), scaled)
+        coords, labels = correction_prompts(prob.float().numpy(), mask.numpy(), corrected.numpy(),
+                                            scaled)
         refined, _ = dec(emb, coords, labels, corrected, torch.ones(emb.shape[0]), s)
         mask = (refined.float() > 0).float()
         stages[f"cosam:{t + 1}"] = mask
@@ -342,7 +352,8 @@ def train(args):
             loss_e = error_loss(e_logits, (inp != gt).float())
             prob = torch.sigmoid(e_logits.detach())
             corrected = ((inp > 0) ^ (prob > TRAIN_THRESHOLD)).float()
-            coords, labels = correction_prompts(prob.numpy(), corrected.numpy(), scaled)
+            coords, labels = correction_prompts(prob.numpy(), inp.numpy(), corrected.numpy(),
+                                                scaled)
             r_logits, r_iou = dec(emb, coords, labels, corrected, torch.ones(b), s)
             r_logits, r_iou = r_logits.float(), r_iou.float()
             refined = (r_logits.detach() > 0).float()
@@ -444,6 +455,7 @@ def export(args, dec, err, data, train_domains, held_out, log, summary):
         "train_domains": train_domains,
         "held_out_domains": held_out,
         "error_threshold": summary["error_threshold"],
+        "point_label_threshold": POINT_LABEL_THRESHOLD,
         "files": files,
         "training": {
             "command": " ".join([".venv-export/bin/python", "models/train/train.py"] + sys.argv[1:]),

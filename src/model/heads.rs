@@ -36,6 +36,12 @@ pub struct HeadsInfo {
     /// domains (CoSAM's 0.5 when the file does not say).
     #[serde(default = "default_error_threshold")]
     pub error_threshold: f32,
+    /// How the loop labels its point prompts, as the heads were trained: a point is the
+    /// opposite of the current mask where its error probability passes this value (the
+    /// paper's 0.5). Absent in the first heads, which were trained with points labelled
+    /// by the corrected mask, and are run that way.
+    #[serde(default)]
+    pub point_label_threshold: Option<f32>,
     files: Vec<HeadFile>,
 }
 
