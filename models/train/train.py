@@ -18,12 +18,11 @@ Per step and sample (CoSAM, arXiv 2411.10136, Alg. 1; deviations marked *):
   error   = Err(E, input)                           positive-weighted BCE vs XOR(input, ref)
   corrected = input XOR (sigmoid(error) > 0.8) *(0.5 in the paper; see TRAIN_THRESHOLD)
   refined = D(E, top-K error points labelled input XOR (sigmoid(error) > 0.5), box of the
-            largest component of corrected, corrected mask *(dropped for half the samples)
+            largest component of corrected, corrected mask)
                                                     1.0 x (Dice+BCE + IoU MSE)
   error2  = Err(E, refined mask), every 2nd step *(so the error decoder also sees the masks
             of later loop rounds, whose predicted error count drives the stop rule)
-  guided  = D(E, K random positive + K negative reference points, reference box) *(no
-            mask prompt: see MASK_DROP_P)
+  guided  = D(E, K random positive + K negative reference points, reference box and mask)
                                                     0.1 x Dice+BCE, on 2 samples every
                                                     4th step *
 Adam, poly decay 0.9; learning rate 1e-4 for the pretrained mask decoder, 1e-3 for new
@@ -74,13 +73,6 @@ TRAIN_THRESHOLD = 0.8
 # the flip threshold the mask's own, wrong label; the refinement decoder then learned to
 # ignore points (models/train/README.md, History 4).
 POINT_LABEL_THRESHOLD = 0.5
-# The refinement pass drops its mask prompt for this share of samples, and the guided pass
-# never gets one, so the decoder must learn to follow points. With the reference mask as
-# the guided pass's mask prompt and the corrected mask always given, the decoder learned to
-# copy its mask prompt: on unseen MR, even ground-truth-labelled error points left its
-# masks where they were, and without a mask prompt it returned empty masks
-# (models/train/README.md, History 5).
-MASK_DROP_P = 0.5
 FLIP_P = 0.2
 OPSET = 17
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -362,8 +354,7 @@ def train(args):
             corrected = ((inp > 0) ^ (prob > TRAIN_THRESHOLD)).float()
             coords, labels = correction_prompts(prob.numpy(), inp.numpy(), corrected.numpy(),
                                                 scaled)
-            keep_mask = torch.from_numpy(rng.random(b) >= MASK_DROP_P).float()
-            r_logits, r_iou = dec(emb, coords, labels, corrected, keep_mask, s)
+            r_logits, r_iou = dec(emb, coords, labels, corrected, torch.ones(b), s)
             r_logits, r_iou = r_logits.float(), r_iou.float()
             refined = (r_logits.detach() > 0).float()
             loss_r = dice_bce(r_logits, gt) + F.mse_loss(r_iou[:, 0], hard_iou(refined, gt))
@@ -374,7 +365,7 @@ def train(args):
             if step % GUIDED_EVERY == 0:
                 g = GUIDED_SAMPLES
                 gc, gl = guided_prompts(gt[:g].numpy(), scaled[:g], rng)
-                g_logits, _ = dec(emb[:g], gc, gl, gt[:g], torch.zeros(g), s[:g])
+                g_logits, _ = dec(emb[:g], gc, gl, gt[:g], torch.ones(g), s[:g])
                 loss_g = dice_bce(g_logits.float(), gt[:g])
             loss = loss_c + loss_e + loss_r + loss_e2 + 0.1 * loss_g
         opt.zero_grad()
@@ -469,7 +460,7 @@ def export(args, dec, err, data, train_domains, held_out, log, summary):
         "training": {
             "command": " ".join([".venv-export/bin/python", "models/train/train.py"] + sys.argv[1:]),
             "seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr,
-            "lr_new": args.lr_new, "top_k": TOP_K, "flip_p": FLIP_P, "mask_drop_p": MASK_DROP_P,
+            "lr_new": args.lr_new, "top_k": TOP_K, "flip_p": FLIP_P,
             "train_threshold": TRAIN_THRESHOLD,
             "guided_every": GUIDED_EVERY, "error2_every": ERROR2_EVERY,
             "torch": torch.__version__, "loss_log": log, "dice_model_frame": summary,
