@@ -14,8 +14,9 @@
 //!     mask      = task decoder(embedding, prompts)
 //! ```
 //! The encoder runs once per slice (the caller's embedding); each round costs one error
-//! decoder and one decoder call. The mask returned is the one with the fewest predicted
-//! error pixels, so a round that makes things worse is never kept.
+//! decoder and one decoder call. With the stop rule (the default) the mask returned is the
+//! one with the fewest predicted error pixels; without it, the mask after T rounds
+//! (`CorrectOptions::stop_early`).
 
 use std::time::Instant;
 
@@ -90,8 +91,9 @@ pub struct CorrectOptions {
     pub max_rounds: usize,
     /// Error probability above which a pixel is predicted wrong.
     pub error_threshold: f32,
-    /// Stop when a round does not lower the predicted error count (CoSAM's rule); when
-    /// false, always run `max_rounds` rounds (for plots of every round).
+    /// Stop when a round does not lower the predicted error count and return the mask with
+    /// the fewest predicted errors (the rule of issue #5); when false, run `max_rounds`
+    /// rounds and return the last mask (CoSAM's fixed T).
     pub stop_early: bool,
     /// Return the corrected mask of round 1 (coarse XOR error) without re-prompting: the
     /// `corrected` ablation.
@@ -418,16 +420,18 @@ fn take_chosen(
 }
 
 /// The round the loop returns, from the predicted error count of each mask made
-/// (`error_px[0]` is the coarse mask's): with `stop_early`, rounds run until one does not
+/// (`error_px[0]` is the coarse mask's). With `stop_early`, rounds run until one does not
 /// lower the count (that round is still checked); then, among the rounds run and at most
 /// `max_rounds`, the one with the fewest predicted errors, the earliest on ties (the stop
-/// rule keeps the mask before a round that did not help).
+/// rule keeps the mask before a round that did not help). Without it, the last round
+/// made, at most `max_rounds`.
 pub fn chosen_round(error_px: &[usize], max_rounds: usize, stop_early: bool) -> usize {
     let mut last = error_px.len().min(max_rounds + 1).saturating_sub(1);
-    if stop_early {
-        if let Some(t) = (1..=last).find(|&t| error_px[t] >= error_px[t - 1]) {
-            last = t;
-        }
+    if !stop_early {
+        return last;
+    }
+    if let Some(t) = (1..=last).find(|&t| error_px[t] >= error_px[t - 1]) {
+        last = t;
     }
     (0..=last).min_by_key(|&i| error_px[i]).unwrap_or(0)
 }
@@ -548,8 +552,10 @@ mod tests {
     fn stop_rule_keeps_the_mask_before_a_round_that_did_not_help() {
         // 100 -> 60 -> 70: stop at round 2, keep round 1
         assert_eq!(chosen_round(&[100, 60, 70, 10], 4, true), 1);
-        // without early stopping every round counts
+        // without early stopping the last round made is returned, whatever its count
         assert_eq!(chosen_round(&[100, 60, 70, 10], 4, false), 3);
+        assert_eq!(chosen_round(&[100, 60, 70, 80], 4, false), 3);
+        assert_eq!(chosen_round(&[100, 60, 70, 80], 2, false), 2);
         // T limits the rounds considered
         assert_eq!(chosen_round(&[100, 60, 50, 10], 2, true), 2);
         assert_eq!(chosen_round(&[100, 60, 50, 10], 0, true), 0);

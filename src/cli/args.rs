@@ -164,7 +164,8 @@ pub struct SegmentArgs {
     /// decoder) or base-box (LiteMedSAM's own decoder with the box only).
     #[arg(long, value_enum, default_value_t = RefineArg::Task)]
     pub refine: RefineArg,
-    /// Run every round instead of stopping when the predicted error count stops falling.
+    /// Run all --rounds rounds and keep the last mask (CoSAM's fixed T) instead of stopping
+    /// when the predicted error count stops falling.
     #[arg(long)]
     pub no_early_stop: bool,
     /// Write each round's mask and overlay, and trace.json, per input and structure.

@@ -14,6 +14,8 @@
 //! - `corrected`: the coarse mask XOR the error decoder's prediction, no re-prompting.
 //! - `cosam:T` (`cosam` = `cosam:4`): the self-correcting loop with at most T rounds and
 //!   the early stop rule.
+//! - `cosam-fixed:T`: the loop's mask after exactly T rounds, no stop rule (what
+//!   `cosam segment --no-early-stop` returns).
 //!
 //! The prompt-free methods need CoSAM heads; all of them are read off one run of the loop
 //! per slice (every round kept, no early stop), which gives exactly what each would
@@ -55,6 +57,11 @@ pub enum Method {
         /// Most rounds.
         rounds: u32,
     },
+    /// The loop's mask after exactly `rounds` rounds.
+    CosamFixed {
+        /// Rounds.
+        rounds: u32,
+    },
 }
 
 /// Rounds of `cosam` without `:T` (CoSAM's default).
@@ -71,6 +78,7 @@ impl Method {
             Method::Coarse => "coarse".into(),
             Method::Corrected => "corrected".into(),
             Method::Cosam { rounds } => format!("cosam:{rounds}"),
+            Method::CosamFixed { rounds } => format!("cosam-fixed:{rounds}"),
         }
     }
 
@@ -78,7 +86,7 @@ impl Method {
     pub fn is_prompt_free(&self) -> bool {
         matches!(
             self,
-            Method::Coarse | Method::Corrected | Method::Cosam { .. }
+            Method::Coarse | Method::Corrected | Method::Cosam { .. } | Method::CosamFixed { .. }
         )
     }
 
@@ -98,7 +106,16 @@ pub const METHOD_NAMES: &[&str] = &[
     "coarse",
     "corrected",
     "cosam:T",
+    "cosam-fixed:T",
 ];
+
+/// The T of `cosam:T` / `cosam-fixed:T` (`name` is the whole method, for the message).
+fn parse_rounds(name: &str, t: &str) -> std::result::Result<u32, String> {
+    match t.parse::<u32>() {
+        Ok(rounds @ 1..=16) => Ok(rounds),
+        _ => Err(format!("'{name}': T must be 1 to 16")),
+    }
+}
 
 impl FromStr for Method {
     type Err = String;
@@ -125,10 +142,9 @@ impl FromStr for Method {
                         .map(|jitter_px| Method::GtBox { jitter_px })
                         .map_err(|_| unknown())
                 } else if let Some(t) = other.strip_prefix("cosam:") {
-                    match t.parse::<u32>() {
-                        Ok(rounds @ 1..=16) => Ok(Method::Cosam { rounds }),
-                        _ => Err(format!("'{other}': T must be 1 to 16")),
-                    }
+                    parse_rounds(other, t).map(|rounds| Method::Cosam { rounds })
+                } else if let Some(t) = other.strip_prefix("cosam-fixed:") {
+                    parse_rounds(other, t).map(|rounds| Method::CosamFixed { rounds })
                 } else {
                     Err(unknown())
                 }
@@ -267,6 +283,7 @@ fn prompt_free_map(method: Method, c: &SliceCorrection) -> Option<(Option<usize>
             None => round(0),
         },
         Method::Cosam { rounds } => round(chosen_round(&counts, rounds as usize, true)),
+        Method::CosamFixed { rounds } => round(chosen_round(&counts, rounds as usize, false)),
         _ => None,
     }
 }
@@ -303,7 +320,7 @@ pub fn run(
                 }
             }
         }
-        Method::Coarse | Method::Corrected | Method::Cosam { .. } => {
+        Method::Coarse | Method::Corrected | Method::Cosam { .. } | Method::CosamFixed { .. } => {
             let transform = Transform::new(rows, cols);
             let mut returned = Vec::new();
             for (z, c) in ctx.loop_rounds()?.iter().enumerate() {
@@ -388,6 +405,11 @@ mod tests {
             .contains("available: full-box"));
         assert_eq!("cosam".parse::<Method>().unwrap().name(), "cosam:4");
         assert!("cosam:0".parse::<Method>().is_err());
+        assert_eq!(
+            "cosam-fixed:3".parse::<Method>().unwrap(),
+            Method::CosamFixed { rounds: 3 }
+        );
+        assert!("cosam-fixed:17".parse::<Method>().is_err());
     }
 
     #[test]
