@@ -313,20 +313,27 @@ fn review_markdown(review: &[ReviewSummary]) -> String {
     md
 }
 
-/// The loop round a method stands for: `coarse` is 0, `cosam:T` is T.
-fn iteration_of(method: &str) -> Option<u32> {
+/// The loop round a method stands for: `coarse` is 0, `PREFIX:T` is T (`prefix` is
+/// `cosam:` or `cosam-fixed:`).
+fn iteration_of(method: &str, prefix: &str) -> Option<u32> {
     match method {
         "coarse" => Some(0),
-        m => m.strip_prefix("cosam:").and_then(|t| t.parse().ok()),
+        m => m.strip_prefix(prefix).and_then(|t| t.parse().ok()),
     }
 }
 
-/// Mean Dice against the loop's round limit T (0 = coarse), one line per domain; `None`
-/// when fewer than two such methods ran.
+/// Mean Dice against the loop's rounds T (0 = coarse), one line per domain: after exactly
+/// T rounds (`cosam-fixed:T`) when those ran, else at most T (`cosam:T`); `None` when
+/// fewer than two such methods ran.
 fn iteration_chart(summaries: &[Summary]) -> Option<Result<String, String>> {
+    let prefix = if summaries.iter().any(|s| s.method.starts_with("cosam-fixed:")) {
+        "cosam-fixed:"
+    } else {
+        "cosam:"
+    };
     let mut lines: BTreeMap<String, Vec<(u32, f64)>> = BTreeMap::new();
     for s in summaries {
-        if let (Some(t), true) = (iteration_of(&s.method), s.dice_mean.is_finite()) {
+        if let (Some(t), true) = (iteration_of(&s.method, prefix), s.dice_mean.is_finite()) {
             lines
                 .entry(format!("{}/{}", s.task, s.domain))
                 .or_default()
