@@ -71,7 +71,7 @@ fn loop_on_a_real_slice_follows_the_stop_rule() {
     let embedded = seg.embed_slice(&volume, 0).unwrap();
     let embedding = embedded.embedding().expect("a CT slice with content");
     let liver = heads.structure_index("liver").unwrap();
-    let options = CorrectOptions::default();
+    let options = CorrectOptions::default().with_stop_early(true);
     let run = correct_slice(
         &seg.loop_models(&heads),
         embedding,
@@ -95,6 +95,11 @@ fn loop_on_a_real_slice_follows_the_stop_rule() {
     )
     .unwrap();
     assert_eq!(full.maps.len(), options.max_rounds + 1);
+    assert_eq!(
+        full.chosen, options.max_rounds,
+        "fixed T returns the last round"
+    );
+    assert_eq!(full.logits, full.maps[options.max_rounds]);
     let full_counts: Vec<usize> = full.trace.iter().map(|r| r.error_px.unwrap()).collect();
     assert_eq!(
         &full_counts[..counts.len()],

@@ -164,10 +164,11 @@ pub struct SegmentArgs {
     /// decoder) or base-box (LiteMedSAM's own decoder with the box only).
     #[arg(long, value_enum, default_value_t = RefineArg::Task)]
     pub refine: RefineArg,
-    /// Run all --rounds rounds and keep the last mask (CoSAM's fixed T) instead of stopping
-    /// when the predicted error count stops falling.
+    /// Stop when the predicted error count stops falling and keep the mask with the fewest
+    /// predicted errors, instead of running all --rounds rounds and keeping the last mask
+    /// (CoSAM's fixed T, the default).
     #[arg(long)]
-    pub no_early_stop: bool,
+    pub stop_early: bool,
     /// Write each round's mask and overlay, and trace.json, per input and structure.
     #[arg(long)]
     pub trace: bool,
@@ -205,7 +206,7 @@ impl SegmentArgs {
             .with_max_rounds(self.rounds)
             .with_top_k(self.top_k as usize)
             .with_error_threshold(self.error_threshold.unwrap_or(heads_threshold))
-            .with_stop_early(!self.no_early_stop)
+            .with_stop_early(self.stop_early)
             .with_refine(self.refine.into())
     }
 

@@ -120,7 +120,9 @@ fn measure_loop(
     let st = measure(segmenter, volume, prompts, reps)?;
     let embedding = sam.encoder.embed(&input.tensor)?;
     let model_prompts = prompts.to_model(&input.transform);
-    let early = CorrectOptions::default().with_error_threshold(heads.info.error_threshold);
+    let early = CorrectOptions::default()
+        .with_error_threshold(heads.info.error_threshold)
+        .with_stop_early(true);
     let full = early.with_stop_early(false);
     let (mut boxed, mut looped, mut worst, mut rounds) = (vec![], vec![], vec![], vec![]);
     for rep in 0..=reps {

@@ -15,7 +15,7 @@
 //! - `cosam:T` (`cosam` = `cosam:4`): the self-correcting loop with at most T rounds and
 //!   the early stop rule.
 //! - `cosam-fixed:T`: the loop's mask after exactly T rounds, no stop rule (what
-//!   `cosam segment --no-early-stop` returns).
+//!   `cosam segment` returns by default).
 //!
 //! The prompt-free methods need CoSAM heads; all of them are read off one run of the loop
 //! per slice (every round kept, no early stop), which gives exactly what each would

@@ -326,7 +326,10 @@ fn iteration_of(method: &str, prefix: &str) -> Option<u32> {
 /// T rounds (`cosam-fixed:T`) when those ran, else at most T (`cosam:T`); `None` when
 /// fewer than two such methods ran.
 fn iteration_chart(summaries: &[Summary]) -> Option<Result<String, String>> {
-    let prefix = if summaries.iter().any(|s| s.method.starts_with("cosam-fixed:")) {
+    let prefix = if summaries
+        .iter()
+        .any(|s| s.method.starts_with("cosam-fixed:"))
+    {
         "cosam-fixed:"
     } else {
         "cosam:"
