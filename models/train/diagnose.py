@@ -51,6 +51,19 @@ def box_of_largest(mask, rows, cols):
     return [xs.min(), ys.min(), xs.max(), ys.max()]
 
 
+def structures(data_dir, domains):
+    """(domain, meta, embeddings, label maps, structure index, name) of each labelled
+    structure of each domain of the `cosam export-training` data."""
+    for domain in domains:
+        d = os.path.join(data_dir, domain)
+        meta = json.load(open(os.path.join(d, "meta.json")))
+        emb = np.load(os.path.join(d, "embeddings.npy"), mmap_mode="r")
+        lab = np.load(os.path.join(d, "labels.npy"))
+        for s, name in enumerate(meta["structures"]):
+            if name in meta["labelled"]:
+                yield domain, meta, emb, lab, s, name
+
+
 class Heads:
     def __init__(self, heads_dir):
         so = ort.SessionOptions()
@@ -120,31 +133,26 @@ def loop_table(h, heads, data_dir, domains, probe):
           f"no mask prompt {probe.no_mask_prompt})")
     print("| domain | structure | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))
-    for domain in domains:
-        d = os.path.join(data_dir, domain)
-        meta = json.load(open(os.path.join(d, "meta.json")))
-        emb = np.load(os.path.join(d, "embeddings.npy"), mmap_mode="r")
-        lab = np.load(os.path.join(d, "labels.npy"))
-        for s, name in enumerate(meta["structures"]):
-            if name not in meta["labelled"] or not (lab == s + 1).any():
-                continue
-            inter = dict.fromkeys(names, 0)
-            total = dict.fromkeys(names, 0)
-            for i in range(lab.shape[0]):
-                gt = lab[i] == s + 1
-                rows, cols = meta["scaled"][i]
-                e = np.asarray(emb[i:i + 1], dtype=np.float32)
-                masks = loop_masks(h, e, s, rows, cols, threshold, label_threshold, probe, gt)
+    for domain, meta, emb, lab, s, name in structures(data_dir, domains):
+        if not (lab == s + 1).any():
+            continue
+        inter = dict.fromkeys(names, 0)
+        total = dict.fromkeys(names, 0)
+        for i in range(lab.shape[0]):
+            gt = lab[i] == s + 1
+            rows, cols = meta["scaled"][i]
+            e = np.asarray(emb[i:i + 1], dtype=np.float32)
+            masks = loop_masks(h, e, s, rows, cols, threshold, label_threshold, probe, gt)
 
-                def dice(m):
-                    both = m.sum() + gt.sum()
-                    return 2 * (m & gt).sum() / both if both else 1.0
-                masks.append(("oracle", max((m for _, m in masks), key=dice)))
-                for k, m in masks:
-                    inter[k] += int((m & gt).sum())
-                    total[k] += int(m.sum() + gt.sum())
-            print(f"| {domain} | {name} | " + " | ".join(
-                f"{2 * inter[k] / max(total[k], 1):.3f}" for k in names) + " |")
+            def dice(m):
+                both = m.sum() + gt.sum()
+                return 2 * (m & gt).sum() / both if both else 1.0
+            masks.append(("oracle", max((m for _, m in masks), key=dice)))
+            for k, m in masks:
+                inter[k] += int((m & gt).sum())
+                total[k] += int(m.sum() + gt.sum())
+        print(f"| {domain} | {name} | " + " | ".join(
+            f"{2 * inter[k] / max(total[k], 1):.3f}" for k in names) + " |")
 
 
 def main(heads_dir, domains, probe):
@@ -158,55 +166,46 @@ def main(heads_dir, domains, probe):
     print("| domain | structure | slices | coarse Dice | true error px | P@0.5 | R@0.5 "
           f"| P@{t_heads} | R@{t_heads} | top-{K} precision | pixel AUROC |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for domain in domains:
-        d = os.path.join(data_dir, domain)
-        meta = json.load(open(os.path.join(d, "meta.json")))
-        emb = np.load(os.path.join(d, "embeddings.npy"), mmap_mode="r")
-        lab = np.load(os.path.join(d, "labels.npy"))
-        for s, name in enumerate(meta["structures"]):
-            if name not in meta["labelled"]:
+    for domain, meta, emb, lab, s, name in structures(data_dir, domains):
+        stats = {"dice": [], "tp5": 0, "fp5": 0, "fn5": 0, "tpt": 0, "fpt": 0, "fnt": 0,
+                 "topk": [], "scores": [], "truth": [], "wrong": 0}
+        for i in range(lab.shape[0]):
+            gt = lab[i] == s + 1
+            if not gt.any():
                 continue
-            stats = {"dice": [], "tp5": 0, "fp5": 0, "fn5": 0, "tpt": 0, "fpt": 0, "fnt": 0,
-                     "topk": [], "scores": [], "truth": [], "wrong": 0}
-            for i in range(lab.shape[0]):
-                gt = lab[i] == s + 1
-                if not gt.any():
-                    continue
-                rows, cols = meta["scaled"][i]
-                e = np.asarray(emb[i:i + 1], dtype=np.float32)
-                coarse = h.decode(e, s) > 0
-                coarse[rows:, :] = False
-                coarse[:, cols:] = False
-                prob = h.error_prob(e, s, coarse, rows, cols)
-                truth = (coarse != gt)[:rows, :cols]
-                p = prob[:rows, :cols]
-                stats["dice"].append(2 * (coarse & gt).sum() / max(coarse.sum() + gt.sum(), 1))
-                stats["wrong"] += int(truth.sum())
-                for t, key in ((0.5, "5"), (t_heads, "t")):
-                    pred = p > t
-                    stats["tp" + key] += int((pred & truth).sum())
-                    stats["fp" + key] += int((pred & ~truth).sum())
-                    stats["fn" + key] += int((~pred & truth).sum())
-                top = np.argpartition(-p.ravel(), K - 1)[:K]
-                stats["topk"].append(truth.ravel()[top].mean())
-                stats["scores"].append(p.ravel())
-                stats["truth"].append(truth.ravel())
-            if not stats["dice"]:
-                continue
+            rows, cols = meta["scaled"][i]
+            e = np.asarray(emb[i:i + 1], dtype=np.float32)
+            coarse = h.decode(e, s) > 0
+            coarse[rows:, :] = False
+            coarse[:, cols:] = False
+            prob = h.error_prob(e, s, coarse, rows, cols)
+            truth = (coarse != gt)[:rows, :cols]
+            p = prob[:rows, :cols]
+            stats["dice"].append(2 * (coarse & gt).sum() / max(coarse.sum() + gt.sum(), 1))
+            stats["wrong"] += int(truth.sum())
+            for t, key in ((0.5, "5"), (t_heads, "t")):
+                pred = p > t
+                stats["tp" + key] += int((pred & truth).sum())
+                stats["fp" + key] += int((pred & ~truth).sum())
+                stats["fn" + key] += int((~pred & truth).sum())
+            top = np.argpartition(-p.ravel(), K - 1)[:K]
+            stats["topk"].append(truth.ravel()[top].mean())
+            stats["scores"].append(p.ravel())
+            stats["truth"].append(truth.ravel())
+        if not stats["dice"]:
+            continue
 
-            def ratio(a, b):
-                return f"{a / b:.3f}" if b else "n/a"
+        def ratio(a, b):
+            return f"{a / b:.3f}" if b else "n/a"
 
-            print(f"| {domain} | {name} | {len(stats['dice'])} | {np.mean(stats['dice']):.3f} "
-                  f"| {stats['wrong']} "
-                  f"| {ratio(stats['tp5'], stats['tp5'] + stats['fp5'])} "
-                  f"| {ratio(stats['tp5'], stats['tp5'] + stats['fn5'])} "
-                  f"| {ratio(stats['tpt'], stats['tpt'] + stats['fpt'])} "
-                  f"| {ratio(stats['tpt'], stats['tpt'] + stats['fnt'])} "
-                  f"| {np.mean(stats['topk']):.3f} "
-                  f"| {auroc(np.concatenate(stats['scores']), np.concatenate(stats['truth'])):.3f} |")
-
-
+        print(f"| {domain} | {name} | {len(stats['dice'])} | {np.mean(stats['dice']):.3f} "
+              f"| {stats['wrong']} "
+              f"| {ratio(stats['tp5'], stats['tp5'] + stats['fp5'])} "
+              f"| {ratio(stats['tp5'], stats['tp5'] + stats['fn5'])} "
+              f"| {ratio(stats['tpt'], stats['tpt'] + stats['fpt'])} "
+              f"| {ratio(stats['tpt'], stats['tpt'] + stats['fnt'])} "
+              f"| {np.mean(stats['topk']):.3f} "
+              f"| {auroc(np.concatenate(stats['scores']), np.concatenate(stats['truth'])):.3f} |")
     loop_table(h, heads, data_dir, domains, probe)
 
 
