@@ -4,7 +4,7 @@
 //! coarse = task decoder(embedding, no prompt)
 //! repeat up to T rounds:
 //!     error     = error decoder(embedding, mask)            (logit > 0: predicted wrong)
-//!     stop when the predicted error count did not decrease
+//!     with the stop rule: stop when the predicted error count did not decrease
 //!     corrected = mask XOR error
 //!     prompts   = top-K error pixels, each labelled the opposite of `mask` where its
 //!                 error probability passes 0.5 (the paper's rule, whatever the flip
@@ -350,13 +350,13 @@ pub fn correct_slice(
         if round == 1 && keep_rounds {
             first_correction = Some(corrected.clone());
         }
+        let labels = PointLabels {
+            mask: &mask,
+            corrected: &corrected,
+            claim_logit: label_logit,
+        };
         let out = match options.refine {
             Refine::Task | Refine::TaskPoints => {
-                let labels = PointLabels {
-                    mask: &mask,
-                    corrected: &corrected,
-                    claim_logit: label_logit,
-                };
                 let prompts = correction_prompts(ops, &error, labels, rows, cols, options.top_k)?;
                 let mask_prompt = corrected.mapv(f32::from);
                 heads.decoder.predict_structure(
@@ -367,11 +367,6 @@ pub fn correct_slice(
                 )?
             }
             Refine::BaseBox => {
-                let labels = PointLabels {
-                    mask: &mask,
-                    corrected: &corrected,
-                    claim_logit: label_logit,
-                };
                 let prompts = correction_prompts(ops, &error, labels, rows, cols, 0)?;
                 base.predict(embedding, &prompts, None)?
             }
