@@ -52,15 +52,12 @@ pub enum Method {
     Coarse,
     /// The coarse mask corrected once by the error decoder, without re-prompting.
     Corrected,
-    /// The self-correcting loop.
+    /// The self-correcting loop: `cosam:T` with the stop rule, `cosam-fixed:T` without.
     Cosam {
-        /// Most rounds.
+        /// Most rounds (exactly this many without the stop rule).
         rounds: u32,
-    },
-    /// The loop's mask after exactly `rounds` rounds.
-    CosamFixed {
-        /// Rounds.
-        rounds: u32,
+        /// Whether the stop rule picks the round ([`chosen_round`]).
+        stop_early: bool,
     },
 }
 
@@ -77,8 +74,14 @@ impl Method {
             Method::GtBox3d => "gt-box-3d".into(),
             Method::Coarse => "coarse".into(),
             Method::Corrected => "corrected".into(),
-            Method::Cosam { rounds } => format!("cosam:{rounds}"),
-            Method::CosamFixed { rounds } => format!("cosam-fixed:{rounds}"),
+            Method::Cosam {
+                rounds,
+                stop_early: true,
+            } => format!("cosam:{rounds}"),
+            Method::Cosam {
+                rounds,
+                stop_early: false,
+            } => format!("cosam-fixed:{rounds}"),
         }
     }
 
@@ -86,7 +89,7 @@ impl Method {
     pub fn is_prompt_free(&self) -> bool {
         matches!(
             self,
-            Method::Coarse | Method::Corrected | Method::Cosam { .. } | Method::CosamFixed { .. }
+            Method::Coarse | Method::Corrected | Method::Cosam { .. }
         )
     }
 
@@ -129,6 +132,7 @@ impl FromStr for Method {
             "corrected" => Ok(Method::Corrected),
             "cosam" => Ok(Method::Cosam {
                 rounds: COSAM_DEFAULT_ROUNDS,
+                stop_early: true,
             }),
             other => {
                 let unknown = || {
@@ -142,9 +146,15 @@ impl FromStr for Method {
                         .map(|jitter_px| Method::GtBox { jitter_px })
                         .map_err(|_| unknown())
                 } else if let Some(t) = other.strip_prefix("cosam:") {
-                    parse_rounds(other, t).map(|rounds| Method::Cosam { rounds })
+                    parse_rounds(other, t).map(|rounds| Method::Cosam {
+                        rounds,
+                        stop_early: true,
+                    })
                 } else if let Some(t) = other.strip_prefix("cosam-fixed:") {
-                    parse_rounds(other, t).map(|rounds| Method::CosamFixed { rounds })
+                    parse_rounds(other, t).map(|rounds| Method::Cosam {
+                        rounds,
+                        stop_early: false,
+                    })
                 } else {
                     Err(unknown())
                 }
@@ -282,8 +292,9 @@ fn prompt_free_map(method: Method, c: &SliceCorrection) -> Option<(Option<usize>
             Some(m) => Some((None, m.mapv(|v| if v != 0 { 1.0 } else { -1.0 }))),
             None => round(0),
         },
-        Method::Cosam { rounds } => round(chosen_round(&counts, rounds as usize, true)),
-        Method::CosamFixed { rounds } => round(chosen_round(&counts, rounds as usize, false)),
+        Method::Cosam { rounds, stop_early } => {
+            round(chosen_round(&counts, rounds as usize, stop_early))
+        }
         _ => None,
     }
 }
@@ -320,7 +331,7 @@ pub fn run(
                 }
             }
         }
-        Method::Coarse | Method::Corrected | Method::Cosam { .. } | Method::CosamFixed { .. } => {
+        Method::Coarse | Method::Corrected | Method::Cosam { .. } => {
             let transform = Transform::new(rows, cols);
             let mut returned = Vec::new();
             for (z, c) in ctx.loop_rounds()?.iter().enumerate() {
@@ -407,7 +418,10 @@ mod tests {
         assert!("cosam:0".parse::<Method>().is_err());
         assert_eq!(
             "cosam-fixed:3".parse::<Method>().unwrap(),
-            Method::CosamFixed { rounds: 3 }
+            Method::Cosam {
+                rounds: 3,
+                stop_early: false
+            }
         );
         assert!("cosam-fixed:17".parse::<Method>().is_err());
     }
