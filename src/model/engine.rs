@@ -42,6 +42,10 @@ impl Engine {
                 .with_optimization_level(GraphOptimizationLevel::Level3)?
                 .with_intra_threads(threads.max(1))?
                 .with_inter_threads(1)?
+                // Each session has its own pool and sessions run one after another (encoder,
+                // then decoder, then heads): a pool still spinning after its run takes a core
+                // from the next session. Spinning stays on within a run, where it pays.
+                .with_config_entry("session.force_spinning_stop", "1")?
                 .commit_from_file(path)
         };
         let session = build().map_err(|e| session_error(e.to_string()))?;
