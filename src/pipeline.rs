@@ -320,7 +320,7 @@ impl Segmenter {
             .manifest()
             .models
             .iter()
-            .find(|m| m.name == "encoder")
+            .find(|m| m.name == self.sam.encoder_precision().manifest_name())
         {
             h.update(m.sha256.as_bytes());
         }

@@ -360,6 +360,24 @@ fn unknown_task_or_structure_is_a_usage_error() {
         err.contains("no structure 'liver'") && err.contains("brain"),
         "{err}"
     );
+    // the heads were trained on the fp32 encoder's embeddings
+    let o = cosam(&[
+        "segment",
+        "--task",
+        "brain",
+        "--encoder",
+        "int8",
+        "-i",
+        &text(&demo("brain_t1.png")),
+        "-o",
+        &text(tmp.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("fp32 encoder") && err.contains("--encoder int8"),
+        "{err}"
+    );
 }
 
 /// A structure that is not in the image (this series stops above the kidneys) is a result,

@@ -1,8 +1,8 @@
 //! The model path end to end: parity with PyTorch and Dice on the demo cases.
 
-use cosam::model::ModelPrompts;
-use cosam::{BoxXyxy, Prompts};
-use ndarray::{s, Array2, Axis};
+use cosam::model::{EncoderPrecision, ModelPrompts};
+use cosam::{BoxXyxy, ModelConfig, Prompts, Segmenter, SegmenterOptions};
+use ndarray::{s, Array2, ArrayD, Axis};
 use serde_json::Value;
 
 use crate::util::{demo, fixture, read_mask_png, read_npy_f32, segmenter};
@@ -59,13 +59,19 @@ fn decoder_logits_match_pytorch_within_1e3_and_flip_no_pixel() {
     }
 }
 
-/// Box-prompted segmentation of every demo case against its reference mask.
-#[test]
-fn demo_cases_reach_their_dice_floor_with_a_box() {
+/// One demo case's box-prompted mask beside its reference (the case's slices only).
+struct DemoMask {
+    id: String,
+    predicted: ArrayD<u8>,
+    reference: ArrayD<u8>,
+    min_dice: f64,
+}
+
+/// Segments every demo case with its box.
+fn demo_masks(seg: &Segmenter) -> Vec<DemoMask> {
     let cases: Value =
         serde_json::from_str(&std::fs::read_to_string(demo("cases.json")).unwrap()).unwrap();
-    let seg = segmenter();
-    let mut dices = Vec::new();
+    let mut out = Vec::new();
     for case in cases["cases"].as_array().unwrap() {
         let id = case["id"].as_str().unwrap();
         let volume = cosam::io::read(&demo(case["input"].as_str().unwrap())).unwrap();
@@ -107,19 +113,55 @@ fn demo_cases_reach_their_dice_floor_with_a_box() {
                 read_mask_png(&reference_path).into_dyn(),
             )
         };
-        let dice = cosam::metrics::dice(&predicted, &reference).unwrap();
-        println!(
-            "dice {id}: {dice:.3} (predicted IoU {:.3})",
-            result.mean_iou().unwrap()
-        );
-        let floor = case["min_dice"].as_f64().unwrap();
-        dices.push((id.to_string(), dice, floor));
+        println!("{id}: predicted IoU {:.3}", result.mean_iou().unwrap());
+        out.push(DemoMask {
+            id: id.to_string(),
+            predicted,
+            reference,
+            min_dice: case["min_dice"].as_f64().unwrap(),
+        });
     }
-    let organs = dices.iter().filter(|(_, _, floor)| *floor >= 0.80).count();
+    out
+}
+
+/// Each case's Dice against its reference must reach the case's floor.
+fn assert_dice_floors(masks: &[DemoMask], encoder: &str) {
+    let organs = masks.iter().filter(|m| m.min_dice >= 0.80).count();
     assert!(
         organs >= 4,
         "at least four demo cases must be held to Dice 0.80"
     );
-    let low: Vec<_> = dices.iter().filter(|(_, d, floor)| d < floor).collect();
+    let mut low = Vec::new();
+    for m in masks {
+        let dice = cosam::metrics::dice(&m.predicted, &m.reference).unwrap();
+        println!("dice {} ({encoder} encoder): {dice:.3}", m.id);
+        if dice < m.min_dice {
+            low.push((m.id.clone(), dice, m.min_dice));
+        }
+    }
     assert!(low.is_empty(), "Dice below the case's floor: {low:?}");
+}
+
+/// Box-prompted segmentation of every demo case against its reference mask.
+#[test]
+fn demo_cases_reach_their_dice_floor_with_a_box() {
+    assert_dice_floors(&demo_masks(segmenter()), "fp32");
+}
+
+/// The opt-in int8 encoder: the same floors, and masks close to the fp32 encoder's.
+#[test]
+fn int8_encoder_reaches_the_floors_and_agrees_with_fp32() {
+    let int8 = Segmenter::new(
+        SegmenterOptions::default()
+            .with_model(ModelConfig::lite_medsam().with_encoder(EncoderPrecision::Int8)),
+    )
+    .unwrap();
+    assert_eq!(int8.model().encoder_precision(), EncoderPrecision::Int8);
+    let masks = demo_masks(&int8);
+    assert_dice_floors(&masks, "int8");
+    for (q, f) in masks.iter().zip(demo_masks(segmenter())) {
+        let agreement = cosam::metrics::dice(&q.predicted, &f.predicted).unwrap();
+        println!("dice {} int8 vs fp32 mask: {agreement:.3}", q.id);
+        assert!(agreement >= 0.95, "{}: int8 vs fp32 Dice {agreement}", q.id);
+    }
 }

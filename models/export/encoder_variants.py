@@ -4,6 +4,9 @@ fp32 encoder in one run, with ONNX Runtime (Python) on this machine:
 - int8-dynamic: MatMul weights int8, activations quantised at run time
   (onnxruntime.quantization.quantize_dynamic). Conv stays fp32: ConvInteger has no int8
   kernel on the CPU provider.
+- int8-dynamic-mlp-fp32: as int8-dynamic with per-channel weights, MatMul and Gemm, but
+  every MLP's second layer (fc2, whose input is the GELU's long-tailed output) kept fp32,
+  and the attention's activation-by-activation MatMuls left alone.
 - int8-static: QDQ, per-channel int8 MatMul/Gemm weights, uint8 activations calibrated on
   the parity fixture's and the demo's slices.
 - fast-gelu: the fused graph with every exact (erf) Gelu replaced by the tanh
@@ -63,6 +66,14 @@ def build(encoder, tmp):
     out["int8-dynamic"] = os.path.join(tmp, "dynamic.onnx")
     quantize_dynamic(pre, out["int8-dynamic"], weight_type=QuantType.QInt8,
                      op_types_to_quantize=["MatMul"])
+    # quant_pre_process fuses MatMul+Add into Gemm; the quantiser splits a Gemm back into
+    # "<name>_MatMul" + Add before it checks nodes_to_exclude, so both names are listed
+    fc2 = [m for n in onnx.load(pre).graph.node if n.op_type in ("MatMul", "Gemm")
+           and "/fc2/" in n.name for m in (n.name, n.name + "_MatMul")]
+    out["int8-dynamic-mlp-fp32"] = os.path.join(tmp, "dynamic_mlp_fp32.onnx")
+    quantize_dynamic(pre, out["int8-dynamic-mlp-fp32"], weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                     nodes_to_exclude=fc2, extra_options={"MatMulConstBOnly": True})
     out["int8-static"] = os.path.join(tmp, "static.onnx")
     quantize_static(pre, out["int8-static"], Calibration(), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8,

