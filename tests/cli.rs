@@ -198,7 +198,13 @@ fn model_checksum_mismatch_is_refused() {
         let file = root().join("models").join(m["file"].as_str().unwrap());
         m["file"] = Value::String(text(&file));
     }
-    manifest["models"][1]["sha256"] = Value::String("0".repeat(64));
+    let decoder = manifest["models"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|m| m["name"] == "decoder")
+        .unwrap();
+    decoder["sha256"] = Value::String("0".repeat(64));
     std::fs::write(tmp.path().join("manifest.json"), manifest.to_string()).unwrap();
     let o = cosam(&[
         "segment",
@@ -328,52 +334,28 @@ fn task_segments_without_prompts_and_traces_every_round() {
 #[test]
 fn unknown_task_or_structure_is_a_usage_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = cosam(&[
-        "segment",
-        "--task",
-        "prostate",
-        "-i",
-        &text(&demo("brain_t1.png")),
-        "-o",
-        &text(tmp.path()),
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let usage_error = |args: &[&str]| {
+        let input = text(&demo("brain_t1.png"));
+        let out = text(tmp.path());
+        let mut all = vec!["segment"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-i", &input, "-o", &out]);
+        let o = cosam(&all);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = usage_error(&["--task", "prostate"]);
     assert!(
         err.contains("prostate") && err.contains("abdomen, brain"),
         "{err}"
     );
-    let o = cosam(&[
-        "segment",
-        "--task",
-        "brain",
-        "--structures",
-        "liver",
-        "-i",
-        &text(&demo("brain_t1.png")),
-        "-o",
-        &text(tmp.path()),
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = usage_error(&["--task", "brain", "--structures", "liver"]);
     assert!(
         err.contains("no structure 'liver'") && err.contains("brain"),
         "{err}"
     );
     // the heads were trained on the fp32 encoder's embeddings
-    let o = cosam(&[
-        "segment",
-        "--task",
-        "brain",
-        "--encoder",
-        "int8",
-        "-i",
-        &text(&demo("brain_t1.png")),
-        "-o",
-        &text(tmp.path()),
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = usage_error(&["--task", "brain", "--encoder", "int8"]);
     assert!(
         err.contains("fp32 encoder") && err.contains("--encoder int8"),
         "{err}"

@@ -90,6 +90,16 @@ def sha256(path):
     return h.hexdigest()
 
 
+def write_json(path, value):
+    """Writes `value` to `path` as indented JSON, through a temporary name, so that an
+    interrupted run never leaves a half-written manifest."""
+    partial = path + ".partial"
+    with open(partial, "w") as f:
+        json.dump(value, f, indent=2)
+        f.write("\n")
+    os.replace(partial, path)
+
+
 def load_net():
     path = checkpoints.get_asset_path()
     if sha256(path) != checkpoints.CHECKPOINT_SHA256:
@@ -259,9 +269,7 @@ def main():
         "image_size": IMAGE_SIZE,
         "models": models,
     }
-    with open(os.path.join(MODELS, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
+    write_json(os.path.join(MODELS, "manifest.json"), manifest)
     print("worst logit diff", worst_logit)
     import quantize_encoder  # noqa: PLC0415 (it imports this module's helpers)
     quantize_encoder.main()

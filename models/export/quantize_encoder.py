@@ -24,7 +24,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from export import MODELS, sha256, signature  # noqa: E402
+from export import MODELS, sha256, signature, write_json  # noqa: E402
 
 NAME = "encoder-int8"
 
@@ -61,11 +61,7 @@ def main():
     models = [m for m in manifest["models"] if m["name"] != NAME]
     at = next((i + 1 for i, m in enumerate(models) if m["name"] == "encoder"), 0)
     manifest["models"] = models[:at] + [entry] + models[at:]
-    partial = path + ".partial"
-    with open(partial, "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-    os.replace(partial, path)
+    write_json(path, manifest)
     print(f"{dst}: {entry['size_bytes']} bytes, sha256 {entry['sha256']}")
 
 

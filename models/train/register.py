@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MODELS = os.path.join(ROOT, "models")
 sys.path.insert(0, os.path.join(MODELS, "export"))
 
-from export import sha256  # noqa: E402
+from export import sha256, write_json  # noqa: E402
 
 
 def main():
@@ -44,11 +44,7 @@ def main():
             })
     manifest["models"] = models
     manifest["tasks"] = tasks
-    tmp = path + ".partial"
-    with open(tmp, "w") as out:
-        json.dump(manifest, out, indent=2)
-        out.write("\n")
-    os.replace(tmp, path)
+    write_json(path, manifest)
     print(f"{path}: tasks {[t['name'] for t in tasks]}")
 
 
