@@ -357,7 +357,7 @@ fn unknown_task_or_structure_is_a_usage_error() {
     // the heads were trained on the fp32 encoder's embeddings
     let err = usage_error(&["--task", "brain", "--encoder", "int8"]);
     assert!(
-        err.contains("fp32 encoder") && err.contains("--encoder int8"),
+        err.contains("fp32 encoder") && err.contains("int8 encoder"),
         "{err}"
     );
 }

@@ -94,8 +94,9 @@ pub enum ModelError {
     },
     /// CoSAM heads asked for with an encoder they were not trained on.
     #[error(
-        "the CoSAM heads were trained on the fp32 encoder's embeddings; the {encoder} encoder \
-         is for prompted segmentation (drop --encoder {encoder} to use --task or --heads)"
+        "the heads were trained on the fp32 encoder's embeddings, not the {encoder} encoder's; \
+         the {encoder} encoder is for prompted segmentation and box methods (prompt-free \
+         CoSAM needs --encoder fp32, the default)"
     )]
     HeadsNeedFp32Encoder {
         /// The encoder in use.
