@@ -30,6 +30,16 @@ pub enum EncoderPrecision {
 }
 
 impl EncoderPrecision {
+    const ALL: [EncoderPrecision; 2] = [EncoderPrecision::Fp32, EncoderPrecision::Int8];
+
+    /// The name `--encoder` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            EncoderPrecision::Fp32 => "fp32",
+            EncoderPrecision::Int8 => "int8",
+        }
+    }
+
     /// The encoder's entry in the model manifest.
     pub fn manifest_name(self) -> &'static str {
         match self {
@@ -41,10 +51,7 @@ impl EncoderPrecision {
 
 impl std::fmt::Display for EncoderPrecision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            EncoderPrecision::Fp32 => "fp32",
-            EncoderPrecision::Int8 => "int8",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -52,11 +59,10 @@ impl std::str::FromStr for EncoderPrecision {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "fp32" => Ok(EncoderPrecision::Fp32),
-            "int8" => Ok(EncoderPrecision::Int8),
-            other => Err(format!("unknown encoder '{other}'; expected fp32 or int8")),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| format!("unknown encoder '{s}'; expected fp32 or int8"))
     }
 }
 
