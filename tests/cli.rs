@@ -197,14 +197,10 @@ fn model_checksum_mismatch_is_refused() {
     for m in manifest["models"].as_array_mut().unwrap() {
         let file = root().join("models").join(m["file"].as_str().unwrap());
         m["file"] = Value::String(text(&file));
+        if m["name"] == "decoder" {
+            m["sha256"] = Value::String("0".repeat(64));
+        }
     }
-    let decoder = manifest["models"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|m| m["name"] == "decoder")
-        .unwrap();
-    decoder["sha256"] = Value::String("0".repeat(64));
     std::fs::write(tmp.path().join("manifest.json"), manifest.to_string()).unwrap();
     let o = cosam(&[
         "segment",
