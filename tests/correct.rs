@@ -4,7 +4,7 @@ use cosam::correct::{chosen_round, correct_slice, CorrectOptions};
 use cosam::model::{HeadsSource, ModelError};
 use cosam::{io, Error};
 
-use crate::util::{demo, root, segmenter};
+use crate::util::{demo, int8_segmenter, root, segmenter};
 
 fn abdomen() -> cosam::model::TaskHeads {
     segmenter()
@@ -124,4 +124,40 @@ fn loop_on_a_real_slice_follows_the_stop_rule() {
         counts, run.chosen
     );
     assert!(d > 0.5, "Dice {d}");
+}
+
+/// The heads were trained on fp32 embeddings; with the int8 encoder's embeddings the loop
+/// must still find the demo slice's liver and end close to the fp32 encoder's mask.
+#[test]
+fn loop_with_the_int8_encoder_agrees_with_fp32() {
+    let volume = io::read(&demo("ct_abdomen_slice.dcm")).unwrap();
+    let reference = io::read(&demo("ct_liver_ref.png")).unwrap();
+    let reference = reference
+        .voxels()
+        .index_axis(ndarray::Axis(3), 0)
+        .index_axis(ndarray::Axis(0), 0)
+        .mapv(|v| u8::from(v > 0.0));
+    let heads = abdomen();
+    let liver = heads.structure_index("liver").unwrap();
+    let masks: Vec<_> = [segmenter(), int8_segmenter()]
+        .into_iter()
+        .map(|seg| {
+            let embedded = seg.embed_slice(&volume, 0).unwrap();
+            let embedding = embedded.embedding().expect("a CT slice with content");
+            let run = correct_slice(
+                &seg.loop_models(&heads),
+                embedding,
+                embedded.transform(),
+                liver,
+                &CorrectOptions::default(),
+            )
+            .unwrap();
+            cosam::post::logits_to_mask(run.logits.view(), embedded.transform(), 0.0).0
+        })
+        .collect();
+    let agreement = dice(&masks[0], &masks[1]);
+    let (fp32, int8) = (dice(&masks[0], &reference), dice(&masks[1], &reference));
+    println!("prompt-free liver: Dice fp32 {fp32:.3}, int8 {int8:.3}, int8 vs fp32 {agreement:.3}");
+    assert!(int8 > 0.5, "int8 Dice {int8}");
+    assert!(agreement >= 0.9, "int8 vs fp32 mask Dice {agreement}");
 }

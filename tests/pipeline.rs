@@ -1,11 +1,11 @@
 //! The model path end to end: parity with PyTorch and Dice on the demo cases.
 
 use cosam::model::{EncoderPrecision, ModelPrompts};
-use cosam::{BoxXyxy, ModelConfig, Prompts, Segmenter, SegmenterOptions};
+use cosam::{BoxXyxy, Prompts, Segmenter};
 use ndarray::{s, Array2, ArrayD, Axis};
 use serde_json::Value;
 
-use crate::util::{demo, fixture, read_mask_png, read_npy_f32, segmenter};
+use crate::util::{demo, fixture, int8_segmenter, read_mask_png, read_npy_f32, segmenter};
 
 /// The export's parity fixture: ONNX Runtime from Rust must reproduce PyTorch's logits.
 #[test]
@@ -151,13 +151,9 @@ fn demo_cases_reach_their_dice_floor_with_a_box() {
 /// The opt-in int8 encoder: the same floors, and masks close to the fp32 encoder's.
 #[test]
 fn int8_encoder_reaches_the_floors_and_agrees_with_fp32() {
-    let int8 = Segmenter::new(
-        SegmenterOptions::default()
-            .with_model(ModelConfig::lite_medsam().with_encoder(EncoderPrecision::Int8)),
-    )
-    .unwrap();
+    let int8 = int8_segmenter();
     assert_eq!(int8.model().encoder_precision(), EncoderPrecision::Int8);
-    let masks = demo_masks(&int8);
+    let masks = demo_masks(int8);
     assert_dice_floors(&masks, "int8");
     for (q, f) in masks.iter().zip(demo_masks(segmenter())) {
         let agreement = cosam::metrics::dice(&q.predicted, &f.predicted).unwrap();

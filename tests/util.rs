@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use cosam::model::{EncoderPrecision, ModelConfig};
 use cosam::{Segmenter, SegmenterOptions};
 
 /// The repository root.
@@ -18,13 +19,24 @@ pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
 }
 
-/// One segmenter for the whole test binary (loading costs ~0.5 s). A missing runtime or
-/// model fails the test: models are part of the product, never skipped.
+/// One segmenter with the fp32 encoder (the graph checked against PyTorch) for the whole
+/// test binary (loading costs ~0.5 s). A missing runtime or model fails the test: models
+/// are part of the product, never skipped.
 pub fn segmenter() -> &'static Segmenter {
     static SEGMENTER: OnceLock<Segmenter> = OnceLock::new();
-    SEGMENTER.get_or_init(|| match Segmenter::new(SegmenterOptions::default()) {
-        Ok(s) => s,
-        Err(e) => panic!("cannot load the models (run scripts/fetch-onnxruntime): {e}"),
+    SEGMENTER.get_or_init(|| load(EncoderPrecision::Fp32))
+}
+
+/// The same with the int8 encoder.
+pub fn int8_segmenter() -> &'static Segmenter {
+    static SEGMENTER: OnceLock<Segmenter> = OnceLock::new();
+    SEGMENTER.get_or_init(|| load(EncoderPrecision::Int8))
+}
+
+fn load(encoder: EncoderPrecision) -> Segmenter {
+    let model = ModelConfig::lite_medsam().with_encoder(encoder);
+    Segmenter::new(SegmenterOptions::default().with_model(model)).unwrap_or_else(|e| {
+        panic!("cannot load the {encoder} models (run scripts/fetch-onnxruntime): {e}")
     })
 }
 

@@ -7,6 +7,10 @@ fp32 encoder in one run, with ONNX Runtime (Python) on this machine:
 - int8-dynamic-mlp-fp32: as int8-dynamic with per-channel weights, MatMul and Gemm, but
   every MLP's second layer (fc2, whose input is the GELU's long-tailed output) kept fp32,
   and the attention's activation-by-activation MatMuls left alone.
+- int8-smoothed-mlp-fp32: as int8-dynamic-mlp-fp32 after quantize_encoder.py's smoothing
+  of every quantised layer's input.
+- int8 (shipped): models/export/quantize_encoder.py's recipe, smoothed, only the layers
+  in its QUANTISED set.
 - int8-static: QDQ, per-channel int8 MatMul/Gemm weights, uint8 activations calibrated on
   the parity fixture's and the demo's slices.
 - fast-gelu: the fused graph with every exact (erf) Gelu replaced by the tanh
@@ -16,10 +20,16 @@ fp32 encoder in one run, with ONNX Runtime (Python) on this machine:
 For each: median encoder latency over REPS runs on the parity images (variants
 interleaved, so machine noise hits all alike), and, through the stock decoder with the
 parity fixture's prompts, the largest logit difference, flipped mask pixels and Dice
-against the fp32 encoder's masks. Nothing here is shipped; the figures are in the README
-(Performance). Writes the variants under a temporary folder.
+against the fp32 encoder's masks. The figures are in the README (Performance). Writes the
+variants under a temporary folder.
+
+--sensitivity instead quantises (smoothed) one group of linear layers at a time, a
+stage's qkv, proj, fc1 or fc2, and prints each group's share of the fp32 encoder's kernel
+time (ONNX Runtime's profiler) against the relative error it puts on the embedding of the
+calibration slices: how quantize_encoder.py's QUANTISED set was chosen.
 
   .venv-export/bin/python models/export/encoder_variants.py [--threads 2] [--reps 5]
+  .venv-export/bin/python models/export/encoder_variants.py --sensitivity
 """
 
 import argparse
@@ -35,19 +45,9 @@ import onnxruntime as ort
 from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                       quantize_dynamic, quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
-from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PARITY = os.path.join(ROOT, "tests", "fixtures", "parity")
-CALIBRATION = [os.path.join(PARITY, "brain.png"), os.path.join(PARITY, "mr_liver.png"),
-               os.path.join(ROOT, "data", "demo", "brain_t1.png"),
-               os.path.join(ROOT, "data", "demo", "mr_abdomen.png")]
-
-
-def model_input(path):
-    a = np.asarray(Image.open(path).convert("L").resize((256, 256)), np.float32)
-    a = (a - a.min()) / max(float(a.max() - a.min()), 1e-8)
-    return np.repeat(a[None, None], 3, 1)
+from quantize_encoder import (CALIBRATION, LINEAR, PARITY, QUANTISED, ROOT, linear_group,
+                              model_input, quantize)
 
 
 class Calibration(CalibrationDataReader):
@@ -57,6 +57,15 @@ class Calibration(CalibrationDataReader):
     def get_next(self):
         x = next(self.items, None)
         return None if x is None else {"image": x}
+
+
+def linear_groups(path):
+    """Every (stage, linear layer) group in the graph at path."""
+    return {g for n in onnx.load(path).graph.node if (g := linear_group(n.name))}
+
+
+def all_but_fc2(path):
+    return {g for g in linear_groups(path) if g[1] != "fc2"}
 
 
 def build(encoder, tmp):
@@ -74,6 +83,10 @@ def build(encoder, tmp):
     quantize_dynamic(pre, out["int8-dynamic-mlp-fp32"], weight_type=QuantType.QInt8,
                      op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
                      nodes_to_exclude=fc2, extra_options={"MatMulConstBOnly": True})
+    out["int8-smoothed-mlp-fp32"] = os.path.join(tmp, "smoothed_mlp_fp32.onnx")
+    quantize(encoder, out["int8-smoothed-mlp-fp32"], all_but_fc2(pre))
+    out["int8 (shipped)"] = os.path.join(tmp, "shipped.onnx")
+    quantize(encoder, out["int8 (shipped)"])
     out["int8-static"] = os.path.join(tmp, "static.onnx")
     quantize_static(pre, out["int8-static"], Calibration(), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8,
@@ -99,11 +112,49 @@ def session(path, threads):
     return ort.InferenceSession(path, so)
 
 
+def sensitivity(encoder, threads):
+    """Each group's share of the fp32 kernel time against the embedding error it causes
+    when it alone is quantised."""
+    images = [model_input(p) for p in CALIBRATION]
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        so.profile_file_prefix = os.path.join(tmp, "profile")
+        fp32 = ort.InferenceSession(encoder, so)
+        reference = [fp32.run(None, {"image": x})[0] for x in images]
+        events = json.load(open(fp32.end_profiling()))
+        time_of, total = {}, 0.0
+        for e in events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                total += e["dur"]
+                if g := linear_group(e["name"]):
+                    time_of[g] = time_of.get(g, 0.0) + e["dur"]
+        print(f"linear-layer groups quantised one at a time (smoothed), onnxruntime "
+              f"{ort.__version__}, {len(images)} calibration slices")
+        print("| stage | layer | share of fp32 kernel time | relative embedding error | "
+              "in QUANTISED |")
+        print("|---|---|---|---|---|")
+        for group in sorted(linear_groups(encoder), key=lambda g: (g[0], LINEAR.index(g[1]))):
+            path = os.path.join(tmp, "group.onnx")
+            quantize(encoder, path, {group})
+            s = session(path, threads)
+            error = max(float(np.linalg.norm(s.run(None, {"image": x})[0] - r)
+                              / np.linalg.norm(r)) for x, r in zip(images, reference))
+            print(f"| {group[0]} | {group[1]} | {100 * time_of.get(group, 0) / total:.1f}% "
+                  f"| {error:.4f} | {'yes' if group in QUANTISED else 'no'} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--sensitivity", action="store_true")
     args = ap.parse_args()
+    if args.sensitivity:
+        sensitivity(os.path.join(ROOT, "models", "encoder.onnx"), args.threads)
+        return
     cases = [c for c in json.load(open(os.path.join(PARITY, "parity.json")))["cases"]
              if c["mask_input"] is None]
     images = {c["image"]: model_input(os.path.join(PARITY, c["image"])) for c in cases}

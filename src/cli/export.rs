@@ -3,6 +3,7 @@
 use anyhow::{bail, Context};
 use cosam::eval::{case_dir, export_case, Dataset};
 use cosam::io::Limits;
+use cosam::model::EncoderPrecision;
 use cosam::pipeline::EmbeddingCache;
 use cosam::Segmenter;
 
@@ -29,8 +30,8 @@ pub fn run(args: &ExportTrainingArgs) -> anyhow::Result<bool> {
         .collect();
     structures.sort();
     structures.dedup();
-    let segmenter =
-        Segmenter::new(args.model.segmenter_options()).context("cannot load the model")?;
+    let options = args.model.segmenter_options_or(EncoderPrecision::Fp32);
+    let segmenter = Segmenter::new(options).context("cannot load the model")?;
     let cache = open_cache(args.cache.as_deref(), args.no_cache, CACHE_BYTES)?;
     let mut written = Vec::new();
     let mut all_ok = true;

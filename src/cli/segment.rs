@@ -48,6 +48,8 @@ struct CasesFile {
 struct RunReport {
     cosam_version: &'static str,
     model: String,
+    /// Which image encoder ran: fp32 or int8.
+    encoder: String,
     onnxruntime: PathBuf,
     threads: usize,
     post_processing: String,
@@ -170,6 +172,7 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
     let report = RunReport {
         cosam_version: env!("CARGO_PKG_VERSION"),
         model: segmenter.model().manifest().model.clone(),
+        encoder: segmenter.model().encoder_precision().to_string(),
         onnxruntime: cosam::model::runtime::init(None)
             .map(|r| r.library().to_path_buf())
             .unwrap_or_default(),

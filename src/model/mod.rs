@@ -92,16 +92,6 @@ pub enum ModelError {
         /// The tasks the manifest lists.
         available: Vec<String>,
     },
-    /// CoSAM heads asked for with an encoder they were not trained on.
-    #[error(
-        "the heads were trained on the fp32 encoder's embeddings, not the {encoder} encoder's; \
-         the {encoder} encoder is for prompted segmentation and box methods (prompt-free \
-         CoSAM needs --encoder fp32, the default)"
-    )]
-    HeadsNeedFp32Encoder {
-        /// The encoder in use.
-        encoder: EncoderPrecision,
-    },
     /// Running a graph failed, or it returned an unexpected tensor.
     #[error("{model}: inference failed: {reason}")]
     Inference {

@@ -18,19 +18,31 @@ fn default_threads() -> usize {
 }
 
 /// Which image encoder runs: LiteMedSAM's fp32 graph, or its int8 quantisation
-/// (`models/export/quantize_encoder.py`), faster on CPUs with int8 dot products at a small
-/// cost in mask agreement (README Performance). CoSAM's heads need the fp32 encoder.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+/// (`models/export/quantize_encoder.py`), faster on CPUs with int8 dot-product
+/// instructions, with masks as accurate on the benchmark (README Performance). The CoSAM
+/// heads run on either. [`EncoderPrecision::for_this_cpu`] is the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EncoderPrecision {
-    /// The exported graph, checked against PyTorch (the default).
-    #[default]
+    /// The exported graph, checked against PyTorch.
     Fp32,
-    /// int8 weights in attention and the MLPs' first layers.
+    /// Smoothed, with int8 weights in the first and last attention stages' qkv and fc1
+    /// layers (and the first stage's proj).
     Int8,
 }
 
 impl EncoderPrecision {
     const ALL: [EncoderPrecision; 2] = [EncoderPrecision::Fp32, EncoderPrecision::Int8];
+
+    /// int8 where this CPU has int8 dot-product instructions (x86 AVX-512 VNNI or AVX-VNNI,
+    /// Arm dotprod), fp32 elsewhere: without them ONNX Runtime's x86 int8 kernels add
+    /// pairs of products in 16 bits, which can saturate, and the speed-up is small.
+    pub fn for_this_cpu() -> EncoderPrecision {
+        if int8_dot_products() {
+            EncoderPrecision::Int8
+        } else {
+            EncoderPrecision::Fp32
+        }
+    }
 
     /// The name `--encoder` takes.
     pub fn name(self) -> &'static str {
@@ -55,15 +67,35 @@ impl std::fmt::Display for EncoderPrecision {
     }
 }
 
+/// Parses `fp32`, `int8`, or `auto` ([`EncoderPrecision::for_this_cpu`]).
 impl std::str::FromStr for EncoderPrecision {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(Self::for_this_cpu());
+        }
         Self::ALL
             .into_iter()
             .find(|e| e.name() == s)
-            .ok_or_else(|| format!("unknown encoder '{s}'; expected fp32 or int8"))
+            .ok_or_else(|| format!("unknown encoder '{s}'; expected auto, fp32 or int8"))
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn int8_dot_products() -> bool {
+    std::arch::is_x86_feature_detected!("avx512vnni")
+        || std::arch::is_x86_feature_detected!("avxvnni")
+}
+
+#[cfg(target_arch = "aarch64")]
+fn int8_dot_products() -> bool {
+    std::arch::is_aarch64_feature_detected!("dotprod")
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn int8_dot_products() -> bool {
+    false
 }
 
 /// How to find and run the model files.
@@ -88,13 +120,14 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
-    /// LiteMedSAM from `models/` with one thread per core.
+    /// LiteMedSAM from `models/` with one thread per core and the encoder
+    /// [`EncoderPrecision::for_this_cpu`] picks.
     pub fn lite_medsam() -> ModelConfig {
         ModelConfig {
             model_dir: None,
             ort_library: None,
             threads: default_threads(),
-            encoder: EncoderPrecision::Fp32,
+            encoder: EncoderPrecision::for_this_cpu(),
         }
     }
 
@@ -221,14 +254,8 @@ impl LiteMedSam {
     /// holding `heads.json` (for example leave-one-domain-out heads).
     ///
     /// # Errors
-    /// [`ModelError::UnknownTask`], checksum, session or signature errors;
-    /// [`ModelError::HeadsNeedFp32Encoder`] with the int8 encoder.
+    /// [`ModelError::UnknownTask`], checksum, session or signature errors.
     pub fn load_heads(&self, source: &HeadsSource) -> Result<TaskHeads, ModelError> {
-        if self.encoder_precision != EncoderPrecision::Fp32 {
-            return Err(ModelError::HeadsNeedFp32Encoder {
-                encoder: self.encoder_precision,
-            });
-        }
         let dir = match source {
             HeadsSource::Task(name) => self.manifest.task_dir(name)?,
             HeadsSource::Dir(dir) => dir.clone(),
@@ -244,5 +271,23 @@ impl LiteMedSam {
     /// The manifest the models were loaded from.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EncoderPrecision;
+
+    #[test]
+    fn encoder_names_round_trip_and_auto_follows_the_cpu() {
+        for e in EncoderPrecision::ALL {
+            assert_eq!(e.name().parse::<EncoderPrecision>(), Ok(e));
+        }
+        assert_eq!("auto".parse(), Ok(EncoderPrecision::for_this_cpu()));
+        let err = "fp16".parse::<EncoderPrecision>().unwrap_err();
+        assert!(
+            err.contains("fp16") && err.contains("auto, fp32 or int8"),
+            "{err}"
+        );
     }
 }

@@ -254,7 +254,7 @@ impl GpuContext {
     /// A storage buffer holding `data` (padded to a multiple of 4 bytes).
     fn upload(&self, data: &[u8]) -> wgpu::Buffer {
         let padded;
-        let contents = if data.len() % 4 == 0 && !data.is_empty() {
+        let contents = if data.len().is_multiple_of(4) && !data.is_empty() {
             data
         } else {
             let mut v = data.to_vec();
