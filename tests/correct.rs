@@ -12,6 +12,16 @@ fn abdomen() -> cosam::model::TaskHeads {
         .unwrap_or_else(|e| panic!("shipped abdomen heads: {e}"))
 }
 
+/// The demo CT slice's reference liver mask.
+fn liver_reference() -> ndarray::Array2<u8> {
+    io::read(&demo("ct_liver_ref.png"))
+        .unwrap()
+        .voxels()
+        .index_axis(ndarray::Axis(3), 0)
+        .index_axis(ndarray::Axis(0), 0)
+        .mapv(|v| u8::from(v > 0.0))
+}
+
 fn dice(a: &ndarray::Array2<u8>, b: &ndarray::Array2<u8>) -> f64 {
     let inter = a
         .iter()
@@ -112,12 +122,7 @@ fn loop_on_a_real_slice_follows_the_stop_rule() {
 
     let t = embedded.transform();
     let mask = cosam::post::logits_to_mask(run.logits.view(), t, 0.0).0;
-    let reference = io::read(&demo("ct_liver_ref.png")).unwrap();
-    let reference = reference
-        .voxels()
-        .index_axis(ndarray::Axis(3), 0)
-        .index_axis(ndarray::Axis(0), 0)
-        .mapv(|v| u8::from(v > 0.0));
+    let reference = liver_reference();
     let d = dice(&mask, &reference);
     println!(
         "prompt-free liver on the demo CT slice: Dice {d:.3}, rounds {:?}, chosen {}",
@@ -131,12 +136,7 @@ fn loop_on_a_real_slice_follows_the_stop_rule() {
 #[test]
 fn loop_with_the_int8_encoder_agrees_with_fp32() {
     let volume = io::read(&demo("ct_abdomen_slice.dcm")).unwrap();
-    let reference = io::read(&demo("ct_liver_ref.png")).unwrap();
-    let reference = reference
-        .voxels()
-        .index_axis(ndarray::Axis(3), 0)
-        .index_axis(ndarray::Axis(0), 0)
-        .mapv(|v| u8::from(v > 0.0));
+    let reference = liver_reference();
     let heads = abdomen();
     let liver = heads.structure_index("liver").unwrap();
     let masks: Vec<_> = [segmenter(), int8_segmenter()]
