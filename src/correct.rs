@@ -106,6 +106,10 @@ pub struct CorrectOptions {
     /// Keep every round's map and the first correction in the result (for `--trace` and
     /// for evaluating every round from one run).
     pub keep_rounds: bool,
+    /// A coarse mask smaller than this (pixels of the 256x256 model frame) is taken as
+    /// "structure absent" and returned without correction: the error decoder would turn
+    /// the missing structure into positive clicks and grow one (0: always correct).
+    pub min_coarse_px: usize,
 }
 
 impl Default for CorrectOptions {
@@ -118,6 +122,7 @@ impl Default for CorrectOptions {
             correction_only: false,
             refine: Refine::Task,
             keep_rounds: false,
+            min_coarse_px: 0,
         }
     }
 }
@@ -162,6 +167,12 @@ impl CorrectOptions {
     /// Which decoder refines.
     pub fn with_refine(mut self, refine: Refine) -> Self {
         self.refine = refine;
+        self
+    }
+
+    /// Smallest coarse mask, in model-frame pixels, that the loop corrects.
+    pub fn with_min_coarse_px(mut self, px: usize) -> Self {
+        self.min_coarse_px = px;
         self
     }
 
@@ -311,7 +322,12 @@ pub fn correct_slice(
     }];
     let mut first_correction = None;
     let mut pending_check = true;
-    for round in 1..=options.max_rounds {
+    let rounds = if trace[0].area_px < options.min_coarse_px {
+        0
+    } else {
+        options.max_rounds
+    };
+    for round in 1..=rounds {
         let (error, wrong, seconds) = check(&mask)?;
         let last = trace.len() - 1;
         let error_px = count_on(wrong.view());

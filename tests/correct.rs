@@ -161,3 +161,38 @@ fn loop_with_the_int8_encoder_agrees_with_fp32() {
     assert!(int8 > 0.5, "int8 Dice {int8}");
     assert!(agreement >= 0.9, "int8 vs fp32 mask Dice {agreement}");
 }
+
+/// A coarse mask under `min_coarse_px` is returned as it is: one round in the trace, its
+/// predicted errors counted, the same map as the loop's coarse round.
+#[test]
+fn coarse_mask_under_the_gate_is_not_corrected() {
+    let seg = segmenter();
+    let heads = abdomen();
+    let volume = io::read(&demo("ct_abdomen_slice.dcm")).unwrap();
+    let embedded = seg.embed_slice(&volume, 0).unwrap();
+    let embedding = embedded.embedding().expect("a CT slice with content");
+    let liver = heads.structure_index("liver").unwrap();
+    let run = |gate: usize| {
+        let options = CorrectOptions::default()
+            .with_keep_rounds(true)
+            .with_min_coarse_px(gate);
+        correct_slice(
+            &seg.loop_models(&heads),
+            embedding,
+            embedded.transform(),
+            liver,
+            &options,
+        )
+        .unwrap()
+    };
+    let full = run(0);
+    let coarse_px = full.trace[0].area_px;
+    assert!(coarse_px > 0 && full.trace.len() == 5);
+    let gated = run(coarse_px + 1);
+    assert_eq!(gated.trace.len(), 1);
+    assert_eq!(gated.chosen, 0);
+    assert!(gated.trace[0].error_px.is_some());
+    assert_eq!(gated.logits, full.maps[0]);
+    // at the coarse mask's own size the loop runs
+    assert_eq!(run(coarse_px).trace.len(), 5);
+}

@@ -4,12 +4,13 @@ this recipe).
 
 Recipe (chosen with models/export/encoder_variants.py, figures in README Performance):
 
-1. Smoothing (SmoothQuant, Xiao et al. 2023), exact in fp32 up to rounding: a quantised MatMul's input
-   channels are divided by s_j = max|x_j|^0.5 / max|W_j|^0.5 (rounded, see
-   STEPS_PER_OCTAVE) and its weight rows multiplied by s_j, so that a few large activation channels no longer set the per-tensor int8 step
-   for all the others. The division is folded into the LayerNorm before qkv and fc1
-   (its scale and bias) and, for proj, into the v columns of the same block's qkv (proj's
-   input is softmax(q k^T) v, linear in v). max|x_j| comes from CALIBRATION.
+1. Smoothing (SmoothQuant, Xiao et al. 2023), exact in fp32 up to rounding: a quantised
+   MatMul's input channels are divided by s_j = max|x_j|^0.5 / max|W_j|^0.5 (rounded, see
+   STEPS_PER_OCTAVE) and its weight rows multiplied by s_j, so that a few large activation
+   channels no longer set the per-tensor int8 step for all the others. The division is
+   folded into the LayerNorm before qkv and fc1 (its scale and bias) and, for proj, into
+   the v columns of the same block's qkv (proj's input is softmax(q k^T) v, linear in v).
+   max|x_j| comes from CALIBRATION.
 2. ONNX Runtime's dynamic quantisation: int8 per-channel weights, activations quantised
    per tensor at run time, for the MatMuls in QUANTISED only. The others stay fp32: they
    cost the most accuracy for the least time (each group quantised alone, relative
@@ -50,9 +51,9 @@ LINEAR = ("qkv", "proj", "fc1", "fc2")
 QUANTISED = {("layers.1", "qkv"), ("layers.1", "proj"), ("layers.1", "fc1"),
              ("layers.3", "qkv"), ("layers.3", "fc1")}
 ALPHA = 0.5
-# Smoothing factors are rounded to 2^(k/8): fine enough to keep their effect (whole powers
-# of two raised the embedding error from 0.027 to 0.031), coarse enough that a calibration
-# run on another CPU, differing in the last bits, gives the same factors.
+# Smoothing factors are rounded to 2^(k/8): fine enough to keep their effect (rounding to
+# whole powers of two gave a visibly larger embedding error), coarse enough that a
+# calibration run on another CPU, differing in the last bits, gives the same factors.
 STEPS_PER_OCTAVE = 8
 HEAD_WIDTH, KEY_DIM = 96, 32  # per attention head: q, k, v of 32 channels each
 

@@ -180,6 +180,10 @@ pub struct SegmentArgs {
     /// decoder) or base-box (LiteMedSAM's own decoder with the box only).
     #[arg(long, value_enum, default_value_t = RefineArg::Task)]
     pub refine: RefineArg,
+    /// A coarse mask smaller than this many pixels of the 256x256 model frame is taken as
+    /// "structure absent" and not corrected (0: always correct).
+    #[arg(long, value_name = "PX", default_value_t = 0)]
+    pub min_coarse_px: usize,
     /// Stop when the predicted error count stops falling and keep the mask with the fewest
     /// predicted errors, instead of running all --rounds rounds and keeping the last mask
     /// (CoSAM's fixed T, the default).
@@ -224,6 +228,7 @@ impl SegmentArgs {
             .with_error_threshold(self.error_threshold.unwrap_or(heads_threshold))
             .with_stop_early(self.stop_early)
             .with_refine(self.refine.into())
+            .with_min_coarse_px(self.min_coarse_px)
     }
 
     /// The prompts given on the command line.
@@ -335,6 +340,9 @@ pub struct EvalArgs {
     /// mask prompt to the task decoder) or base-box (LiteMedSAM's decoder with the box).
     #[arg(long, value_enum, default_value_t = RefineArg::Task)]
     pub refine: RefineArg,
+    /// Smallest coarse mask (model-frame pixels) the prompt-free methods correct.
+    #[arg(long, value_name = "PX", default_value_t = 0)]
+    pub min_coarse_px: usize,
     /// CoSAM heads for coarse, corrected and cosam:T: a folder with heads.json, or one
     /// with a heads folder per held-out domain (models/lodo/TASK); default: the task's
     /// shipped heads.

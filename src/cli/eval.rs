@@ -139,7 +139,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
             args.top_k.map(|k| k as usize),
             args.error_threshold,
             args.refine.into(),
-        );
+        )
+        .with_min_coarse_px(args.min_coarse_px);
 
     let started = Instant::now();
     let total: usize = rounds

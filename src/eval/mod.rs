@@ -58,6 +58,8 @@ pub struct EvalOptions {
     pub error_threshold: Option<f32>,
     /// Which decoder refines in the prompt-free methods.
     pub refine: crate::correct::Refine,
+    /// Smallest coarse mask the prompt-free methods correct (model-frame pixels).
+    pub min_coarse_px: usize,
 }
 
 impl Default for EvalOptions {
@@ -73,6 +75,7 @@ impl Default for EvalOptions {
             top_k: None,
             error_threshold: None,
             refine: crate::correct::Refine::default(),
+            min_coarse_px: 0,
         }
     }
 }
@@ -100,6 +103,12 @@ impl EvalOptions {
         self.top_k = top_k;
         self.error_threshold = error_threshold;
         self.refine = refine;
+        self
+    }
+
+    /// Options whose prompt-free methods leave coarse masks under `px` pixels uncorrected.
+    pub fn with_min_coarse_px(mut self, px: usize) -> Self {
+        self.min_coarse_px = px;
         self
     }
 
@@ -246,7 +255,8 @@ pub fn evaluate_case(
             loop_options: structure_heads.map(|(h, _)| {
                 let o = crate::correct::CorrectOptions::default()
                     .with_error_threshold(options.error_threshold.unwrap_or(h.info.error_threshold))
-                    .with_refine(options.refine);
+                    .with_refine(options.refine)
+                    .with_min_coarse_px(options.min_coarse_px);
                 options.top_k.map_or(o, |k| o.with_top_k(k))
             }),
             rounds: std::cell::OnceCell::new(),
