@@ -2,7 +2,7 @@
 
 use cosam::correct::{chosen_round, correct_slice, CorrectOptions};
 use cosam::model::{HeadsSource, ModelError};
-use cosam::{io, Error};
+use cosam::{io, Error, Segmenter, Transform};
 
 use crate::util::{demo, int8_segmenter, root, segmenter};
 
@@ -10,6 +10,28 @@ fn abdomen() -> cosam::model::TaskHeads {
     segmenter()
         .load_heads(&HeadsSource::Task("abdomen".into()))
         .unwrap_or_else(|e| panic!("shipped abdomen heads: {e}"))
+}
+
+/// The loop with the shipped abdomen heads on the demo CT slice's liver, embedded by `seg`;
+/// with the slice's transform for mapping the result back.
+fn correct_demo_liver(
+    seg: &Segmenter,
+    options: &CorrectOptions,
+) -> (cosam::correct::SliceCorrection, Transform) {
+    let heads = abdomen();
+    let volume = io::read(&demo("ct_abdomen_slice.dcm")).unwrap();
+    let embedded = seg.embed_slice(&volume, 0).unwrap();
+    let embedding = embedded.embedding().expect("a CT slice with content");
+    let liver = heads.structure_index("liver").unwrap();
+    let run = correct_slice(
+        &seg.loop_models(&heads),
+        embedding,
+        embedded.transform(),
+        liver,
+        options,
+    )
+    .unwrap();
+    (run, *embedded.transform())
 }
 
 /// The demo CT slice's reference liver mask.
@@ -75,35 +97,18 @@ fn tampered_heads_are_refused() {
 /// heads' training data: the Dice is a functional check, not a generalisation figure.)
 #[test]
 fn loop_on_a_real_slice_follows_the_stop_rule() {
-    let seg = segmenter();
-    let heads = abdomen();
-    let volume = io::read(&demo("ct_abdomen_slice.dcm")).unwrap();
-    let embedded = seg.embed_slice(&volume, 0).unwrap();
-    let embedding = embedded.embedding().expect("a CT slice with content");
-    let liver = heads.structure_index("liver").unwrap();
     let options = CorrectOptions::default().with_stop_early(true);
-    let run = correct_slice(
-        &seg.loop_models(&heads),
-        embedding,
-        embedded.transform(),
-        liver,
-        &options,
-    )
-    .unwrap();
+    let (run, t) = correct_demo_liver(segmenter(), &options);
     assert!(run.trace.len() >= 2 && run.trace.len() <= options.max_rounds + 1);
     assert!(run.trace.iter().all(|r| r.error_px.is_some()));
     let counts: Vec<usize> = run.trace.iter().map(|r| r.error_px.unwrap()).collect();
     assert_eq!(run.chosen, chosen_round(&counts, options.max_rounds, true));
     assert_eq!(counts[run.chosen], *counts.iter().min().unwrap());
 
-    let full = correct_slice(
-        &seg.loop_models(&heads),
-        embedding,
-        embedded.transform(),
-        liver,
+    let (full, _) = correct_demo_liver(
+        segmenter(),
         &options.with_stop_early(false).with_keep_rounds(true),
-    )
-    .unwrap();
+    );
     assert_eq!(full.maps.len(), options.max_rounds + 1);
     assert_eq!(
         full.chosen, options.max_rounds,
@@ -120,8 +125,7 @@ fn loop_on_a_real_slice_follows_the_stop_rule() {
     assert_eq!(picked, run.chosen);
     assert_eq!(full.maps[picked], run.logits);
 
-    let t = embedded.transform();
-    let mask = cosam::post::logits_to_mask(run.logits.view(), t, 0.0).0;
+    let mask = cosam::post::logits_to_mask(run.logits.view(), &t, 0.0).0;
     let reference = liver_reference();
     let d = dice(&mask, &reference);
     println!(
@@ -135,24 +139,12 @@ fn loop_on_a_real_slice_follows_the_stop_rule() {
 /// must still find the demo slice's liver and end close to the fp32 encoder's mask.
 #[test]
 fn loop_with_the_int8_encoder_agrees_with_fp32() {
-    let volume = io::read(&demo("ct_abdomen_slice.dcm")).unwrap();
     let reference = liver_reference();
-    let heads = abdomen();
-    let liver = heads.structure_index("liver").unwrap();
     let masks: Vec<_> = [segmenter(), int8_segmenter()]
         .into_iter()
         .map(|seg| {
-            let embedded = seg.embed_slice(&volume, 0).unwrap();
-            let embedding = embedded.embedding().expect("a CT slice with content");
-            let run = correct_slice(
-                &seg.loop_models(&heads),
-                embedding,
-                embedded.transform(),
-                liver,
-                &CorrectOptions::default(),
-            )
-            .unwrap();
-            cosam::post::logits_to_mask(run.logits.view(), embedded.transform(), 0.0).0
+            let (run, t) = correct_demo_liver(seg, &CorrectOptions::default());
+            cosam::post::logits_to_mask(run.logits.view(), &t, 0.0).0
         })
         .collect();
     let agreement = dice(&masks[0], &masks[1]);
@@ -166,24 +158,11 @@ fn loop_with_the_int8_encoder_agrees_with_fp32() {
 /// predicted errors counted, the same map as the loop's coarse round.
 #[test]
 fn coarse_mask_under_the_gate_is_not_corrected() {
-    let seg = segmenter();
-    let heads = abdomen();
-    let volume = io::read(&demo("ct_abdomen_slice.dcm")).unwrap();
-    let embedded = seg.embed_slice(&volume, 0).unwrap();
-    let embedding = embedded.embedding().expect("a CT slice with content");
-    let liver = heads.structure_index("liver").unwrap();
     let run = |gate: usize| {
         let options = CorrectOptions::default()
             .with_keep_rounds(true)
             .with_min_coarse_px(gate);
-        correct_slice(
-            &seg.loop_models(&heads),
-            embedding,
-            embedded.transform(),
-            liver,
-            &options,
-        )
-        .unwrap()
+        correct_demo_liver(segmenter(), &options).0
     };
     let full = run(0);
     let coarse_px = full.trace[0].area_px;
