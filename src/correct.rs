@@ -107,8 +107,9 @@ pub struct CorrectOptions {
     /// for evaluating every round from one run).
     pub keep_rounds: bool,
     /// A coarse mask smaller than this (pixels of the 256x256 model frame) is taken as
-    /// "structure absent" and returned without correction: the error decoder would turn
-    /// the missing structure into positive clicks and grow one (0: always correct).
+    /// "structure absent" and returned without correction (0, the default: always
+    /// correct). Off by default because on unseen domains the loop's gain comes largely
+    /// from structures the coarse pass nearly missed (README, Results with CoSAM).
     pub min_coarse_px: usize,
 }
 

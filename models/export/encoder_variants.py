@@ -75,14 +75,9 @@ def build(encoder, tmp):
     out["int8-dynamic"] = os.path.join(tmp, "dynamic.onnx")
     quantize_dynamic(pre, out["int8-dynamic"], weight_type=QuantType.QInt8,
                      op_types_to_quantize=["MatMul"])
-    # quant_pre_process fuses MatMul+Add into Gemm; the quantiser splits a Gemm back into
-    # "<name>_MatMul" + Add before it checks nodes_to_exclude, so both names are listed
-    fc2 = [m for n in onnx.load(pre).graph.node if n.op_type in ("MatMul", "Gemm")
-           and "/fc2/" in n.name for m in (n.name, n.name + "_MatMul")]
+    # session 4's shipped recipe (byte-identical to its encoder-int8.onnx, sha af14e5b2)
     out["int8-dynamic-mlp-fp32"] = os.path.join(tmp, "dynamic_mlp_fp32.onnx")
-    quantize_dynamic(pre, out["int8-dynamic-mlp-fp32"], weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
-                     nodes_to_exclude=fc2, extra_options={"MatMulConstBOnly": True})
+    quantize(encoder, out["int8-dynamic-mlp-fp32"], all_but_fc2(pre), smoothed=False)
     out["int8-smoothed-mlp-fp32"] = os.path.join(tmp, "smoothed_mlp_fp32.onnx")
     quantize(encoder, out["int8-smoothed-mlp-fp32"], all_but_fc2(pre))
     out["int8 (shipped)"] = os.path.join(tmp, "shipped.onnx")

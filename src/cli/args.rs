@@ -209,6 +209,17 @@ fn parse_probability(s: &str) -> Result<f32, String> {
     }
 }
 
+impl EvalArgs {
+    /// The prompt-free methods' loop from the flags (the error threshold is set per head
+    /// set).
+    pub fn correct_options(&self) -> cosam::correct::CorrectOptions {
+        let o = cosam::correct::CorrectOptions::default()
+            .with_refine(self.refine.into())
+            .with_min_coarse_px(self.min_coarse_px);
+        self.top_k.map_or(o, |k| o.with_top_k(k as usize))
+    }
+}
+
 impl SegmentArgs {
     /// Where the CoSAM heads come from, when segmenting without prompts.
     pub fn heads_source(&self) -> Option<cosam::model::HeadsSource> {

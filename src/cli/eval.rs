@@ -135,12 +135,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
         .with_methods(methods.clone())
         .with_metrics(metrics)
         .with_limits(Limits::default().with_max_voxels(args.max_voxels))
-        .with_loop(
-            args.top_k.map(|k| k as usize),
-            args.error_threshold,
-            args.refine.into(),
-        )
-        .with_min_coarse_px(args.min_coarse_px);
+        .with_loop(args.correct_options(), args.error_threshold);
 
     let started = Instant::now();
     let total: usize = rounds

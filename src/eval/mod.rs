@@ -52,14 +52,11 @@ pub struct EvalOptions {
     pub metrics: MetricsOptions,
     /// Size caps for reading images.
     pub limits: Limits,
-    /// Error points per round of the prompt-free methods (`None`: CoSAM's 64).
-    pub top_k: Option<usize>,
+    /// The loop of the prompt-free methods; its error threshold is replaced by each head
+    /// set's calibrated one unless `error_threshold` is given.
+    pub correct: crate::correct::CorrectOptions,
     /// Error probability threshold of the prompt-free methods (`None`: the heads').
     pub error_threshold: Option<f32>,
-    /// Which decoder refines in the prompt-free methods.
-    pub refine: crate::correct::Refine,
-    /// Smallest coarse mask the prompt-free methods correct (model-frame pixels).
-    pub min_coarse_px: usize,
 }
 
 impl Default for EvalOptions {
@@ -72,10 +69,8 @@ impl Default for EvalOptions {
             ],
             metrics: MetricsOptions::default(),
             limits: Limits::default(),
-            top_k: None,
+            correct: crate::correct::CorrectOptions::default(),
             error_threshold: None,
-            refine: crate::correct::Refine::default(),
-            min_coarse_px: 0,
         }
     }
 }
@@ -93,22 +88,15 @@ impl EvalOptions {
         self
     }
 
-    /// Options with the loop's top-K and error threshold (`None` keeps the default).
+    /// Options with the prompt-free methods' loop and error threshold (`None`: each head
+    /// set's calibrated one).
     pub fn with_loop(
         mut self,
-        top_k: Option<usize>,
+        correct: crate::correct::CorrectOptions,
         error_threshold: Option<f32>,
-        refine: crate::correct::Refine,
     ) -> Self {
-        self.top_k = top_k;
+        self.correct = correct;
         self.error_threshold = error_threshold;
-        self.refine = refine;
-        self
-    }
-
-    /// Options whose prompt-free methods leave coarse masks under `px` pixels uncorrected.
-    pub fn with_min_coarse_px(mut self, px: usize) -> Self {
-        self.min_coarse_px = px;
         self
     }
 
@@ -253,11 +241,9 @@ pub fn evaluate_case(
             seed: seed_of(&case.id, structure),
             heads: structure_heads,
             loop_options: structure_heads.map(|(h, _)| {
-                let o = crate::correct::CorrectOptions::default()
+                options
+                    .correct
                     .with_error_threshold(options.error_threshold.unwrap_or(h.info.error_threshold))
-                    .with_refine(options.refine)
-                    .with_min_coarse_px(options.min_coarse_px);
-                options.top_k.map_or(o, |k| o.with_top_k(k))
             }),
             rounds: std::cell::OnceCell::new(),
         };
