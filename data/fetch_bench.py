@@ -94,8 +94,12 @@ def download(name, work):
                             p["spec"].split("==")[0], "--use-deprecated=legacy-resolver", p["spec"], "-d", cache],
                            check=True)
         else:
-            subprocess.run(["apt-get", "download", p["spec"]], cwd=cache, check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            fetched = subprocess.run(["apt-get", "download", p["spec"]], cwd=cache,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if fetched.returncode != 0:
+                # a fresh machine has no package lists yet
+                subprocess.run(["apt-get", "update", "-qq"], check=True)
+                subprocess.run(["apt-get", "download", p["spec"]], cwd=cache, check=True)
     if sha256(path) != p["sha256"]:
         raise SystemExit(f"{path}: sha256 {sha256(path)} differs from the pinned {p['sha256']}")
     dest = os.path.join(work, name)

@@ -3,6 +3,7 @@
 mod cli;
 mod correct;
 mod eval;
+mod frame;
 mod io;
 mod metrics;
 mod pipeline;

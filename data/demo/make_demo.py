@@ -174,6 +174,29 @@ def mr_case(ts, cases):
         "license": TS_LICENSE, "min_dice": 0.80})
 
 
+def mr_volume(ts):
+    """Three axial slices of the abdominal MR through the liver, stored LPS (the CT volume is
+    stored RAS), with the four organs' labels: the storage-order tests segment both."""
+    mr = nib.as_closest_canonical(nib.load(os.path.join(ts, "example_mr_sm.nii.gz")))
+    seg = nib.as_closest_canonical(nib.load(os.path.join(ts, "example_seg_mr.nii.gz")))
+    data = np.asanyarray(mr.dataobj)
+    labels = np.asanyarray(seg.dataobj)
+    k = int(np.argmax((labels == TS_LABELS["liver"]).sum(axis=(0, 1))))
+    k = min(max(k, 1), data.shape[2] - 2)
+    keep = np.zeros_like(labels, dtype=np.uint8)
+    for value in TS_LABELS.values():
+        keep[labels == value] = value
+    ras_to_lps = nib.orientations.ornt_transform(
+        nib.orientations.axcodes2ornt(("R", "A", "S")), nib.orientations.axcodes2ornt(("L", "P", "S")))
+    for array, name, dtype in [(data, "mr_abdomen.nii.gz", data.dtype), (keep, "mr_abdomen_labels.nii.gz", np.uint8)]:
+        cropped = nib.Nifti1Image(np.asarray(array[:, :, k - 1:k + 2], dtype=dtype),
+                                  mr.slicer[:, :, k - 1:k + 2].affine)
+        lps = cropped.as_reoriented(ras_to_lps)
+        lps.set_qform(lps.affine, code=1)
+        lps.set_sform(lps.affine, code=1)
+        nib.save(lps, os.path.join(HERE, name))
+
+
 def brain_case(mricron, cases):
     t1 = nib.load(os.path.join(mricron, "ch2.nii.gz"))
     bet = np.asanyarray(nib.load(os.path.join(mricron, "ch2bet.nii.gz")).dataobj)
@@ -202,10 +225,12 @@ def main():
         dicom_case(ts, cases)
         nifti_volume_case(ts, cases)
         mr_case(ts, cases)
+        mr_volume(ts)
         brain_case(mricron, cases)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    files = sorted({c["input"] for c in cases} | {c["reference"] for c in cases})
+    files = sorted({c["input"] for c in cases} | {c["reference"] for c in cases}
+                   | {"mr_abdomen.nii.gz", "mr_abdomen_labels.nii.gz"})
     manifest = {
         "about": "Demo cases for `cosam segment --cases data/demo/cases.json`. Boxes are "
                  "[x0, y0, x1, y1] in source pixels (x = column), a tight box around the "

@@ -84,6 +84,9 @@ class TrainingSet:
     def __init__(self, data_dir, domains):
         index = json.load(open(os.path.join(data_dir, "index.json")))
         self.structures = index["structures"]
+        # the slices' model frame (cosam's io::FRAME_VERSION); heads record it so that
+        # cosam refuses them for images in another frame. Older exports had none (0).
+        self.model_frame = int(index.get("model_frame", 0))
         embs, labels, scaled = [], [], []
         self.pools = {s: ([], []) for s in range(len(self.structures))}
         self.domains = []
@@ -456,6 +459,7 @@ def export(args, dec, err, data, train_domains, held_out, log, summary):
         "held_out_domains": held_out,
         "error_threshold": summary["error_threshold"],
         "point_label_threshold": POINT_LABEL_THRESHOLD,
+        "model_frame": data.model_frame,
         "files": files,
         "training": {
             "command": " ".join([".venv-export/bin/python", "models/train/train.py"] + sys.argv[1:]),

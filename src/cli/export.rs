@@ -60,8 +60,8 @@ pub fn run(args: &ExportTrainingArgs) -> anyhow::Result<bool> {
             }
         }
     }
-    let index =
-        serde_json::json!({ "task": args.task, "structures": structures, "cases": written });
+    let index = serde_json::json!({ "task": args.task, "structures": structures,
+        "model_frame": cosam::io::FRAME_VERSION, "cases": written });
     cosam::io::write_bytes(
         &args.output.join("index.json"),
         &serde_json::to_vec_pretty(&index)?,

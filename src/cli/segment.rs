@@ -348,6 +348,15 @@ fn run_volume(
         .prompts
         .clone()
         .map_err(|reason| anyhow::anyhow!("bad prompt in the cases file: {reason}"))?;
+    // prompts are in the file's own slice pixels; a resliced volume takes them in its frame
+    let prompts = match reoriented.pixel_map() {
+        Some(pixels) => {
+            let (rows, cols) = pixels.storage_size();
+            prompts.check_inside(rows, cols)?;
+            prompts.mapped(|x, y| pixels.to_frame(x, y))
+        }
+        None => prompts,
+    };
     let work: &Volume = &reoriented.volume;
     let n = work.slices();
     let result = segmenter.segment_volume(work, &prompts, job.slices.map(|(a, b)| a..=b), |z| {

@@ -193,6 +193,38 @@ fn seed_of(case: &str, structure: &str) -> u64 {
     h
 }
 
+/// A case's image and label map in the model frame (axial slices, [`crate::io::reorient`]).
+#[derive(Debug)]
+pub struct FramedCase {
+    /// The image, in the model frame.
+    pub volume: Volume,
+    /// The label values on the same grid, `[slice, row, column]`.
+    pub label: Array3<u32>,
+}
+
+/// Reads `case`'s image and label, aligns the label to the image grid and puts both in
+/// the model frame. `cosam eval` and `cosam export-training` both read cases here, so
+/// heads are trained on exactly the slices they are scored on, and `cosam segment` uses
+/// the same frame.
+///
+/// # Errors
+/// A message naming the file when the image or label cannot be read or aligned.
+pub fn load_in_frame(case: &Case, limits: &crate::io::Limits) -> Result<FramedCase, String> {
+    let volume =
+        crate::io::read_with_limits(&case.image, limits).map_err(|e| format!("image: {e}"))?;
+    let label =
+        crate::io::read_with_limits(&case.label, limits).map_err(|e| format!("label: {e}"))?;
+    let label =
+        align_label(&label, &volume).map_err(|e| format!("{}: {e}", case.label.display()))?;
+    let framed = crate::io::reorient(&volume, crate::io::AnatomicalAxis::Axial)
+        .map_err(|e| format!("image: {e}"))?;
+    let label = framed.map.storage_to_reoriented(&label);
+    Ok(FramedCase {
+        volume: framed.volume.into_owned(),
+        label,
+    })
+}
+
 /// Evaluates every method on every structure of one case. A broken case gives rows with
 /// status `failed` and the reason, never an error that stops the run.
 pub fn evaluate_case(
@@ -209,17 +241,9 @@ pub fn evaluate_case(
             .map(|(s, m)| Row::new(case, s, &m.name()).failed(reason.clone()))
             .collect()
     };
-    let volume = match crate::io::read_with_limits(&case.image, &options.limits) {
-        Ok(v) => v,
-        Err(e) => return all_failed(format!("image: {e}")),
-    };
-    let label = match crate::io::read_with_limits(&case.label, &options.limits) {
-        Ok(v) => v,
-        Err(e) => return all_failed(format!("label: {e}")),
-    };
-    let label = match align_label(&label, &volume) {
-        Ok(l) => l,
-        Err(e) => return all_failed(format!("{}: {e}", case.label.display())),
+    let FramedCase { volume, label } = match load_in_frame(case, &options.limits) {
+        Ok(c) => c,
+        Err(e) => return all_failed(e),
     };
     let map = match segmenter.intensity_map(&volume) {
         Ok(m) => m,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{s, Array2, ArrayView2};
 
-use super::{align_label, Case};
+use super::{load_in_frame, Case, FramedCase};
 use crate::io::{write_bytes, Limits};
 use crate::pipeline::{EmbeddingCache, Segmenter};
 use crate::preprocess::{resize, Kernel, MODEL_SIZE};
@@ -29,7 +29,9 @@ pub struct TrainingCase {
     pub structures: Vec<String>,
     /// The structures this case's reference marks (others are unknown, not absent).
     pub labelled: Vec<String>,
-    /// Source slice index of each exported slice.
+    /// The model frame of the slices ([`crate::io::FRAME_VERSION`]).
+    pub model_frame: u32,
+    /// Model-frame slice index of each exported slice.
     pub slices: Vec<usize>,
     /// Rows and columns of each slice's content inside the model frame (the rest is padding).
     pub scaled: Vec<[usize; 2]>,
@@ -50,10 +52,7 @@ pub fn export_case(
     limits: &Limits,
     dir: &Path,
 ) -> Result<TrainingCase, String> {
-    let volume = crate::io::read_with_limits(&case.image, limits).map_err(|e| e.to_string())?;
-    let label = crate::io::read_with_limits(&case.label, limits).map_err(|e| e.to_string())?;
-    let label =
-        align_label(&label, &volume).map_err(|e| format!("{}: {e}", case.label.display()))?;
+    let FramedCase { volume, label } = load_in_frame(case, limits)?;
     let map = segmenter
         .intensity_map(&volume)
         .map_err(|e| e.to_string())?;
@@ -71,6 +70,7 @@ pub fn export_case(
         synthetic: case.synthetic,
         structures: structures.to_vec(),
         labelled,
+        model_frame: crate::io::FRAME_VERSION,
         slices: Vec::new(),
         scaled: Vec::new(),
     };

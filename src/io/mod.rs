@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, Array4, ArrayView2, Axis};
 
-pub use orient::{reorient, AnatomicalAxis, Reorientation, Reoriented};
+pub use orient::{reorient, AnatomicalAxis, PixelMap, Reorientation, Reoriented, FRAME_VERSION};
 pub use seg::{write_dicom_seg, Code, SegInfo};
 pub use window::{WindowError, WindowLevel};
 pub use write::{

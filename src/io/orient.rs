@@ -1,19 +1,24 @@
-//! Slicing a volume along an anatomical axis, whatever its storage order on disk.
+//! The model frame: how every slice of a volume is laid out before it reaches the model,
+//! whatever the file's storage order on disk.
 //!
 //! Only exact voxel operations are used (axis permutation and reversal, no resampling),
-//! so a mask predicted on the reoriented slices maps back to storage order losslessly
+//! so a mask predicted in the model frame maps back to storage order losslessly
 //! ([`Reorientation::mask_to_storage`]); the writers always take storage-order masks and
 //! the volume as read.
 //!
-//! Rules:
-//! - when the storage slice axis already is the requested anatomical axis (the usual
-//!   case: an axial CT asked for axial slices), nothing changes: no copy, and pixel
-//!   coordinates (prompts) in the file's own slice frame stay valid;
-//! - otherwise the storage axis closest to the anatomical axis becomes the slice axis
-//!   (slice order kept as stored), and the in-plane axes follow the radiological display
-//!   convention: axial rows run anterior to posterior and columns from the patient's right
-//!   to left; coronal rows superior to inferior, columns right to left; sagittal rows
-//!   superior to inferior, columns anterior to posterior.
+//! The convention ([`FRAME_VERSION`] 1), for all 48 signed axis orders a file can have:
+//! - the slice axis is the storage axis closest to the requested anatomical axis, with
+//!   the slices in their stored order (so `--slices` indices are the file's own when the
+//!   file is stored along that axis);
+//! - the in-plane axes follow the radiological display convention: axial rows run
+//!   anterior to posterior and columns from the patient's right to left; coronal rows
+//!   superior to inferior, columns right to left; sagittal rows superior to inferior,
+//!   columns anterior to posterior. A RAS-stored NIfTI is therefore turned by 180 degrees,
+//!   an LPS-stored one or a DICOM axial series is already in the frame;
+//! - 2D images (PNG, JPEG, TIFF) have no geometry and keep their pixel order.
+//!
+//! Heads trained in another frame see other images, so `heads.json` records the frame
+//! version they were trained in and cosam refuses heads of another version.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -22,6 +27,10 @@ use std::str::FromStr;
 use ndarray::{Array3, Array4, Axis};
 
 use super::{Affine, ReadError, Spacing, Volume};
+
+/// The version of the model-frame convention described in the module doc. Version 0 was
+/// the storage order of each file (before the frame existed).
+pub const FRAME_VERSION: u32 = 1;
 
 /// An anatomical slicing direction. World axes are RAS+ (see [`crate::io`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -143,7 +152,7 @@ impl Reorientation {
     }
 }
 
-/// A volume sliced along an anatomical axis, with the map back to storage order.
+/// A volume in the model frame, with the map back to storage order.
 #[derive(Debug, Clone)]
 pub struct Reoriented<'a> {
     /// The volume to segment: borrowed when no change was needed.
@@ -152,8 +161,102 @@ pub struct Reoriented<'a> {
     pub map: Reorientation,
 }
 
-/// Slices `volume` along `axis` (see the module doc for the rules). A 2-D image (one
-/// slice, no geometry) is returned unchanged for any axis.
+impl Reoriented<'_> {
+    /// The map from pixel coordinates of a stored slice to the model frame's slice, when
+    /// the slices are the file's own (the slice axis was not changed); `None` when the
+    /// volume was resliced along another axis, where a stored slice's pixel has no
+    /// counterpart in one model-frame slice.
+    pub fn pixel_map(&self) -> Option<PixelMap> {
+        if self.map.perm[0] != 0 {
+            return None;
+        }
+        let (_, rows, cols, _) = self.volume.voxels().dim();
+        // storage axis perm[t] has the size of frame axis t
+        let mut storage = [0usize; 3];
+        storage[self.map.perm[1]] = rows;
+        storage[self.map.perm[2]] = cols;
+        Some(PixelMap {
+            storage_rows: storage[1],
+            storage_cols: storage[2],
+            transpose: self.map.perm[1] == 2,
+            flip_rows: self.map.flip[1],
+            flip_cols: self.map.flip[2],
+        })
+    }
+}
+
+/// Maps pixel coordinates `(x, y)` of a stored slice (`x` the column, the first storage
+/// index of a NIfTI slice or the DICOM column; `y` the row) to the same pixel in the model
+/// frame's slice, and back. Coordinates are pixel indices, so a reversed axis maps `p` to
+/// `n - 1 - p`; the far edge `n`, which prompt checks accept, maps to pixel 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PixelMap {
+    storage_rows: usize,
+    storage_cols: usize,
+    /// Frame rows come from storage columns.
+    transpose: bool,
+    flip_rows: bool,
+    flip_cols: bool,
+}
+
+fn mirror(p: f64, n: usize) -> f64 {
+    ((n as f64 - 1.0) - p).max(0.0)
+}
+
+impl PixelMap {
+    /// Rows and columns of a stored slice: the bounds of the coordinates this map takes.
+    pub fn storage_size(&self) -> (usize, usize) {
+        (self.storage_rows, self.storage_cols)
+    }
+
+    /// Stored-slice `(x, y)` to model-frame `(x, y)`.
+    pub fn to_frame(&self, x: f64, y: f64) -> (f64, f64) {
+        let (frame_row, row_len, frame_col, col_len) = if self.transpose {
+            (x, self.storage_cols, y, self.storage_rows)
+        } else {
+            (y, self.storage_rows, x, self.storage_cols)
+        };
+        let row = if self.flip_rows {
+            mirror(frame_row, row_len)
+        } else {
+            frame_row
+        };
+        let col = if self.flip_cols {
+            mirror(frame_col, col_len)
+        } else {
+            frame_col
+        };
+        (col, row)
+    }
+
+    /// Model-frame `(x, y)` to stored-slice `(x, y)`.
+    pub fn to_storage(&self, x: f64, y: f64) -> (f64, f64) {
+        let (row_len, col_len) = if self.transpose {
+            (self.storage_cols, self.storage_rows)
+        } else {
+            (self.storage_rows, self.storage_cols)
+        };
+        let row = if self.flip_rows {
+            mirror(y, row_len)
+        } else {
+            y
+        };
+        let col = if self.flip_cols {
+            mirror(x, col_len)
+        } else {
+            x
+        };
+        if self.transpose {
+            (row, col)
+        } else {
+            (col, row)
+        }
+    }
+}
+
+/// Puts `volume` in the model frame for slices along `axis` (see the module doc for the
+/// convention). A 2-D image (one slice, no geometry) is returned unchanged for any axis,
+/// and so is a volume already in the frame (borrowed, no copy).
 ///
 /// # Errors
 /// [`ReadError::Corrupt`] when the volume's affine is degenerate (an index axis with no
@@ -193,7 +296,8 @@ pub fn reorient(volume: &Volume, axis: AnatomicalAxis) -> Result<Reoriented<'_>,
     }
     let map = plan(volume.affine(), axis).ok_or_else(|| ReadError::Corrupt {
         path: volume.source().to_path_buf(),
-        reason: "the affine has a zero axis; cannot find anatomical directions".into(),
+        reason: "the affine has a zero or non-finite axis; cannot find anatomical directions"
+            .into(),
     })?;
     if map.is_identity() {
         return Ok(Reoriented {
@@ -299,9 +403,6 @@ fn plan(a: &Affine, axis: AnatomicalAxis) -> Option<Reorientation> {
     })?;
     let column_for_world = |w: usize| (0..3).find(|&c| world_of[c] == w);
     let slice_col = column_for_world(axis.world_axis())?;
-    if slice_col == affine_column(0) {
-        return Some(Reorientation::IDENTITY);
-    }
     let (row_world, col_world) = axis.in_plane();
     let row_col = column_for_world(row_world)?;
     let col_col = column_for_world(col_world)?;
@@ -348,17 +449,157 @@ mod tests {
     }
 
     #[test]
-    fn axial_on_axial_storage_is_identity() {
-        let v = ras_volume();
+    fn lps_axial_storage_is_already_the_frame() {
+        let mut v = ras_volume();
+        // the same grid stored LPS (columns to the left, rows to posterior)
+        v.affine.0[0][0] = -1.0;
+        v.affine.0[1][1] = -2.0;
         let r = reorient(&v, AnatomicalAxis::Axial).unwrap();
         assert!(r.map.is_identity());
         assert!(matches!(r.volume, Cow::Borrowed(_)));
     }
 
     #[test]
+    fn ras_axial_storage_is_turned_by_180_degrees() {
+        let v = ras_volume();
+        let r = reorient(&v, AnatomicalAxis::Axial).unwrap();
+        assert_eq!(r.map.storage_axes(), [0, 1, 2]);
+        assert_eq!(r.map.flipped(), [false, true, true]);
+        let (_, rows, cols, _) = v.voxels().dim();
+        assert_eq!(
+            r.volume.voxels()[[1, 0, 0, 0]],
+            v.voxels()[[1, rows - 1, cols - 1, 0]]
+        );
+    }
+
+    /// Every signed axis order (48) of one grid reaches the same frame: rows run anterior
+    /// to posterior, columns right to left, slices in stored order, and each voxel keeps
+    /// its value and world position.
+    #[test]
+    fn every_storage_order_reaches_the_axial_frame() {
+        let frame = ras_volume();
+        let frame = reorient(&frame, AnatomicalAxis::Axial)
+            .unwrap()
+            .volume
+            .into_owned();
+        const PERMS: [[usize; 3]; 6] = [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ];
+        let mut seen = 0;
+        for perm in PERMS {
+            for signs in 0..8u8 {
+                let flip = [signs & 1 != 0, signs & 2 != 0, signs & 4 != 0];
+                // storage axis t is frame axis perm[t], reversed when flip[t]
+                let map = Reorientation { perm, flip };
+                let stored_voxels = {
+                    let mut view = frame
+                        .voxels()
+                        .view()
+                        .permuted_axes([perm[0], perm[1], perm[2], 3]);
+                    for (t, &f) in flip.iter().enumerate() {
+                        if f {
+                            view.invert_axis(Axis(t));
+                        }
+                    }
+                    view.as_standard_layout().into_owned()
+                };
+                let d = stored_voxels.dim();
+                let affine = reoriented_affine(frame.affine(), &map, {
+                    let fd = frame.voxels().dim();
+                    [fd.0, fd.1, fd.2]
+                });
+                let spacing = Spacing {
+                    column_mm: 1.0,
+                    row_mm: 1.0,
+                    slice_mm: 1.0,
+                };
+                let stored = Volume::new(
+                    stored_voxels.clone(),
+                    spacing,
+                    affine,
+                    Modality::Ct,
+                    PathBuf::from("mem"),
+                )
+                .unwrap()
+                .with_format(crate::io::ImageFormat::Nifti);
+                let r = reorient(&stored, AnatomicalAxis::Axial).unwrap();
+                let dir = r.volume.direction();
+                assert_eq!(
+                    dir[0],
+                    [-1.0, 0.0, 0.0],
+                    "columns run right to left, {perm:?} {flip:?}"
+                );
+                assert_eq!(dir[1], [0.0, -1.0, 0.0], "rows run anterior to posterior");
+                assert_eq!(dir[2][2].abs(), 1.0, "slices are axial");
+                let same_slice_order = dir[2][2] > 0.0;
+                let fv = frame.voxels();
+                let (n, rows, cols, _) = fv.dim();
+                for z in 0..n {
+                    let fz = if same_slice_order { z } else { n - 1 - z };
+                    for row in 0..rows {
+                        for col in 0..cols {
+                            assert_eq!(
+                                r.volume.voxels()[[z, row, col, 0]],
+                                fv[[fz, row, col, 0]],
+                                "{perm:?} {flip:?}"
+                            );
+                        }
+                    }
+                }
+                // masks go back to the stored order exactly
+                let there =
+                    Array3::from_shape_fn((n, rows, cols), |(a, b, c)| (a * 7 + b * 3 + c) as u8);
+                let back = r.map.mask_to_storage(&there);
+                assert_eq!(back.dim(), (d.0, d.1, d.2));
+                assert_eq!(r.map.storage_to_reoriented(&back), there);
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 48);
+    }
+
+    #[test]
+    fn pixel_maps_find_the_same_voxel_and_round_trip() {
+        let v = ras_volume();
+        let mut transposed = ras_volume();
+        // rows to +x, columns to +y: the in-plane axes stored swapped
+        transposed.affine.0[0][0] = 0.0;
+        transposed.affine.0[1][0] = 1.0;
+        transposed.affine.0[1][1] = 0.0;
+        transposed.affine.0[0][1] = 2.0;
+        for volume in [&v, &transposed] {
+            let r = reorient(volume, AnatomicalAxis::Axial).unwrap();
+            let pixels = r.pixel_map().expect("slice axis unchanged");
+            let (rows, cols) = pixels.storage_size();
+            assert_eq!((rows, cols), (5, 6));
+            for y in 0..rows {
+                for x in 0..cols {
+                    let (fx, fy) = pixels.to_frame(x as f64, y as f64);
+                    assert_eq!(
+                        r.volume.voxels()[[2, fy as usize, fx as usize, 0]],
+                        volume.voxels()[[2, y, x, 0]]
+                    );
+                    assert_eq!(pixels.to_storage(fx, fy), (x as f64, y as f64));
+                }
+            }
+        }
+        let coronal = reorient(&v, AnatomicalAxis::Coronal).unwrap();
+        assert!(coronal.pixel_map().is_none());
+    }
+
+    #[test]
     fn reoriented_voxels_keep_their_world_position() {
         let v = ras_volume();
-        for axis in [AnatomicalAxis::Coronal, AnatomicalAxis::Sagittal] {
+        for axis in [
+            AnatomicalAxis::Axial,
+            AnatomicalAxis::Coronal,
+            AnatomicalAxis::Sagittal,
+        ] {
             let r = reorient(&v, axis).unwrap();
             let rv = &r.volume;
             let (n0, n1, n2, _) = rv.voxels().dim();

@@ -42,6 +42,10 @@ pub struct HeadsInfo {
     /// by the corrected mask, and are run that way.
     #[serde(default)]
     pub point_label_threshold: Option<f32>,
+    /// The model frame the training slices were in ([`crate::io::FRAME_VERSION`]); 0,
+    /// the default, is each file's storage order, as before the frame existed.
+    #[serde(default)]
+    pub model_frame: u32,
     files: Vec<HeadFile>,
 }
 
@@ -143,6 +147,13 @@ impl TaskHeads {
         }
         if info.structures.is_empty() {
             return Err(manifest_error("no structures".into()));
+        }
+        if info.model_frame != crate::io::FRAME_VERSION {
+            return Err(ModelError::FrameMismatch {
+                path,
+                expected: crate::io::FRAME_VERSION,
+                found: info.model_frame,
+            });
         }
         let verified = |name: &str| -> Result<PathBuf, ModelError> {
             let entry = info

@@ -84,6 +84,17 @@ pub enum ModelError {
         /// What the graph declares.
         found: String,
     },
+    /// The heads were trained with slices in another model frame (see
+    /// [`crate::io::FRAME_VERSION`]), so they would see images unlike their training data.
+    #[error("{path}: heads trained in model frame {found}, this cosam uses frame {expected}; retrain them (models/train/README.md)")]
+    FrameMismatch {
+        /// The heads manifest.
+        path: PathBuf,
+        /// The frame of this build.
+        expected: u32,
+        /// The frame the heads declare (0 when they declare none: storage order).
+        found: u32,
+    },
     /// `--task` names a task without shipped heads.
     #[error("no heads for task '{task}'; available tasks: {}", if available.is_empty() { "none".to_string() } else { available.join(", ") })]
     UnknownTask {

@@ -126,6 +126,31 @@ impl Prompts {
         }
     }
 
+    /// The same prompts with every coordinate passed through `f` (`(x, y)` to `(x, y)`),
+    /// such as a map from a file's stored slice into the model frame. A box stays the box
+    /// of its mapped corners, so flips and transposes keep it a valid box.
+    pub fn mapped(&self, f: impl Fn(f64, f64) -> (f64, f64)) -> Prompts {
+        let points = self
+            .points
+            .iter()
+            .map(|p| {
+                let (x, y) = f(p.x, p.y);
+                Point { x, y, ..*p }
+            })
+            .collect();
+        let bbox = self.bbox.map(|b| {
+            let (ax, ay) = f(b.x0, b.y0);
+            let (bx, by) = f(b.x1, b.y1);
+            BoxXyxy {
+                x0: ax.min(bx),
+                y0: ay.min(by),
+                x1: ax.max(bx),
+                y1: ay.max(by),
+            }
+        });
+        Prompts { points, bbox }
+    }
+
     /// True when there is neither a point nor a box.
     pub fn is_empty(&self) -> bool {
         self.points.is_empty() && self.bbox.is_none()
@@ -239,6 +264,23 @@ mod tests {
         let m = p.to_model(&t);
         assert_eq!(m.labels, vec![0.0, -1.0]);
         assert_eq!(m.coords[0], [3.0, 4.0]);
+    }
+
+    #[test]
+    fn mapped_boxes_stay_boxes() {
+        let p = Prompts {
+            points: vec![Point {
+                x: 1.0,
+                y: 2.0,
+                label: PointLabel::Positive,
+            }],
+            bbox: Some(BoxXyxy::new(10.0, 20.0, 30.0, 50.0).unwrap()),
+        };
+        // a 180 degree turn of a 100x100 slice
+        let m = p.mapped(|x, y| (99.0 - x, 99.0 - y));
+        assert_eq!(m.bbox.unwrap().corners(), [69.0, 49.0, 89.0, 79.0]);
+        assert_eq!((m.points[0].x, m.points[0].y), (98.0, 97.0));
+        assert_eq!(m.points[0].label, PointLabel::Positive);
     }
 
     #[test]
