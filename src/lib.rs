@@ -5,6 +5,12 @@
 //!
 //! 1. [`io`] reads PNG/JPEG/TIFF images, NIfTI volumes and DICOM files or series into a
 //!    [`Volume`] (voxels, spacing, affine to world millimetres) and writes masks.
+//!    [`io::reorient`] puts a volume in the model frame, one in-plane convention for every
+//!    storage order (axial: anterior at the top, the patient's right on the image's left),
+//!    which is the frame the CoSAM heads were trained in; `cosam segment`, `cosam eval`
+//!    and `cosam export-training` all slice volumes through it. Library callers segmenting
+//!    a NIfTI or DICOM volume prompt-free should do the same, and map masks back with
+//!    [`io::Reorientation::mask_to_storage`].
 //! 2. [`preprocess`] maps intensities to the model's 0..255 range (CT windows, MR
 //!    percentile clipping), resizes the longest side to 256 and pads, and records the
 //!    [`Transform`] that maps model outputs back onto the source pixel grid.

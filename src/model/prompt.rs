@@ -1,5 +1,11 @@
-//! Point, box and mask prompts. Public prompts are in source pixels (`x` = column, `y` =
-//! row, as shown by a viewer); [`ModelPrompts`] are in the 256x256 model frame.
+//! Point, box and mask prompts. Public prompts are in source pixels of the slice given to
+//! the segmenter (`x` = column, `y` = row, as shown by a viewer); [`ModelPrompts`] are in
+//! the 256x256 model input.
+//!
+//! Coordinates are pixel indices. `cosam segment` takes them in the file's own pixels of a
+//! stored slice (`x` the first storage index of a NIfTI slice or the DICOM column, `y` the
+//! second index or the DICOM row) and maps them into the model frame
+//! ([`crate::io::reorient`]) with [`crate::io::PixelMap`] and [`Prompts::mapped`].
 
 use crate::preprocess::Transform;
 
