@@ -91,6 +91,43 @@ fn tampered_heads_are_refused() {
     assert!(err.to_string().contains("error.onnx"), "{err}");
 }
 
+/// Heads trained in another model frame (or before the frame existed: no `model_frame`)
+/// would see images unlike their training slices; they are refused with the reason.
+#[test]
+fn heads_of_another_model_frame_are_refused() {
+    let src = root().join("models/heads/abdomen");
+    let shipped: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("heads.json")).unwrap()).unwrap();
+    assert_eq!(shipped["model_frame"], cosam::io::FRAME_VERSION);
+    for frame in [None, Some(0u32), Some(cosam::io::FRAME_VERSION + 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["decoder.onnx", "error.onnx"] {
+            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        }
+        let mut info = shipped.clone();
+        match frame {
+            Some(v) => info["model_frame"] = v.into(),
+            None => {
+                info.as_object_mut().unwrap().remove("model_frame");
+            }
+        }
+        std::fs::write(dir.path().join("heads.json"), info.to_string()).unwrap();
+        let err = segmenter()
+            .load_heads(&HeadsSource::Dir(dir.path().to_path_buf()))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Model(ModelError::FrameMismatch { .. })),
+            "{err}"
+        );
+        let found = frame.unwrap_or(0);
+        assert!(
+            err.to_string()
+                .contains(&format!("heads trained in model frame {found}")),
+            "{err}"
+        );
+    }
+}
+
 /// The loop on the demo CT slice, prompt-free: it returns the mask with the fewest
 /// predicted errors under the stop rule, a full run of every round picks the same one, and
 /// the liver it finds overlaps the reference. (This slice's series is in the shipped

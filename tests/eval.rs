@@ -94,8 +94,18 @@ fn bad_entries_fail_their_rows_and_good_dice_matches_an_independent_count() {
     // call, and plain counting of overlap.
     let good = find("good", "gt-box");
     assert_eq!(good.status, "ok", "{good:?}");
+    // eval segments in the model frame (the demo CT is stored RAS: turned by 180 degrees)
+    let axial = cosam::io::AnatomicalAxis::Axial;
     let volume = cosam::io::read(&demo("ct_abdomen.nii.gz")).unwrap();
+    let volume = cosam::io::reorient(&volume, axial)
+        .unwrap()
+        .volume
+        .into_owned();
     let reference = cosam::io::read(&demo("ct_abdomen_liver_ref.nii.gz")).unwrap();
+    let reference = cosam::io::reorient(&reference, axial)
+        .unwrap()
+        .volume
+        .into_owned();
     let (mut both, mut pred_n, mut ref_n) = (0usize, 0usize, 0usize);
     for z in 0..volume.slices() {
         let r = reference

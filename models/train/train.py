@@ -73,6 +73,11 @@ TRAIN_THRESHOLD = 0.8
 # the flip threshold the mask's own, wrong label; the refinement decoder then learned to
 # ignore points (models/train/README.md, History 4).
 POINT_LABEL_THRESHOLD = 0.5
+# --point-labels corrected restores the first recipe (labels from the corrected mask): the
+# shipped abdomen heads use it, because the paper's rule grows structures from an empty
+# coarse mask on slices without them (models/train/README.md, History 7). heads.json then carries no
+# point_label_threshold, and cosam labels the loop's points the same way.
+POINT_LABELS = "paper"
 FLIP_P = 0.2
 OPSET = 17
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -185,7 +190,10 @@ def correction_prompts(error_prob, mask, corrected, scaled, k=TOP_K):
         p = error_prob[i, 0, :rows, :cols]
         flat = np.argpartition(-p.ravel(), k - 1)[:k]
         ys, xs = np.unravel_index(flat, p.shape)
-        lab = ((mask[i, 0, ys, xs] > 0) ^ (p[ys, xs] > POINT_LABEL_THRESHOLD)).astype(np.float32)
+        if POINT_LABELS == "corrected":
+            lab = corrected[i, 0, ys, xs].astype(np.float32)
+        else:
+            lab = ((mask[i, 0, ys, xs] > 0) ^ (p[ys, xs] > POINT_LABEL_THRESHOLD)).astype(np.float32)
         box = largest_component_box(corrected[i, 0, :rows, :cols] > 0, rows, cols)
         c = np.concatenate([np.stack([xs, ys], 1).astype(np.float32),
                             np.array([[box[0], box[1]], [box[2], box[3]]], np.float32)])
@@ -458,7 +466,7 @@ def export(args, dec, err, data, train_domains, held_out, log, summary):
         "train_domains": train_domains,
         "held_out_domains": held_out,
         "error_threshold": summary["error_threshold"],
-        "point_label_threshold": POINT_LABEL_THRESHOLD,
+        "point_label_threshold": POINT_LABEL_THRESHOLD if POINT_LABELS == "paper" else None,
         "model_frame": data.model_frame,
         "files": files,
         "training": {
@@ -492,8 +500,13 @@ def main():
     p.add_argument("--lr-new", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--point-labels", choices=["paper", "corrected"], default="paper",
+                   help="label the loop's points as the paper (opposite of the mask where p > 0.5) "
+                        "or by the corrected mask (the first recipe)")
     p.add_argument("--log-every", type=int, default=10)
     args = p.parse_args()
+    global POINT_LABELS
+    POINT_LABELS = args.point_labels
     export(args, *train(args))
 
 
