@@ -332,3 +332,73 @@ fn merge_refuses_reports_of_different_batches_and_names_missing_ones() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("different input lists"), "{stderr}");
 }
+
+/// A real Slurm: tests/slurm/run.sh starts a single-node cluster (munge, slurmctld,
+/// slurmd), submits examples/slurm/segment-array.sbatch as a 3-task array with
+/// `--shard auto --resume` on a folder of demo images plus a DICOM slice, and merges.
+/// The masks and the merged entries equal one process's. Skips (with the reason) when not
+/// root or without slurm-wlm/munge, unless COSAM_TEST_SLURM is set (CI sets it).
+#[test]
+fn slurm_array_job_writes_what_one_process_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    for name in [
+        "brain_t1.png",
+        "mr_abdomen.png",
+        "brain_ref.png",
+        "mr_liver_ref.png",
+    ] {
+        std::fs::copy(demo(name), input.join(name)).unwrap();
+    }
+    let dicom = text(&demo("ct_abdomen_slice.dcm"));
+    let flags = ["-i", &dicom, "--box", "10,15,62,74"];
+    let one = tmp.path().join("one");
+    let (input_text, one_text) = (text(&input), text(&one));
+    let mut args = vec![
+        "segment",
+        "-i",
+        &input_text,
+        "-o",
+        &one_text,
+        "--threads",
+        "1",
+    ];
+    args.extend(flags);
+    let reference: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    run_ok(&reference);
+
+    let out = tmp.path().join("slurm");
+    let o = Command::new("bash")
+        .arg(root().join("tests/slurm/run.sh"))
+        .args([
+            env!("CARGO_BIN_EXE_cosam"),
+            &text(&tmp.path().join("cluster")),
+            &text(&out),
+            &text(&input),
+        ])
+        .args(flags)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    if o.status.code() == Some(77) {
+        eprintln!("{stderr}");
+        return;
+    }
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    for k in 0..3 {
+        assert!(
+            stderr.contains(&format!("shard {k}/3 (Slurm: SLURM_ARRAY_TASK_ID={k}")),
+            "{stderr}"
+        );
+    }
+    let merged = report_of(&out);
+    assert_eq!(merged["complete"], true);
+    assert_eq!(merged["inputs_total"], 5);
+    for run in merged["shard_runs"].as_array().unwrap() {
+        let job = run["engine_job_id"].as_str().unwrap_or_default();
+        assert!(job.contains('_'), "Slurm ARRAYJOB_TASK id expected: {run}");
+    }
+    assert_same_outputs(&one, &out);
+    assert_eq!(entries(&report_of(&one), &one), entries(&merged, &out));
+}
