@@ -335,8 +335,9 @@ fn merge_refuses_reports_of_different_batches_and_names_missing_ones() {
 
 /// A real Slurm: tests/slurm/run.sh starts a single-node cluster (munge, slurmctld,
 /// slurmd), submits examples/slurm/segment-array.sbatch as a 3-task array with
-/// `--shard auto --resume` on a folder of demo images plus a DICOM slice, and merges.
-/// The masks and the merged entries equal one process's. Skips (with the reason) when not
+/// `--shard auto --resume` on a folder of demo images plus a DICOM slice, requeues one
+/// finished task (`scontrol requeue`: same index, everything reused), and merges. The
+/// masks and the merged entries equal one process's. Skips (with the reason) when not
 /// root or without slurm-wlm/munge, unless COSAM_TEST_SLURM is set (CI sets it).
 #[test]
 fn slurm_array_job_writes_what_one_process_writes() {
@@ -392,9 +393,12 @@ fn slurm_array_job_writes_what_one_process_writes() {
             "{stderr}"
         );
     }
+    // task 1, requeued after it finished, reused all it had written
+    assert!(stderr.contains("already done)"), "{stderr}");
     let merged = report_of(&out);
     assert_eq!(merged["complete"], true);
     assert_eq!(merged["inputs_total"], 5);
+    assert_eq!(merged["shard_runs"][1]["resumed"], 2, "{merged}");
     for run in merged["shard_runs"].as_array().unwrap() {
         let job = run["engine_job_id"].as_str().unwrap_or_default();
         assert!(job.contains('_'), "Slurm ARRAYJOB_TASK id expected: {run}");

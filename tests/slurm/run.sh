@@ -2,8 +2,8 @@
 # A real Slurm for the sharding test: starts a private single-node cluster (munged,
 # slurmctld, slurmd from Debian's slurm-wlm and munge, own config, ports and state under
 # WORK), submits examples/slurm/segment-array.sbatch as a 3-task array with
-# --shard auto --resume, waits for it, runs `cosam report merge`, and stops what it
-# started. Called by tests/shard.rs (slurm_array_job_writes_what_one_process_writes).
+# --shard auto --resume, waits for it, requeues task 1 (scontrol requeue; it must reuse
+# its outputs), runs `cosam report merge`, and stops what it started. Called by tests/shard.rs (slurm_array_job_writes_what_one_process_writes).
 #
 #   tests/slurm/run.sh COSAM_BIN WORK OUTPUT INPUT [cosam segment flags...]
 #
@@ -115,14 +115,34 @@ echo "slurm test: single-node Slurm $(sinfo -V) is up (ports $ctld_port/$slurmd_
 # the shipped example, as a 3-task array with one CPU per task; --wait returns when the
 # whole array has ended (non-zero if any task failed)
 array_rc=0
-COSAM="$cosam" INPUT="$input" OUTPUT="$output" timeout 600 \
-  sbatch --wait --array=0-2 --cpus-per-task=1 --mem=1G --time=00:20:00 \
-  --output="$work/log/task-%A_%a.log" --chdir="$repo" \
-  "$repo/examples/slurm/segment-array.sbatch" "$@" || array_rc=$?
-for f in "$work"/log/task-*.log; do echo "--- $f"; cat "$f"; done >&2
+jid=$(COSAM="$cosam" INPUT="$input" OUTPUT="$output" timeout 600 \
+  sbatch --parsable --wait --array=0-2 --cpus-per-task=1 --mem=1G --time=00:20:00 \
+  --output="$work/log/task-%A_%a.log" --open-mode=append --chdir="$repo" \
+  "$repo/examples/slurm/segment-array.sbatch" "$@") || array_rc=$?
+jid=${jid%%;*}
 if [ $array_rc -ne 0 ]; then
+  for f in "$work"/log/task-*.log; do echo "--- $f"; cat "$f"; done >&2
   echo "slurm test: the array job failed (sbatch --wait exited $array_rc)" >&2
   exit 1
 fi
+
+# requeue one finished task, as after a kill: it keeps its index (so its K/N) and, with
+# --resume, reuses everything it had written
+scontrol requeue "${jid}_1"
+# a requeued job waits ~2 minutes before it is eligible again; let it start now
+scontrol update JobId="${jid}_1" StartTime=now || true
+for _ in $(seq 1 300); do
+  info=$(scontrol show job "${jid}_1" -o 2>/dev/null || true)
+  case "$info" in
+    *"Restarts=1"*"JobState=COMPLETED"* | *"JobState=COMPLETED"*"Restarts=1"*) break ;;
+    *"JobState=FAILED"* | *"JobState=CANCELLED"*) break ;;
+  esac
+  sleep 1
+done
+for f in "$work"/log/task-*.log; do echo "--- $f"; cat "$f"; done >&2
+case "$info" in
+  *"JobState=COMPLETED"*) ;;
+  *) echo "slurm test: the requeued task did not complete: $info" >&2; exit 1 ;;
+esac
 
 "$cosam" report merge "$output" --expect-shards 3
