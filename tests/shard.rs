@@ -406,3 +406,50 @@ fn slurm_array_job_writes_what_one_process_writes() {
     assert_same_outputs(&one, &out);
     assert_eq!(entries(&report_of(&one), &one), entries(&merged, &out));
 }
+
+/// Each series of a DICOM folder is its own input, keyed by SeriesInstanceUID: two shards
+/// take one series each and write the files (ids included) one process writes.
+#[test]
+fn the_series_of_one_dicom_folder_are_split_by_uid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = text(&crate::util::fixture("io/series/two_series"));
+    let args = |out: &Path, shard: Option<&str>| {
+        let mut a: Vec<String> = ["segment", "-i", &folder, "-o", &text(out)]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(["--box", "10,10,60,60", "--threads", "1"].map(String::from));
+        if let Some(s) = shard {
+            a.extend(["--shard".to_string(), s.to_string()]);
+        }
+        a
+    };
+    let one = tmp.path().join("one");
+    run_ok(&args(&one, None));
+    let two = tmp.path().join("two");
+    let mut keys = Vec::new();
+    for k in 0..2 {
+        run_ok(&args(&two, Some(&format!("{k}/2"))));
+        let r: Value = serde_json::from_str(
+            &std::fs::read_to_string(two.join(format!("reports/shard-{k}-of-2.json"))).unwrap(),
+        )
+        .unwrap();
+        let inputs = r["inputs"].as_array().unwrap();
+        assert_eq!(inputs.len(), 1, "{r}");
+        assert_eq!(inputs[0]["key"], inputs[0]["series_uid"]);
+        keys.push(inputs[0]["key"].clone());
+    }
+    assert_ne!(keys[0], keys[1]);
+    assert_eq!(merge(&two, &[]).0, Some(0));
+    let (a, b) = (outputs(&one), outputs(&two));
+    assert_eq!(a, b);
+    assert!(
+        a.contains_key("two_series-series2_mask.nii.gz"),
+        "{:?}",
+        a.keys()
+    );
+    assert_eq!(
+        entries(&report_of(&one), &one),
+        entries(&report_of(&two), &two)
+    );
+}
