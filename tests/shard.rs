@@ -399,6 +399,12 @@ fn slurm_array_job_writes_what_one_process_writes() {
     assert_eq!(merged["complete"], true);
     assert_eq!(merged["inputs_total"], 5);
     assert_eq!(merged["shard_runs"][1]["resumed"], 2, "{merged}");
+    // no --threads: SLURM_CPUS_PER_TASK (--cpus-per-task=1) sets them, not the cores
+    let shard0: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("reports/shard-0-of-3.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shard0["threads"], 1, "{shard0}");
     for run in merged["shard_runs"].as_array().unwrap() {
         let job = run["engine_job_id"].as_str().unwrap_or_default();
         assert!(job.contains('_'), "Slurm ARRAYJOB_TASK id expected: {run}");

@@ -333,8 +333,11 @@ pub(super) fn input_key(root: &Path, input: &Path) -> String {
 
 /// `--threads` when not given: SLURM_CPUS_PER_TASK when Slurm sets it.
 pub fn threads_from_env() -> Option<u16> {
-    std::env::var("SLURM_CPUS_PER_TASK")
-        .ok()
+    threads_from(&|name| std::env::var(name).ok())
+}
+
+fn threads_from(env: &dyn Fn(&str) -> Option<String>) -> Option<u16> {
+    env("SLURM_CPUS_PER_TASK")
         .and_then(|v| v.trim().parse::<u16>().ok())
         .filter(|&t| t > 0)
 }
@@ -431,6 +434,17 @@ mod tests {
         assert!(s.source.starts_with("Kubernetes:"));
         let env = env_of(&[("JOB_COMPLETION_INDEX", "3"), ("COSAM_SHARD_COUNT", "3")]);
         assert!(ShardArg::Auto.resolve(&env).is_err());
+    }
+
+    #[test]
+    fn threads_follow_slurm_cpus_per_task() {
+        assert_eq!(
+            threads_from(&env_of(&[("SLURM_CPUS_PER_TASK", "6")])),
+            Some(6)
+        );
+        assert_eq!(threads_from(&env_of(&[("SLURM_CPUS_PER_TASK", "0")])), None);
+        assert_eq!(threads_from(&env_of(&[("SLURM_CPUS_PER_TASK", "x")])), None);
+        assert_eq!(threads_from(&env_of(&[])), None);
     }
 
     #[test]
