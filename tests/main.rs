@@ -8,4 +8,5 @@ mod io;
 mod metrics;
 mod pipeline;
 mod post;
+mod shard;
 mod util;

@@ -26,6 +26,33 @@ pub enum Command {
     /// Write a task's slice embeddings and reference masks in the model frame as .npy
     /// files, for training the CoSAM heads (models/train).
     ExportTraining(ExportTrainingArgs),
+    /// Work with the reports of a sharded batch (`segment --shard`).
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(subcommand)]
+    pub command: ReportCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Join DIR/reports/shard-K-of-N.json into DIR/report.json with every input once.
+    /// Exit 0: complete, all ok; 1: complete, some inputs failed; 3: shards or inputs
+    /// missing; 2: usage error or reports of different batches.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The output folder the shards wrote to.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// How many shards the batch was split into; default: as the reports say. Shards
+    /// that never reported are then listed as missing.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub expect_shards: Option<u32>,
 }
 
 /// Where the models and ONNX Runtime are, shared by every subcommand.
@@ -38,7 +65,8 @@ pub struct ModelArgs {
     /// Folder with manifest.json and the ONNX models; default: COSAM_MODELS, then models/.
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
-    /// ONNX Runtime intra-op threads; default: one per core.
+    /// ONNX Runtime intra-op threads; default: SLURM_CPUS_PER_TASK when Slurm sets it,
+    /// else one per core.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
     /// Where mask post-processing runs: auto (a hardware Vulkan/GL adapter when one
@@ -67,7 +95,7 @@ impl ModelArgs {
         if let Some(d) = &self.models {
             config = config.with_model_dir(d);
         }
-        if let Some(t) = self.threads {
+        if let Some(t) = self.threads.or_else(super::shard::threads_from_env) {
             config = config.with_threads(usize::from(t));
         }
         config
@@ -198,6 +226,16 @@ pub struct SegmentArgs {
     /// Refuse inputs with more voxels than this.
     #[arg(long, value_name = "N", default_value_t = cosam::io::Limits::default().max_voxels)]
     pub max_voxels: u64,
+    /// Segment only shard K of N (0-based) of the inputs, sorted by key; `auto` takes K/N
+    /// from a Slurm job array or a Kubernetes Indexed Job (with COSAM_SHARD_COUNT). Writes
+    /// reports/shard-K-of-N.json instead of report.json; join them with
+    /// `cosam report merge`.
+    #[arg(long, value_name = "K/N|auto", value_parser = super::shard::parse_shard)]
+    pub shard: Option<super::shard::ShardArg>,
+    /// Skip inputs whose outputs are complete and were made with the same models and
+    /// options (reports/done/ID.json); recompute the others.
+    #[arg(long)]
+    pub resume: bool,
     #[command(flatten)]
     pub model: ModelArgs,
 }

@@ -1,12 +1,16 @@
 //! The command line: parse, call the library, report. Exit codes: 0 every input written,
-//! 1 the run finished but some input failed (see report.json), 2 usage or setup error.
+//! 1 the run finished but some input failed (see report.json), 2 usage or setup error;
+//! `report merge` exits 3 while shards or inputs are missing.
 
 mod args;
 mod bench;
 mod eval;
 mod export;
 mod prompt_free;
+mod report;
+mod resume;
 mod segment;
+mod shard;
 
 use std::process::ExitCode;
 
@@ -36,6 +40,7 @@ pub fn run() -> ExitCode {
         Command::Bench(args) => bench::run(&args).map(|()| true),
         Command::Eval(args) => eval::run(&args),
         Command::ExportTraining(args) => export::run(&args),
+        Command::Report(args) => return report::run(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -14,16 +14,22 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::args::{parse_box, parse_point, ModalityArg, SegmentArgs};
+use super::report::{shard_report_path, ShardInfo};
+use super::resume::{self, Fingerprint};
+use super::shard::{self, Plan};
 
 /// One input with its prompts.
 pub(super) struct Job {
     pub(super) id: String,
     pub(super) input: PathBuf,
+    /// Its path relative to the command-line root or the cases file, `/` separated: the
+    /// sharding key (a DICOM folder's series are keyed by SeriesInstanceUID instead).
+    pub(super) key: String,
     /// Prompt errors are per case, so a bad case does not stop the batch.
-    prompts: Result<Prompts, String>,
-    slices: Option<(usize, usize)>,
+    pub(super) prompts: Result<Prompts, String>,
+    pub(super) slices: Option<(usize, usize)>,
     /// Name of the segmented structure (DICOM SEG segment label).
-    label: Option<String>,
+    pub(super) label: Option<String>,
 }
 
 /// A case of a `--cases` file; unknown keys (reference, label, source) are ignored.
@@ -58,12 +64,19 @@ struct RunReport {
     seconds: f64,
     ok: usize,
     failed: usize,
-    inputs: Vec<CaseReport>,
+    /// Inputs skipped by --resume because they were already done (counted in ok).
+    resumed: usize,
+    /// With --shard: which shard this is, and the batch it belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shard: Option<ShardInfo>,
+    inputs: Vec<serde_json::Value>,
 }
 
 #[derive(Serialize, Default)]
 pub(super) struct CaseReport {
     pub(super) id: String,
+    /// The sharding key (path relative to the input root, or SeriesInstanceUID).
+    pub(super) key: String,
     pub(super) input: PathBuf,
     pub(super) status: &'static str,
     pub(super) error: Option<String>,
@@ -100,6 +113,11 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
     if jobs.is_empty() {
         bail!("no inputs: give -i PATH... or --cases FILE");
     }
+    let shard = args
+        .shard
+        .as_ref()
+        .map(|s| s.resolve(&|name| std::env::var(name).ok()))
+        .transpose()?;
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create output folder {}", args.output.display()))?;
     let config = args.model.config();
@@ -116,59 +134,94 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
         None => None,
     };
 
+    let plan = Plan::new(&jobs);
+    let sorted_keys = plan.sorted_keys.clone();
+    let units = plan.take(shard.as_ref());
+    if let Some(s) = &shard {
+        eprintln!(
+            "cosam: shard {}/{} ({}): {} of {} inputs",
+            s.index,
+            s.count,
+            s.source,
+            units.len(),
+            sorted_keys.len()
+        );
+    }
+    let models_sha256 = resume::models_sha256(&segmenter, args)?;
+
     let started = Instant::now();
-    let bar = ProgressBar::new(jobs.len() as u64).with_style(
+    let bar = ProgressBar::new(units.len() as u64).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut used = HashSet::new();
-    let mut reports = Vec::with_capacity(jobs.len());
-    for job in &jobs {
-        bar.set_message(job.id.clone());
+    let assigned = units.len();
+    let mut resumed = 0;
+    let mut reports: Vec<serde_json::Value> = Vec::with_capacity(units.len());
+    for unit in units {
+        let (job, id, key) = (unit.job, unit.id.clone(), unit.key.clone());
+        let fingerprint = Fingerprint {
+            models_sha256: models_sha256.clone(),
+            options_sha256: resume::options_sha256(args, job),
+        };
+        if args.resume {
+            if let Some(mut done) = resume::load_done(&args.output, &key, &id, &fingerprint) {
+                resumed += 1;
+                if let Some(entry) = done.as_object_mut() {
+                    entry.insert("resumed".into(), true.into());
+                }
+                reports.push(done);
+                bar.inc(1);
+                continue;
+            }
+        }
+        resume::forget(&args.output, &id);
+        bar.set_message(id.clone());
         let t0 = Instant::now();
-        // A DICOM folder may hold several series: each is its own entry in the report.
-        let volumes = match &job.prompts {
-            Ok(_) => io::read_inputs(&job.input, &limits),
-            Err(reason) => vec![Err(io::ReadError::Unsupported {
+        let read = match &job.prompts {
+            Ok(_) => unit.read(&limits),
+            Err(reason) => Err(io::ReadError::Unsupported {
                 path: job.input.clone(),
                 reason: format!("bad prompt in the cases file: {reason}"),
-            })],
+            }),
         };
-        let several = volumes.len() > 1;
-        for (k, read) in volumes.into_iter().enumerate() {
-            let base = if several {
-                format!("{}-series{}", job.id, k + 1)
-            } else {
-                job.id.clone()
-            };
-            let id = unique_id(&base, &mut used);
-            let outcome = read.map_err(anyhow::Error::from).and_then(|volume| {
-                run_volume(&segmenter, task.as_ref(), job, &id, volume, args, &bar)
-            });
-            let report = match outcome {
-                Ok(report) => report,
-                Err(e) => {
-                    let message = name_input(&job.input, &format!("{e:#}"));
-                    bar.suspend(|| eprintln!("cosam: {message}"));
-                    CaseReport {
-                        id: id.clone(),
-                        input: job.input.clone(),
-                        status: "failed",
-                        error: Some(message),
-                        ..CaseReport::default()
-                    }
+        let outcome = read
+            .map_err(anyhow::Error::from)
+            .and_then(|volume| run_volume(&segmenter, task.as_ref(), job, &id, volume, args, &bar));
+        let report = match outcome {
+            Ok(report) => report,
+            Err(e) => {
+                let message = name_input(&job.input, &format!("{e:#}"));
+                bar.suspend(|| eprintln!("cosam: {message}"));
+                CaseReport {
+                    id: id.clone(),
+                    input: job.input.clone(),
+                    status: "failed",
+                    error: Some(message),
+                    ..CaseReport::default()
                 }
-            };
-            reports.push(CaseReport {
-                seconds: t0.elapsed().as_secs_f64(),
-                ..report
-            });
+            }
+        };
+        let report = CaseReport {
+            key: key.clone(),
+            seconds: t0.elapsed().as_secs_f64(),
+            ..report
+        };
+        let entry = serde_json::to_value(&report).context("cannot encode a report entry")?;
+        if report.status == "ok" {
+            // written last: --resume trusts the outputs only once this exists
+            if let Err(e) = resume::write_done(&args.output, &key, &id, &fingerprint, &entry) {
+                bar.suspend(|| eprintln!("cosam: warning: {id}: {e:#}"));
+            }
         }
+        reports.push(entry);
         bar.inc(1);
     }
     bar.finish_and_clear();
 
-    let failed = reports.iter().filter(|r| r.status != "ok").count();
+    let failed = reports
+        .iter()
+        .filter(|r| r.get("status").and_then(serde_json::Value::as_str) != Some("ok"))
+        .count();
     let report = RunReport {
         cosam_version: env!("CARGO_PKG_VERSION"),
         model: segmenter.model().manifest().model.clone(),
@@ -185,13 +238,41 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
         seconds: started.elapsed().as_secs_f64(),
         ok: reports.len() - failed,
         failed,
+        resumed,
+        shard: shard.as_ref().map(|s| ShardInfo {
+            index: s.index,
+            count: s.count,
+            source: s.source.clone(),
+            engine_job_id: s.engine_job_id.clone(),
+            host: shard::host_name(),
+            keys_total: sorted_keys.len(),
+            keys_sha256: shard::keys_digest(&sorted_keys),
+            keys: sorted_keys.clone(),
+            assigned,
+            resumed,
+        }),
         inputs: reports,
     };
-    let report_path = args.output.join("report.json");
+    let report_path = match &shard {
+        Some(s) => {
+            let path = shard_report_path(&args.output, s.index, s.count);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            path
+        }
+        None => args.output.join("report.json"),
+    };
     let json = serde_json::to_vec_pretty(&report).context("cannot encode report.json")?;
     io::write_bytes(&report_path, &json)?;
+    let reused = if resumed > 0 {
+        format!(" ({resumed} already done)")
+    } else {
+        String::new()
+    };
     eprintln!(
-        "cosam: {} of {} inputs segmented in {:.1} s; report: {}",
+        "cosam: {} of {} inputs segmented{reused} in {:.1} s; report: {}",
         report.ok,
         report.ok + failed,
         report.seconds,
@@ -214,9 +295,10 @@ fn jobs(args: &SegmentArgs) -> anyhow::Result<Vec<Job>> {
     let mut jobs: Vec<Job> = args
         .inputs
         .iter()
-        .flat_map(|input| expand(input))
-        .map(|input| Job {
+        .flat_map(|root| expand(root).into_iter().map(move |input| (root, input)))
+        .map(|(root, input)| Job {
             id: stem(&input),
+            key: shard::input_key(root, &input),
             input,
             prompts: Ok(args.prompts()),
             slices: args.slices,
@@ -238,6 +320,7 @@ fn jobs(args: &SegmentArgs) -> anyhow::Result<Vec<Job>> {
             };
             jobs.push(Job {
                 id: case.id.unwrap_or_else(|| stem(&input)),
+                key: shard::path_key(&case.input),
                 input,
                 prompts,
                 slices: case.slices.or(args.slices),
@@ -306,7 +389,7 @@ fn stem(path: &Path) -> String {
     name
 }
 
-fn unique_id(id: &str, used: &mut HashSet<String>) -> String {
+pub(super) fn unique_id(id: &str, used: &mut HashSet<String>) -> String {
     let mut candidate = id.to_string();
     let mut n = 2;
     while !used.insert(candidate.clone()) {

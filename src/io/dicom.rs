@@ -230,6 +230,53 @@ pub fn read_folder(
     folder: &Path,
     limits: &Limits,
 ) -> Result<Vec<Result<Volume, ReadError>>, ReadError> {
+    Ok(scan_folder(folder)?
+        .into_iter()
+        .map(|entry| read_entry(folder, entry, limits))
+        .collect())
+}
+
+/// One input found by [`scan_folder`]: the probed files of a series (or of one multi-frame
+/// object), not yet decoded, or a file that could not be parsed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FolderEntry {
+    /// The files of one series, or one multi-frame file.
+    Series(Vec<DicomProbe>),
+    /// A file below the folder that is not readable DICOM.
+    Failed(ReadError),
+}
+
+impl FolderEntry {
+    /// The entry's SeriesInstanceUID (`None` for a failed file or when absent).
+    pub fn series_uid(&self) -> Option<&str> {
+        match self {
+            FolderEntry::Series(probes) => probes
+                .first()
+                .map(|p| p.series_uid.as_str())
+                .filter(|uid| !uid.is_empty()),
+            FolderEntry::Failed(_) => None,
+        }
+    }
+
+    /// The first file of the entry (the failed file itself for a failed entry).
+    pub fn first_file(&self) -> Option<PathBuf> {
+        match self {
+            FolderEntry::Series(probes) => probes.first().map(|p| p.path.clone()),
+            FolderEntry::Failed(e) => error_path(e),
+        }
+    }
+}
+
+/// The first step of [`read_folder`]: scans `folder` recursively, probes every file
+/// (attributes only, no pixel decoding) and groups them by series, in the order of each
+/// group's first file path. [`read_entry`] decodes one entry, so a caller can read only
+/// the series it wants.
+///
+/// # Errors
+/// [`ReadError::EmptyFolder`] when no file below `folder` is DICOM;
+/// [`ReadError::Io`] when the folder cannot be listed.
+pub fn scan_folder(folder: &Path) -> Result<Vec<FolderEntry>, ReadError> {
     let mut files = Vec::new();
     collect_files(folder, &mut files, 0)?;
     files.sort();
@@ -280,17 +327,28 @@ pub fn read_folder(
         match key {
             GroupKey::Failed(i) => {
                 if let Some(e) = failed.get_mut(i).and_then(Option::take) {
-                    out.push(Err(e));
+                    out.push(FolderEntry::Failed(e));
                 }
             }
             GroupKey::Group(key) => {
                 if let Some(probes) = groups.remove(&key) {
-                    out.push(read_group(folder, probes, limits));
+                    out.push(FolderEntry::Series(probes));
                 }
             }
         }
     }
     Ok(out)
+}
+
+/// The second step of [`read_folder`]: decodes one entry of [`scan_folder`].
+///
+/// # Errors
+/// The entry's own error for a failed file; otherwise as [`read_folder`]'s entries.
+pub fn read_entry(folder: &Path, entry: FolderEntry, limits: &Limits) -> Result<Volume, ReadError> {
+    match entry {
+        FolderEntry::Series(probes) => read_group(folder, probes, limits),
+        FolderEntry::Failed(e) => Err(e),
+    }
 }
 
 enum GroupKey {

@@ -47,7 +47,7 @@ pub fn write_atomic(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".partial-{}-{name}", std::process::id()));
+    let tmp = path.with_file_name(format!(".partial-{}-{name}", temp_token()));
     let result = write(&tmp).and_then(|()| {
         std::fs::rename(&tmp, path).map_err(|source| WriteError::Io {
             path: path.to_path_buf(),
@@ -58,6 +58,32 @@ pub fn write_atomic(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// A token no other writer of the same folder uses at the same time: the process id alone
+/// is not enough when two machines (a replaced pod, a requeued task) share an output
+/// folder, so the host name, the time and a per-process counter are added.
+fn temp_token() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(32)
+        .collect();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{host}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Writes bytes atomically.
