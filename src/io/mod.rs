@@ -38,7 +38,8 @@ pub use orient::{reorient, AnatomicalAxis, Reorientation, Reoriented};
 pub use seg::{write_dicom_seg, Code, SegInfo};
 pub use window::{WindowError, WindowLevel};
 pub use write::{
-    write_atomic, write_bytes, write_mask_nifti, write_mask_png, write_overlay_png, WriteError,
+    remove_stale_partials, write_atomic, write_bytes, write_mask_nifti, write_mask_png,
+    write_overlay_png, WriteError,
 };
 
 /// Failure to read an input. Every variant names the file.
@@ -533,7 +534,7 @@ pub fn detect_format(path: &Path) -> Result<ImageFormat, ReadError> {
         return Ok(ImageFormat::Nifti);
     }
     let head = read_head(path, 132)?;
-    if dicom::has_preamble(&head) || name.ends_with(".dcm") {
+    if dicom::is_candidate(path, &head) {
         return Ok(ImageFormat::Dicom);
     }
     if raster::sniff(&head) {

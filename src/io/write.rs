@@ -47,7 +47,7 @@ pub fn write_atomic(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".partial-{}-{name}", std::process::id()));
+    let tmp = path.with_file_name(format!("{PARTIAL_PREFIX}{}-{name}", std::process::id()));
     let result = write(&tmp).and_then(|()| {
         std::fs::rename(&tmp, path).map_err(|source| WriteError::Io {
             path: path.to_path_buf(),
@@ -58,6 +58,66 @@ pub fn write_atomic(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Prefix of the temporary names [`write_atomic`] writes under: `.partial-PID-NAME`.
+const PARTIAL_PREFIX: &str = ".partial-";
+/// On systems without `/proc`, a temporary file older than this is taken as abandoned.
+const STALE_PARTIAL_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes the temporary files that [`write_atomic`] left in `dir` and its subfolders
+/// (two levels: per-slice PNG and trace folders) when its process was killed mid-write
+/// (`kill -9`, power loss). A file is removed only when the process named in it no longer
+/// runs (on systems without `/proc`: when it is a day old), so a concurrent run writing
+/// to the same folder is left alone. Returns the removed files.
+pub fn remove_stale_partials(dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    sweep_partials(dir, 0, &mut removed);
+    removed
+}
+
+fn sweep_partials(dir: &Path, depth: usize, removed: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() && depth < 2 {
+            sweep_partials(&path, depth + 1, removed);
+            continue;
+        }
+        if !kind.is_file() {
+            continue;
+        }
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PARTIAL_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && is_abandoned(pid, &entry) && std::fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+}
+
+fn is_abandoned(pid: u32, entry: &std::fs::DirEntry) -> bool {
+    let proc = Path::new("/proc");
+    if proc.join("self").exists() {
+        return !proc.join(pid.to_string()).exists();
+    }
+    entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE_PARTIAL_AGE)
 }
 
 /// Writes bytes atomically.
@@ -371,6 +431,32 @@ mod tests {
         });
         assert!(r.is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn stale_partials_of_dead_processes_are_removed_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("ct_mask_png");
+        std::fs::create_dir(&sub).unwrap();
+        // pid_max on Linux is at most 2^22: this process cannot exist
+        let dead = dir.path().join(".partial-4294967294-ct_mask.nii.gz");
+        let dead_nested = sub.join(".partial-4294967294-slice_0001.png");
+        let live = dir
+            .path()
+            .join(format!(".partial-{}-report.json", std::process::id()));
+        let other = dir.path().join(".partial-notes");
+        for p in [&dead, &dead_nested, &live, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let mut removed = remove_stale_partials(dir.path());
+        removed.sort();
+        let mut want = vec![dead.clone(), dead_nested.clone()];
+        want.sort();
+        if Path::new("/proc/self").exists() {
+            assert_eq!(removed, want);
+            assert!(!dead.exists() && !dead_nested.exists());
+        }
+        assert!(live.exists() && other.exists());
     }
 
     #[test]
