@@ -3,6 +3,7 @@
 mod cli;
 mod correct;
 mod eval;
+mod hostile;
 mod io;
 mod metrics;
 mod pipeline;
