@@ -787,6 +787,8 @@ fn cosam_measured(args: &[&str], cap_bytes: u64, limit: Duration) -> (Option<i32
             Ok(())
         });
     }
+    // reaped by wait4 below, which also gives its resource usage
+    #[allow(clippy::zombie_processes)]
     let child = cmd.spawn().unwrap();
     let pid = child.id() as libc::pid_t;
     let t0 = Instant::now();

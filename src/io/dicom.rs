@@ -260,11 +260,10 @@ pub fn read_folder(
             path: folder.to_path_buf(),
         });
     }
-    let probes: Vec<Result<DicomProbe, ReadError>> =
-        candidates
-            .par_iter()
-            .map(|p| probe_with_limits(p, limits))
-            .collect();
+    let probes: Vec<Result<DicomProbe, ReadError>> = candidates
+        .par_iter()
+        .map(|p| probe_with_limits(p, limits))
+        .collect();
     // Group by series; files that cannot even be parsed form their own failed input, and
     // files without pixel data (reports, SEG, RT objects) are skipped.
     let mut groups: BTreeMap<String, Vec<DicomProbe>> = BTreeMap::new();

@@ -178,7 +178,12 @@ impl Limits {
     }
 
     /// Checks that holding `bytes` for `what` fits the memory budget.
-    pub(crate) fn check_memory(&self, path: &Path, what: &str, bytes: u64) -> Result<(), ReadError> {
+    pub(crate) fn check_memory(
+        &self,
+        path: &Path,
+        what: &str,
+        bytes: u64,
+    ) -> Result<(), ReadError> {
         if bytes > self.max_memory_bytes {
             return Err(ReadError::TooLarge {
                 path: path.to_path_buf(),
@@ -198,10 +203,7 @@ impl Limits {
         if frames > self.max_frames {
             return Err(ReadError::TooLarge {
                 path: path.to_path_buf(),
-                reason: format!(
-                    "{frames} frames exceed the limit of {}",
-                    self.max_frames
-                ),
+                reason: format!("{frames} frames exceed the limit of {}", self.max_frames),
             });
         }
         Ok(())
@@ -212,10 +214,7 @@ impl Limits {
         if count > self.max_extensions {
             return Err(ReadError::TooLarge {
                 path: path.to_path_buf(),
-                reason: format!(
-                    "more than {} header extensions",
-                    self.max_extensions
-                ),
+                reason: format!("more than {} header extensions", self.max_extensions),
             });
         }
         Ok(())

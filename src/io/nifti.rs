@@ -141,9 +141,7 @@ pub fn read(path: &Path, limits: &Limits) -> Result<Volume, ReadError> {
     let mut warnings = Vec::new();
     let offset = voxel_offset(path, &header, &mut warnings)?;
     let voxels_n = dims.iter().map(|&d| d as u64).product::<u64>();
-    let data_bytes = voxels_n
-        .checked_mul(voxel_type.bytes() as u64)
-        .unwrap_or(u64::MAX);
+    let data_bytes = voxels_n.saturating_mul(voxel_type.bytes() as u64);
     // The voxels and their copies, the offset skipped and one chunk of the stream.
     limits.check_with_buffer(
         path,
@@ -478,7 +476,14 @@ fn sform_problem(h: &NiftiHeader) -> Option<String> {
 
 /// Why a header's qform cannot map voxels to the world, if it cannot.
 fn qform_problem(h: &NiftiHeader) -> Option<String> {
-    let q = [h.quatern_b, h.quatern_c, h.quatern_d, h.quatern_x, h.quatern_y, h.quatern_z];
+    let q = [
+        h.quatern_b,
+        h.quatern_c,
+        h.quatern_d,
+        h.quatern_x,
+        h.quatern_y,
+        h.quatern_z,
+    ];
     if !q.iter().all(|v| v.is_finite()) {
         return Some("the qform has NaN or infinite entries".into());
     }
@@ -520,11 +525,12 @@ fn rank3(mut m: [[f64; 3]; 3]) -> usize {
             continue;
         }
         m.swap(rank, pivot);
-        for r in 0..3 {
+        let pivot_row = m[rank];
+        for (r, row) in m.iter_mut().enumerate() {
             if r != rank {
-                let f = m[r][col] / m[rank][col];
-                for k in 0..3 {
-                    m[r][k] -= f * m[rank][k];
+                let f = row[col] / pivot_row[col];
+                for (v, p) in row.iter_mut().zip(pivot_row) {
+                    *v -= f * p;
                 }
             }
         }

@@ -101,7 +101,10 @@ fn sweep_partials(dir: &Path, depth: usize, removed: &mut Vec<PathBuf>) {
         else {
             continue;
         };
-        if pid != std::process::id() && is_abandoned(pid, &entry) && std::fs::remove_file(&path).is_ok() {
+        if pid != std::process::id()
+            && is_abandoned(pid, &entry)
+            && std::fs::remove_file(&path).is_ok()
+        {
             removed.push(path);
         }
     }

@@ -207,7 +207,9 @@ fn check_values(info: &HeadsInfo) -> Result<(), String> {
         let plain = !name.is_empty()
             && name != "."
             && name != ".."
-            && !name.chars().any(|c| c == '/' || c == '\\' || c.is_control());
+            && !name
+                .chars()
+                .any(|c| c == '/' || c == '\\' || c.is_control());
         if !plain {
             return Err(format!(
                 "structure name '{name}' is not a plain name (it names output files)"
