@@ -482,6 +482,43 @@ fn dicom_without_preamble_fails_the_same_alone_and_in_a_folder() {
     assert_eq!(io::detect_format(&p).unwrap(), io::ImageFormat::Dicom);
 }
 
+/// A FIFO given as an input, or lying in a DICOM folder, is refused or skipped without
+/// being opened (opening it would block forever).
+#[test]
+fn fifos_are_never_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("series");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(mr_small(), dir.join("a.dcm")).unwrap();
+    for fifo in [dir.join("b.dcm"), tmp.path().join("pipe.nii")] {
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (d, p) = (dir.clone(), tmp.path().join("pipe.nii"));
+    std::thread::spawn(move || {
+        let folder = io::read_inputs(&d, &Limits::default());
+        let pipe = io::read_inputs(&p, &Limits::default());
+        let _ = tx.send((
+            folder.iter().map(Result::is_ok).collect::<Vec<_>>(),
+            pipe.into_iter()
+                .map(|r| r.err().map(|e| e.to_string()))
+                .collect::<Vec<_>>(),
+        ));
+    });
+    let (folder, pipe) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("reading blocked on a FIFO");
+    assert_eq!(folder, vec![true], "the folder's one real slice");
+    assert!(
+        pipe[0]
+            .as_deref()
+            .is_some_and(|m| m.contains("not a regular file")),
+        "{pipe:?}"
+    );
+}
+
 // ---------------------------------------------------------------- CLI tests
 
 fn cosam(args: &[&str]) -> std::process::Output {

@@ -631,10 +631,12 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<(),
         })?;
         let path = entry.path();
         // file_type does not follow symlinks, so a link loop cannot recurse forever.
+        // Only regular files (or links to them): opening a FIFO or a device would block.
         match entry.file_type() {
             Ok(t) if t.is_dir() => collect_files(&path, out, depth + 1)?,
-            Ok(_) => out.push(path),
-            Err(_) => {}
+            Ok(t) if t.is_file() => out.push(path),
+            Ok(t) if t.is_symlink() && path.metadata().is_ok_and(|m| m.is_file()) => out.push(path),
+            _ => {}
         }
     }
     Ok(())

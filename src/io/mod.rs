@@ -525,6 +525,13 @@ pub fn detect_format(path: &Path) -> Result<ImageFormat, ReadError> {
     if meta.is_dir() {
         return Ok(ImageFormat::DicomSeries);
     }
+    if !meta.is_file() {
+        // a FIFO or device would block or never end
+        return Err(ReadError::Unsupported {
+            path: path.to_path_buf(),
+            reason: "not a regular file (a FIFO, socket or device)".into(),
+        });
+    }
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
