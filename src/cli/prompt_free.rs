@@ -42,6 +42,7 @@ pub(super) struct StructureReport {
     needs_review: bool,
     /// Mean rounds run per slice with content (the coarse mask is round 0).
     mean_rounds: f64,
+    #[serde(serialize_with = "super::segment::lossy_paths")]
     outputs: Vec<PathBuf>,
 }
 
@@ -72,8 +73,11 @@ impl TaskRun {
         let structures = if args.structures.is_empty() {
             names.iter().cloned().enumerate().collect()
         } else {
-            let mut chosen = Vec::new();
+            let mut chosen: Vec<(usize, String)> = Vec::new();
             for s in &args.structures {
+                if chosen.iter().any(|(_, c)| c == s) {
+                    bail!("--structures names '{s}' twice");
+                }
                 match heads.structure_index(s) {
                     Some(i) => chosen.push((i, s.clone())),
                     None => bail!(
@@ -120,7 +124,7 @@ impl TaskRun {
                 &self.heads,
                 *index,
                 &self.options.with_keep_rounds(self.trace),
-                None,
+                job.slices.map(|(a, b)| a..=b),
                 |z| bar.set_message(format!("{id} {name} slice {}/{n}", z + 1)),
             )?;
             let mask = &result.segmentation.mask;
@@ -178,7 +182,7 @@ impl TaskRun {
         }
         let voxels = structures.iter().map(|s| s.voxels).sum();
         Ok(CaseReport {
-            slices_segmented: n,
+            slices_segmented: job.slices.map_or(n, |(a, b)| b + 1 - a),
             mask_pixels: voxels,
             needs_review: Some(structures.iter().any(|s| s.needs_review)),
             task: Some(self.heads.info.task.clone()),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use cosam::io::{self, Limits, OutputFormat, SegInfo};
+use cosam::io::{self, OutputFormat, SegInfo};
 use cosam::pipeline::VolumeSegmentation;
 use cosam::preprocess::display_slice;
 use cosam::{Mask, Modality, PreprocessOptions, Prompts, Segmenter, Spacing, Volume};
@@ -25,6 +25,8 @@ pub(super) struct Job {
     /// Its path relative to the command-line root or the cases file, `/` separated: the
     /// sharding key (a DICOM folder's series are keyed by SeriesInstanceUID instead).
     pub(super) key: String,
+    /// True when the input was found by listing a folder given with -i.
+    expanded: bool,
     /// Prompt errors are per case, so a bad case does not stop the batch.
     pub(super) prompts: Result<Prompts, String>,
     pub(super) slices: Option<(usize, usize)>,
@@ -56,6 +58,7 @@ struct RunReport {
     model: String,
     /// Which image encoder ran: fp32 or int8.
     encoder: String,
+    #[serde(serialize_with = "lossy_path")]
     onnxruntime: PathBuf,
     threads: usize,
     post_processing: String,
@@ -77,6 +80,7 @@ pub(super) struct CaseReport {
     pub(super) id: String,
     /// The sharding key (path relative to the input root, or SeriesInstanceUID).
     pub(super) key: String,
+    #[serde(serialize_with = "lossy_path")]
     pub(super) input: PathBuf,
     pub(super) status: &'static str,
     pub(super) error: Option<String>,
@@ -97,6 +101,7 @@ pub(super) struct CaseReport {
     pub(super) mask_area_mm2: Option<f64>,
     /// For multi-slice inputs.
     pub(super) mask_volume_mm3: Option<f64>,
+    #[serde(serialize_with = "lossy_paths")]
     pub(super) outputs: Vec<PathBuf>,
     /// Prompt-free runs: the task and one entry per structure.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -108,11 +113,26 @@ pub(super) struct CaseReport {
     pub(super) needs_review: Option<bool>,
 }
 
+/// A path in report.json: its text, with bytes that are not UTF-8 replaced (U+FFFD), so
+/// that a file name in another encoding cannot stop the report from being written.
+pub(super) fn lossy_path<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
+}
+
+/// As [`lossy_path`], for a list.
+pub(super) fn lossy_paths<S: serde::Serializer>(
+    paths: &[PathBuf],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(paths.iter().map(|p| p.to_string_lossy()))
+}
+
 pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
     let jobs = jobs(args)?;
     if jobs.is_empty() {
         bail!("no inputs: give -i PATH... or --cases FILE");
     }
+    check_output_outside_inputs(&args.output, &jobs)?;
     let shard = args
         .shard
         .as_ref()
@@ -120,13 +140,19 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
         .transpose()?;
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create output folder {}", args.output.display()))?;
+    for stale in io::remove_stale_partials(&args.output) {
+        eprintln!(
+            "cosam: removed {}, left by an interrupted run",
+            stale.display()
+        );
+    }
     let config = args.model.config();
     let options = args
         .model
         .segmenter_options()
         .with_preprocess(PreprocessOptions::default().with_intensity(args.intensity()));
     let segmenter = Segmenter::new(options).context("cannot load the model")?;
-    let limits = Limits::default().with_max_voxels(args.max_voxels);
+    let limits = args.limits();
     let task = match args.heads_source() {
         Some(source) => Some(super::prompt_free::TaskRun::load(
             &segmenter, &source, args,
@@ -134,7 +160,7 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
         None => None,
     };
 
-    let plan = Plan::new(&jobs);
+    let plan = Plan::new(&jobs, &limits);
     let sorted_keys = plan.sorted_keys.clone();
     let units = plan.take(shard.as_ref());
     if let Some(s) = &shard {
@@ -181,7 +207,7 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
             Ok(_) => unit.read(&limits),
             Err(reason) => Err(io::ReadError::Unsupported {
                 path: job.input.clone(),
-                reason: format!("bad prompt in the cases file: {reason}"),
+                reason: reason.clone(),
             }),
         };
         let outcome = read
@@ -295,10 +321,15 @@ fn jobs(args: &SegmentArgs) -> anyhow::Result<Vec<Job>> {
     let mut jobs: Vec<Job> = args
         .inputs
         .iter()
-        .flat_map(|root| expand(root).into_iter().map(move |input| (root, input)))
-        .map(|(root, input)| Job {
+        .flat_map(|root| {
+            expand(root)
+                .into_iter()
+                .map(move |p| (root, p.as_path() != root.as_path(), p))
+        })
+        .map(|(root, expanded, input)| Job {
             id: stem(&input),
             key: shard::input_key(root, &input),
+            expanded,
             input,
             prompts: Ok(args.prompts()),
             slices: args.slices,
@@ -317,10 +348,23 @@ fn jobs(args: &SegmentArgs) -> anyhow::Result<Vec<Job>> {
                 Ok(args.prompts())
             } else {
                 case_prompts(&case)
+                    .map_err(|reason| format!("bad prompt in the cases file: {reason}"))
+            };
+            let (id, prompts) = match case.id {
+                Some(id) if safe_id(&id) != id => {
+                    let reason = format!(
+                        "case id '{id}' is not a plain name: ids name output files inside -o, \
+                         so they cannot hold '/', '\\', control characters or be '.' or '..'"
+                    );
+                    (safe_id(&id), Err(reason))
+                }
+                Some(id) => (id, prompts),
+                None => (stem(&input), prompts),
             };
             jobs.push(Job {
-                id: case.id.unwrap_or_else(|| stem(&input)),
+                id,
                 key: shard::path_key(&case.input),
+                expanded: false,
                 input,
                 prompts,
                 slices: case.slices.or(args.slices),
@@ -331,8 +375,79 @@ fn jobs(args: &SegmentArgs) -> anyhow::Result<Vec<Job>> {
     Ok(jobs)
 }
 
-/// A folder of DICOM files is one input (a series); any other folder stands for the
-/// files in it, each its own input, so a folder of PNG or NIfTI files is a batch.
+/// Refuses an output folder that is an input folder, or inside a DICOM folder (scanned
+/// recursively): a later run would read cosam's own masks as inputs.
+fn check_output_outside_inputs(output: &Path, jobs: &[Job]) -> anyhow::Result<()> {
+    let out = resolve(output);
+    let mut folders: Vec<(&Path, bool)> = jobs
+        .iter()
+        .filter(|j| j.input.is_dir())
+        .map(|j| (j.input.as_path(), true))
+        .collect();
+    // a folder of images expanded into its files: the files' folder, not recursive
+    folders.extend(
+        jobs.iter()
+            .filter(|j| j.expanded)
+            .filter_map(|j| j.input.parent().map(|p| (p, false))),
+    );
+    for (folder, recursive) in folders {
+        let dir = resolve(folder);
+        if out == dir || (recursive && out.starts_with(&dir)) {
+            bail!(
+                "output folder {} is {} input folder {}: a later run would read cosam's own \
+                 masks as inputs; choose another -o",
+                output.display(),
+                if out == dir { "the" } else { "inside the" },
+                folder.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// An absolute path with symbolic links resolved as far as the path exists.
+fn resolve(path: &Path) -> PathBuf {
+    let mut existing = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent.to_path_buf();
+            }
+            _ => break,
+        }
+    }
+    let mut out = existing.canonicalize().unwrap_or(existing);
+    out.extend(rest.iter().rev());
+    out
+}
+
+/// `name` made safe as the start of an output file name inside -o: path separators,
+/// control characters and undecodable bytes (U+FFFD) become `_`; an empty, `.` or `..`
+/// name becomes `input`.
+fn safe_id(name: &str) -> String {
+    let id: String = name
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() || c == char::REPLACEMENT_CHARACTER {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if id.is_empty() || id == "." || id == ".." {
+        "input".to_string()
+    } else {
+        id
+    }
+}
+
+/// A folder of DICOM files is one input (its series; see `io::read_inputs`), and every
+/// other image file directly in it (PNG, NIfTI...) is its own input beside it; any other
+/// folder stands for the files in it, each its own input, so a folder of PNG or NIfTI
+/// files is a batch.
 fn expand(input: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(input) else {
         return vec![input.to_path_buf()];
@@ -347,11 +462,17 @@ fn expand(input: &Path) -> Vec<PathBuf> {
         })
         .collect();
     files.sort();
-    let dicom = files
+    let formats: Vec<_> = files.iter().map(|f| io::detect_format(f)).collect();
+    let dicom = formats
         .iter()
-        .any(|f| matches!(io::detect_format(f), Ok(io::ImageFormat::Dicom)));
-    if files.is_empty() || dicom {
+        .any(|f| matches!(f, Ok(io::ImageFormat::Dicom)));
+    if files.is_empty() {
         vec![input.to_path_buf()]
+    } else if dicom {
+        let others = files.into_iter().zip(formats).filter_map(|(f, format)| {
+            matches!(format, Ok(io::ImageFormat::Nifti | io::ImageFormat::Raster)).then_some(f)
+        });
+        std::iter::once(input.to_path_buf()).chain(others).collect()
     } else {
         files
     }
@@ -383,10 +504,10 @@ fn stem(path: &Path) -> String {
         ".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
     ] {
         if lower.ends_with(ext) {
-            return name[..name.len() - ext.len()].to_string();
+            return safe_id(&name[..name.len() - ext.len()]);
         }
     }
-    name
+    safe_id(&name)
 }
 
 pub(super) fn unique_id(id: &str, used: &mut HashSet<String>) -> String {
@@ -586,6 +707,23 @@ mod tests {
         assert_eq!(stem(Path::new("/a/ct.nii.gz")), "ct");
         assert_eq!(stem(Path::new("b/Slice.DCM")), "Slice");
         assert_eq!(stem(Path::new("series_dir")), "series_dir");
+    }
+
+    #[test]
+    fn ids_cannot_leave_the_output_folder() {
+        for (raw, safe) in [
+            ("../x", ".._x"),
+            ("/abs/x", "_abs_x"),
+            ("a\\b", "a_b"),
+            ("..", "input"),
+            ("", "input"),
+            ("caf\u{FFFD}", "caf_"),
+            ("ct-01 (arterial)", "ct-01 (arterial)"),
+        ] {
+            assert_eq!(safe_id(raw), safe, "{raw}");
+            let out = Path::new("/o").join(format!("{}_mask.png", safe_id(raw)));
+            assert_eq!(out.parent(), Some(Path::new("/o")), "{raw}");
+        }
     }
 
     #[test]

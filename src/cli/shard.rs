@@ -206,26 +206,28 @@ pub(super) struct Plan<'a> {
 impl<'a> Plan<'a> {
     /// Lists the units of `jobs`: DICOM folders are scanned (headers only) so that each
     /// series is its own unit.
-    pub fn new(jobs: &'a [Job]) -> Plan<'a> {
+    pub fn new(jobs: &'a [Job], limits: &Limits) -> Plan<'a> {
         let mut units = Vec::new();
         let mut used_ids = HashSet::new();
         let mut used_keys = HashSet::new();
         for job in jobs {
             let entries = match (&job.prompts, io::detect_format(&job.input)) {
-                (Ok(_), Ok(io::ImageFormat::DicomSeries)) => match dicom::scan_folder(&job.input) {
-                    Ok(entries) => entries
-                        .into_iter()
-                        .map(|e| {
-                            let key = match (e.series_uid(), e.first_file()) {
-                                (Some(uid), _) => uid.to_string(),
-                                (None, Some(file)) => relative_key(&job.key, &job.input, &file),
-                                (None, None) => job.key.clone(),
-                            };
-                            (key, Source::Series(e))
-                        })
-                        .collect(),
-                    Err(e) => vec![(job.key.clone(), Source::Failed(e))],
-                },
+                (Ok(_), Ok(io::ImageFormat::DicomSeries)) => {
+                    match dicom::scan_folder(&job.input, limits) {
+                        Ok(entries) => entries
+                            .into_iter()
+                            .map(|e| {
+                                let key = match (e.series_uid(), e.first_file()) {
+                                    (Some(uid), _) => uid.to_string(),
+                                    (None, Some(file)) => relative_key(&job.key, &job.input, &file),
+                                    (None, None) => job.key.clone(),
+                                };
+                                (key, Source::Series(e))
+                            })
+                            .collect(),
+                        Err(e) => vec![(job.key.clone(), Source::Failed(e))],
+                    }
+                }
                 _ => vec![(job.key.clone(), Source::Input)],
             };
             let several = entries.len() > 1;

@@ -41,12 +41,29 @@ const UNEVEN_SPACING_TOLERANCE: f64 = 0.01;
 /// Angle between the slice step and the slice normal above which the series is reported
 /// as tilted (gantry tilt or sheared stack), degrees.
 const TILT_TOLERANCE_DEG: f64 = 0.1;
+/// Angle between ImageOrientationPatient's row and column directions further than this
+/// from 90 degrees is reported, degrees.
+const ORTHOGONAL_TOLERANCE_DEG: f64 = 0.1;
+/// ImageOrientationPatient directions whose length is further than this from 1 are
+/// reported.
+const UNIT_TOLERANCE: f64 = 1e-3;
 /// Two slices closer than this along the normal share a position, mm.
 const SAME_POSITION_MM: f64 = 1e-4;
 
 /// True when `head` holds the 128-byte preamble followed by `DICM`.
 pub fn has_preamble(head: &[u8]) -> bool {
     head.len() >= 132 && &head[128..132] == b"DICM"
+}
+
+/// The one test of "is this meant to be a DICOM file", shared by format detection and
+/// the folder scan: the preamble and `DICM`, or a `.dcm` name. A `.dcm` file without the
+/// preamble is then refused by [`probe`] with a message that says so, whether it was
+/// given alone or found in a folder.
+pub(crate) fn is_candidate(path: &Path, head: &[u8]) -> bool {
+    has_preamble(head)
+        || path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("dcm"))
 }
 
 /// One source image (a file, or one frame of a multi-frame file) behind a volume slice:
@@ -113,6 +130,9 @@ pub struct DicomProbe {
     pub(crate) study_uid: String,
     pub(crate) frame_of_reference_uid: String,
     pub(crate) copied: Vec<(Tag, String)>,
+    /// Geometry the file gives but that cannot be trusted (no pixel spacing,
+    /// non-orthogonal orientation), one sentence each.
+    pub(crate) warnings: Vec<String>,
     /// Per-frame position and orientation (one entry per frame), in LPS.
     pub(crate) geometry: Vec<Option<Geometry>>,
     /// Row spacing, column spacing (PixelSpacing order), mm.
@@ -176,7 +196,7 @@ fn scale(a: [f64; 3], k: f64) -> [f64; 3] {
 /// [`ReadError::Unsupported`] for transfer syntaxes that cannot be decoded,
 /// [`ReadError::TooLarge`] past `limits`.
 pub fn read_file(path: &Path, limits: &Limits) -> Result<Volume, ReadError> {
-    let probe = probe(path)?;
+    let probe = probe_with_limits(path, limits)?;
     let slices: Vec<Slot> = (0..probe.frames)
         .map(|f| Slot {
             file: 0,
@@ -230,7 +250,7 @@ pub fn read_folder(
     folder: &Path,
     limits: &Limits,
 ) -> Result<Vec<Result<Volume, ReadError>>, ReadError> {
-    Ok(scan_folder(folder)?
+    Ok(scan_folder(folder, limits)?
         .into_iter()
         .map(|entry| read_entry(folder, entry, limits))
         .collect())
@@ -276,18 +296,21 @@ impl FolderEntry {
 /// # Errors
 /// [`ReadError::EmptyFolder`] when no file below `folder` is DICOM;
 /// [`ReadError::Io`] when the folder cannot be listed.
-pub fn scan_folder(folder: &Path) -> Result<Vec<FolderEntry>, ReadError> {
+pub fn scan_folder(folder: &Path, limits: &Limits) -> Result<Vec<FolderEntry>, ReadError> {
     let mut files = Vec::new();
     collect_files(folder, &mut files, 0)?;
     files.sort();
     let candidates: Vec<PathBuf> = files.into_iter().filter(|p| looks_like_dicom(p)).collect();
+    limits.check_frames(folder, candidates.len() as u64)?;
     if candidates.is_empty() {
         return Err(ReadError::EmptyFolder {
             path: folder.to_path_buf(),
         });
     }
-    let probes: Vec<Result<DicomProbe, ReadError>> =
-        candidates.par_iter().map(|p| probe(p)).collect();
+    let probes: Vec<Result<DicomProbe, ReadError>> = candidates
+        .par_iter()
+        .map(|p| probe_with_limits(p, limits))
+        .collect();
     // Group by series; files that cannot even be parsed form their own failed input, and
     // files without pixel data (reports, SEG, RT objects) are skipped.
     let mut groups: BTreeMap<String, Vec<DicomProbe>> = BTreeMap::new();
@@ -441,6 +464,7 @@ fn assemble(
         });
     }
     let n = slots.len();
+    limits.check_frames(path, n as u64)?;
     limits.check(
         path,
         &[
@@ -450,7 +474,14 @@ fn assemble(
             u64::from(samples),
         ],
     )?;
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
+    for p in &probes {
+        for w in &p.warnings {
+            if !warnings.contains(w) {
+                warnings.push(w.clone());
+            }
+        }
+    }
     let label = |s: &Slot, probes: &[DicomProbe]| -> String {
         let p = probes
             .get(s.file)
@@ -658,10 +689,12 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<(),
         })?;
         let path = entry.path();
         // file_type does not follow symlinks, so a link loop cannot recurse forever.
+        // Only regular files (or links to them): opening a FIFO or a device would block.
         match entry.file_type() {
             Ok(t) if t.is_dir() => collect_files(&path, out, depth + 1)?,
-            Ok(_) => out.push(path),
-            Err(_) => {}
+            Ok(t) if t.is_file() => out.push(path),
+            Ok(t) if t.is_symlink() && path.metadata().is_ok_and(|m| m.is_file()) => out.push(path),
+            _ => {}
         }
     }
     Ok(())
@@ -669,35 +702,67 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<(),
 
 fn looks_like_dicom(path: &Path) -> bool {
     use std::io::Read;
-    let mut head = [0u8; 132];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .map(|_| has_preamble(&head))
-        .unwrap_or(false)
+    let mut head = Vec::with_capacity(132);
+    let read = std::fs::File::open(path).and_then(|f| f.take(132).read_to_end(&mut head));
+    read.is_ok() && is_candidate(path, &head)
 }
 
-/// Parses a DICOM file's attributes up to (not including) the pixel data.
+/// Reads a whole regular file whose size fits the memory budget.
+pub(crate) fn read_bounded(path: &Path, limits: &Limits) -> Result<Vec<u8>, ReadError> {
+    let meta = std::fs::metadata(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            ReadError::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            ReadError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    if !meta.is_file() {
+        return Err(ReadError::Unsupported {
+            path: path.to_path_buf(),
+            reason: "not a regular file".into(),
+        });
+    }
+    limits.check_memory(path, "reading the file", meta.len())?;
+    std::fs::read(path).map_err(|source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parses a DICOM file's attributes up to (not including) the pixel data, with default
+/// [`Limits`].
+///
+/// # Errors
+/// As [`probe_with_limits`].
+pub fn probe(path: &Path) -> Result<DicomProbe, ReadError> {
+    probe_with_limits(path, &Limits::default())
+}
+
+/// Parses a DICOM file's attributes up to (not including) the pixel data; the file size
+/// and the frames the header claims are checked against `limits` before anything is
+/// allocated for them.
 ///
 /// # Errors
 /// [`ReadError::Corrupt`] when the file is not readable DICOM or lacks Rows/Columns on an
-/// image, [`ReadError::Unsupported`] for a transfer syntax cosam cannot decode.
-pub fn probe(path: &Path) -> Result<DicomProbe, ReadError> {
+/// image, [`ReadError::Unsupported`] for a transfer syntax cosam cannot decode,
+/// [`ReadError::TooLarge`] past `limits`.
+pub fn probe_with_limits(path: &Path, limits: &Limits) -> Result<DicomProbe, ReadError> {
     let corrupt = |reason: String| ReadError::Corrupt {
         path: path.to_path_buf(),
         reason,
     };
-    if !path.exists() {
-        return Err(ReadError::NotFound {
-            path: path.to_path_buf(),
-        });
-    }
-    let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_bounded(path, limits)?;
     if !has_preamble(&bytes) {
         return Err(corrupt(
-            "not a DICOM file (no 128-byte preamble followed by DICM)".into(),
+            "not a DICOM Part 10 file (no 128-byte preamble followed by DICM); rewrite it \
+             with a preamble, e.g. dcmconv +F, or pydicom's dcmwrite(..., \
+             enforce_file_format=True)"
+                .into(),
         ));
     }
     super::dicom_guard::check_lengths(&bytes, true)
@@ -736,6 +801,18 @@ pub fn probe(path: &Path) -> Result<DicomProbe, ReadError> {
         to_u32(frames, "NumberOfFrames")?,
         to_u32(samples, "SamplesPerPixel")?,
     );
+    // The header's claims, before anything is allocated per frame.
+    limits.check_frames(path, u64::from(frames))?;
+    limits.check(
+        path,
+        &[
+            u64::from(frames),
+            u64::from(rows),
+            u64::from(columns),
+            u64::from(samples),
+        ],
+    )?;
+    let mut warnings = Vec::new();
     let modality = match text(&obj, tags::MODALITY).as_deref() {
         Some("CT") => Modality::Ct,
         Some("MR") => Modality::Mr,
@@ -773,10 +850,18 @@ pub fn probe(path: &Path) -> Result<DicomProbe, ReadError> {
             (Some(p), Some(o))
                 if p.len() == 3 && o.len() == 6 && p.iter().chain(&o).all(|v| v.is_finite()) =>
             {
+                let unit = |v: [f64; 3]| {
+                    let len = dot(v, v).sqrt();
+                    if len > 0.0 {
+                        scale(v, 1.0 / len)
+                    } else {
+                        v
+                    }
+                };
                 let g = Geometry {
                     position: [p[0], p[1], p[2]],
-                    row_dir: [o[0], o[1], o[2]],
-                    col_dir: [o[3], o[4], o[5]],
+                    row_dir: unit([o[0], o[1], o[2]]),
+                    col_dir: unit([o[3], o[4], o[5]]),
                 };
                 let n = cross(g.row_dir, g.col_dir);
                 (dot(n, n) > 1e-6).then_some(g)
@@ -792,9 +877,45 @@ pub fn probe(path: &Path) -> Result<DicomProbe, ReadError> {
         vec![geometry_of(per_frame.first().copied())]
     };
     let frame0 = per_frame.first().copied();
-    let pixel_spacing = find(frame0, tags::PIXEL_MEASURES_SEQUENCE, tags::PIXEL_SPACING)
+    let spacing_found = find(frame0, tags::PIXEL_MEASURES_SEQUENCE, tags::PIXEL_SPACING);
+    let pixel_spacing = match spacing_found
+        .as_ref()
         .filter(|v| v.len() == 2 && v.iter().all(|&s| s.is_finite() && s > 0.0))
-        .map_or([1.0, 1.0], |v| [v[0], v[1]]);
+    {
+        Some(v) => [v[0], v[1]],
+        None if has_pixel_data => {
+            warnings.push(match &spacing_found {
+                Some(v) => format!(
+                    "PixelSpacing {v:?} is not two positive sizes; 1 mm assumed, so mm, \
+                     mm^2 and mm^3 figures are not physical"
+                ),
+                None => "no PixelSpacing; 1 mm assumed, so mm, mm^2 and mm^3 figures are \
+                         not physical"
+                    .to_string(),
+            });
+            [1.0, 1.0]
+        }
+        None => [1.0, 1.0],
+    };
+    if let Some(o) = orientation_of(frame0).filter(|o| o.len() == 6) {
+        let (r, c) = ([o[0], o[1], o[2]], [o[3], o[4], o[5]]);
+        let (lr, lc) = (dot(r, r).sqrt(), dot(c, c).sqrt());
+        if lr > 0.0 && lc > 0.0 {
+            let angle = (dot(r, c) / (lr * lc)).clamp(-1.0, 1.0).acos().to_degrees();
+            if (angle - 90.0).abs() > ORTHOGONAL_TOLERANCE_DEG {
+                warnings.push(format!(
+                    "ImageOrientationPatient's row and column directions are {angle:.2} \
+                     degrees apart, not 90; the affine keeps that shear"
+                ));
+            }
+            if (lr - 1.0).abs() > UNIT_TOLERANCE || (lc - 1.0).abs() > UNIT_TOLERANCE {
+                warnings.push(format!(
+                    "ImageOrientationPatient's directions have lengths {lr:.4} and {lc:.4}, \
+                     not 1; they are normalised"
+                ));
+            }
+        }
+    }
     let slice_thickness = find(frame0, tags::PIXEL_MEASURES_SEQUENCE, tags::SLICE_THICKNESS)
         .and_then(|v| v.first().copied())
         .filter(|&t| t.is_finite() && t > 0.0);
@@ -875,6 +996,7 @@ pub fn probe(path: &Path) -> Result<DicomProbe, ReadError> {
         study_uid: text(&obj, tags::STUDY_INSTANCE_UID).unwrap_or_default(),
         frame_of_reference_uid: text(&obj, tags::FRAME_OF_REFERENCE_UID).unwrap_or_default(),
         copied,
+        warnings,
         geometry,
         pixel_spacing,
         slice_thickness,

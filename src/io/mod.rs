@@ -38,7 +38,8 @@ pub use orient::{reorient, AnatomicalAxis, PixelMap, Reorientation, Reoriented, 
 pub use seg::{write_dicom_seg, Code, SegInfo};
 pub use window::{WindowError, WindowLevel};
 pub use write::{
-    write_atomic, write_bytes, write_mask_nifti, write_mask_png, write_overlay_png, WriteError,
+    remove_stale_partials, write_atomic, write_bytes, write_mask_nifti, write_mask_png,
+    write_overlay_png, WriteError,
 };
 
 /// Failure to read an input. Every variant names the file.
@@ -82,29 +83,48 @@ pub enum ReadError {
         /// The folder.
         path: PathBuf,
     },
-    /// The image is larger than [`Limits`] allow.
-    #[error("{path}: {reason} (raise the limit with --max-voxels)")]
+    /// The image, or what its header claims, is larger than [`Limits`] allow.
+    #[error("{path}: {reason}")]
     TooLarge {
         /// The file.
         path: PathBuf,
-        /// Which limit was hit.
+        /// Which limit was hit, and the flag that raises it.
         reason: String,
     },
 }
 
-/// Size caps checked by every reader before it allocates voxel memory.
+/// Bytes one voxel costs on its way through cosam: the `f32` volume, a reoriented `f32`
+/// copy (slicing along another axis than the storage one), and three `u8` masks (the
+/// mask, its storage-order copy, the combined label map).
+pub const PIPELINE_BYTES_PER_VOXEL: u64 = 4 + 4 + 3;
+
+/// The memory budget every reader checks a file's claims against before it allocates:
+/// the header's dimensions, frame and extension counts, the decompressed size, and the
+/// voxel count times every copy the pipeline makes ([`PIPELINE_BYTES_PER_VOXEL`]).
+/// Going over it is a [`ReadError::TooLarge`] for that input, never an abort.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
     /// Largest number of voxels (all channels counted) a volume may hold.
     pub max_voxels: u64,
+    /// Largest number of bytes reading one input may hold at once: the file or its
+    /// decompressed stream as buffered, plus the voxels times
+    /// [`PIPELINE_BYTES_PER_VOXEL`].
+    pub max_memory_bytes: u64,
+    /// Most frames (DICOM NumberOfFrames) or slices one input may have.
+    pub max_frames: u64,
+    /// Most header extensions (NIfTI) one file may carry.
+    pub max_extensions: u64,
 }
 
 impl Default for Limits {
-    /// 2^30 voxels: a 512x512x4096 CT, 4 GiB as f32.
+    /// 2^30 voxels, 4 GiB of memory per input, 65,536 frames, 1,024 extensions.
     fn default() -> Self {
         Limits {
             max_voxels: 1 << 30,
+            max_memory_bytes: 4 << 30,
+            max_frames: 1 << 16,
+            max_extensions: 1 << 10,
         }
     }
 }
@@ -116,7 +136,26 @@ impl Limits {
         self
     }
 
+    /// Limits with a different memory budget, bytes.
+    pub fn with_max_memory_bytes(mut self, max_memory_bytes: u64) -> Self {
+        self.max_memory_bytes = max_memory_bytes;
+        self
+    }
+
+    /// Checks a volume of `dims` (their product is the voxel count, channels included)
+    /// against the voxel cap and the memory budget.
     pub(crate) fn check(&self, path: &Path, dims: &[u64]) -> Result<(), ReadError> {
+        self.check_with_buffer(path, dims, 0)
+    }
+
+    /// As [`Limits::check`], counting `buffered_bytes` the reader holds at the same time
+    /// (a decompressed stream, a raw voxel buffer).
+    pub(crate) fn check_with_buffer(
+        &self,
+        path: &Path,
+        dims: &[u64],
+        buffered_bytes: u64,
+    ) -> Result<(), ReadError> {
         let total = dims
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
@@ -125,9 +164,57 @@ impl Limits {
             return Err(ReadError::TooLarge {
                 path: path.to_path_buf(),
                 reason: format!(
-                    "{total} voxels ({dims:?}) exceed the limit of {}",
+                    "{total} voxels ({dims:?}) exceed the limit of {} (raise it with \
+                     --max-voxels)",
                     self.max_voxels
                 ),
+            });
+        }
+        let bytes = total
+            .checked_mul(PIPELINE_BYTES_PER_VOXEL)
+            .and_then(|b| b.checked_add(buffered_bytes))
+            .unwrap_or(u64::MAX);
+        self.check_memory(path, &format!("{total} voxels ({dims:?})"), bytes)
+    }
+
+    /// Checks that holding `bytes` for `what` fits the memory budget.
+    pub(crate) fn check_memory(
+        &self,
+        path: &Path,
+        what: &str,
+        bytes: u64,
+    ) -> Result<(), ReadError> {
+        if bytes > self.max_memory_bytes {
+            return Err(ReadError::TooLarge {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "{what} would need {} MiB, over the memory budget of {} MiB (raise it \
+                     with --max-memory-mb)",
+                    bytes.div_ceil(1 << 20),
+                    self.max_memory_bytes >> 20
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a frame or slice count.
+    pub(crate) fn check_frames(&self, path: &Path, frames: u64) -> Result<(), ReadError> {
+        if frames > self.max_frames {
+            return Err(ReadError::TooLarge {
+                path: path.to_path_buf(),
+                reason: format!("{frames} frames exceed the limit of {}", self.max_frames),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a header extension count.
+    pub(crate) fn check_extensions(&self, path: &Path, count: u64) -> Result<(), ReadError> {
+        if count > self.max_extensions {
+            return Err(ReadError::TooLarge {
+                path: path.to_path_buf(),
+                reason: format!("more than {} header extensions", self.max_extensions),
             });
         }
         Ok(())
@@ -252,6 +339,21 @@ impl Volume {
             return Err(ReadError::Unsupported {
                 path: source,
                 reason: format!("{channels} channels per pixel (1 or 3 are supported)"),
+            });
+        }
+        if !affine.0.iter().flatten().all(|v| v.is_finite()) {
+            return Err(ReadError::Corrupt {
+                path: source,
+                reason: "the affine (voxel-to-world matrix) has NaN or infinite entries".into(),
+            });
+        }
+        if ![spacing.column_mm, spacing.row_mm, spacing.slice_mm]
+            .iter()
+            .all(|v| v.is_finite())
+        {
+            return Err(ReadError::Corrupt {
+                path: source,
+                reason: format!("voxel spacing is NaN or infinite ({spacing:?})"),
             });
         }
         Ok(Volume {
@@ -423,6 +525,13 @@ pub fn detect_format(path: &Path) -> Result<ImageFormat, ReadError> {
     if meta.is_dir() {
         return Ok(ImageFormat::DicomSeries);
     }
+    if !meta.is_file() {
+        // a FIFO or device would block or never end
+        return Err(ReadError::Unsupported {
+            path: path.to_path_buf(),
+            reason: "not a regular file (a FIFO, socket or device)".into(),
+        });
+    }
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
@@ -431,7 +540,7 @@ pub fn detect_format(path: &Path) -> Result<ImageFormat, ReadError> {
         return Ok(ImageFormat::Nifti);
     }
     let head = read_head(path, 132)?;
-    if dicom::has_preamble(&head) || name.ends_with(".dcm") {
+    if dicom::is_candidate(path, &head) {
         return Ok(ImageFormat::Dicom);
     }
     if raster::sniff(&head) {

@@ -37,16 +37,31 @@ pub fn read_from<R: BufRead + Seek>(
     path: &Path,
     limits: &Limits,
 ) -> Result<Volume, ReadError> {
-    let corrupt = |e: image::ImageError| ReadError::Corrupt {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
+    let corrupt = |e: image::ImageError| match e {
+        image::ImageError::Limits(_) => ReadError::TooLarge {
+            path: path.to_path_buf(),
+            reason: format!(
+                "decoding needs more than the memory budget of {} MiB (raise it with \
+                 --max-memory-mb): {e}",
+                limits.max_memory_bytes >> 20
+            ),
+        },
+        e => ReadError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
     };
-    let reader = ImageReader::new(reader)
+    let mut reader = ImageReader::new(reader)
         .with_guessed_format()
         .map_err(|source| ReadError::Io {
             path: path.to_path_buf(),
             source,
         })?;
+    // The decoder's own allocations stay within the memory budget (a PNG bomb fails
+    // before its pixels are inflated).
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_alloc = Some(limits.max_memory_bytes);
+    reader.limits(decoder_limits);
     let image = reader.decode().map_err(corrupt)?;
     let (w, h) = (image.width() as usize, image.height() as usize);
     limits.check(path, &[h as u64, w as u64, 3])?;

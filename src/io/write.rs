@@ -47,7 +47,7 @@ pub fn write_atomic(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".partial-{}-{name}", temp_token()));
+    let tmp = path.with_file_name(format!("{PARTIAL_PREFIX}{}-{name}", temp_token()));
     let result = write(&tmp).and_then(|()| {
         std::fs::rename(&tmp, path).map_err(|source| WriteError::Io {
             path: path.to_path_buf(),
@@ -60,30 +60,104 @@ pub fn write_atomic(
     result
 }
 
-/// A token no other writer of the same folder uses at the same time: the process id alone
-/// is not enough when two machines (a replaced pod, a requeued task) share an output
-/// folder, so the host name, the time and a per-process counter are added.
+/// A token no other writer of the same folder uses at the same time, `PID.HOST.NANOS.N`:
+/// the process id alone is not enough when two machines (a replaced pod, a requeued task)
+/// share an output folder, so the host name, the time and a per-process counter are added.
+/// [`remove_stale_partials`] reads the process id and host back.
 fn temp_token() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_default();
-    let host: String = host
-        .trim()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .take(32)
-        .collect();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     format!(
-        "{host}-{}-{nanos}-{}",
+        "{}.{}.{nanos}.{}",
         std::process::id(),
+        this_host(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// This machine's host name, letters and digits only (at most 32).
+fn this_host() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    host.trim()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(32)
+        .collect()
+}
+
+/// Prefix of the temporary names [`write_atomic`] writes under: `.partial-TOKEN-NAME`
+/// (see [`temp_token`]).
+const PARTIAL_PREFIX: &str = ".partial-";
+/// On systems without `/proc`, a temporary file older than this is taken as abandoned.
+const STALE_PARTIAL_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes the temporary files that [`write_atomic`] left in `dir` and its subfolders
+/// (two levels: per-slice PNG and trace folders) when its process was killed mid-write
+/// (`kill -9`, power loss). A file is removed only when the process named in it no longer
+/// runs on this host (on systems without `/proc`, or for another host's file: when it is
+/// a day old), so a concurrent run writing to the same folder is left alone. Returns the
+/// removed files.
+pub fn remove_stale_partials(dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    sweep_partials(dir, 0, &mut removed);
+    removed
+}
+
+fn sweep_partials(dir: &Path, depth: usize, removed: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() && depth < 2 {
+            sweep_partials(&path, depth + 1, removed);
+            continue;
+        }
+        if !kind.is_file() {
+            continue;
+        }
+        let name = entry.file_name();
+        let Some((pid, host)) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PARTIAL_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(token, _)| {
+                let mut parts = token.split('.');
+                let pid = parts.next()?.parse::<u32>().ok()?;
+                Some((pid, parts.next().unwrap_or_default().to_string()))
+            })
+        else {
+            continue;
+        };
+        if pid != std::process::id()
+            && is_abandoned(pid, &host, &entry)
+            && std::fs::remove_file(&path).is_ok()
+        {
+            removed.push(path);
+        }
+    }
+}
+
+fn is_abandoned(pid: u32, host: &str, entry: &std::fs::DirEntry) -> bool {
+    let proc = Path::new("/proc");
+    if proc.join("self").exists() && host == this_host() {
+        return !proc.join(pid.to_string()).exists();
+    }
+    entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE_PARTIAL_AGE)
 }
 
 /// Writes bytes atomically.
@@ -397,6 +471,32 @@ mod tests {
         });
         assert!(r.is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn stale_partials_of_dead_processes_are_removed_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("ct_mask_png");
+        std::fs::create_dir(&sub).unwrap();
+        // pid_max on Linux is at most 2^22: this process cannot exist
+        let dead = dir.path().join(".partial-4294967294-ct_mask.nii.gz");
+        let dead_nested = sub.join(".partial-4294967294-slice_0001.png");
+        let live = dir
+            .path()
+            .join(format!(".partial-{}-report.json", std::process::id()));
+        let other = dir.path().join(".partial-notes");
+        for p in [&dead, &dead_nested, &live, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let mut removed = remove_stale_partials(dir.path());
+        removed.sort();
+        let mut want = vec![dead.clone(), dead_nested.clone()];
+        want.sort();
+        if Path::new("/proc/self").exists() {
+            assert_eq!(removed, want);
+            assert!(!dead.exists() && !dead_nested.exists());
+        }
+        assert!(live.exists() && other.exists());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use ort::value::TensorRef;
 
 use super::engine::Engine;
 use super::image_encoder::ImageEmbedding;
-use super::manifest::verify_file;
+use super::manifest::{check_regular_file, verify_file};
 use super::mask_decoder::MaskDecoder;
 use super::runtime::Runtime;
 use super::ModelError;
@@ -135,6 +135,7 @@ impl TaskHeads {
             path: path.clone(),
             reason,
         };
+        check_regular_file(&path, MAX_HEADS_JSON_BYTES)?;
         let text = std::fs::read_to_string(&path)
             .map_err(|e| manifest_error(format!("cannot read the heads manifest: {e}")))?;
         let info: HeadsInfo = serde_json::from_str(&text)
@@ -148,6 +149,7 @@ impl TaskHeads {
         if info.structures.is_empty() {
             return Err(manifest_error("no structures".into()));
         }
+        check_values(&info).map_err(manifest_error)?;
         if info.model_frame != crate::io::FRAME_VERSION {
             return Err(ModelError::FrameMismatch {
                 path,
@@ -161,7 +163,7 @@ impl TaskHeads {
                 .iter()
                 .find(|f| f.name == name)
                 .ok_or_else(|| manifest_error(format!("no file named '{name}'")))?;
-            let file = dir.join(&entry.file);
+            let file = confined(dir, &entry.file).map_err(&manifest_error)?;
             verify_file(&file, &entry.sha256)?;
             Ok(file)
         };
@@ -193,4 +195,63 @@ impl TaskHeads {
     pub fn structure_index(&self, name: &str) -> Option<usize> {
         self.info.structures.iter().position(|s| s == name)
     }
+}
+
+/// Largest `heads.json` read, bytes.
+const MAX_HEADS_JSON_BYTES: u64 = 1 << 20;
+
+/// Range checks of `heads.json`'s values: thresholds are probabilities, structure names
+/// are plain, distinct names (they name output files).
+fn check_values(info: &HeadsInfo) -> Result<(), String> {
+    let probability = |what: &str, v: f32| {
+        if v.is_finite() && (0.0..=1.0).contains(&v) {
+            Ok(())
+        } else {
+            Err(format!("{what} {v} is not a probability between 0 and 1"))
+        }
+    };
+    probability("error_threshold", info.error_threshold)?;
+    if let Some(t) = info.point_label_threshold {
+        probability("point_label_threshold", t)?;
+    }
+    for (i, name) in info.structures.iter().enumerate() {
+        let plain = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && !name
+                .chars()
+                .any(|c| c == '/' || c == '\\' || c.is_control());
+        if !plain {
+            return Err(format!(
+                "structure name '{name}' is not a plain name (it names output files)"
+            ));
+        }
+        if info.structures[..i].contains(name) {
+            return Err(format!("structure '{name}' is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+/// `file` from `heads.json` as a path inside `dir`: relative, without `..`, and (links
+/// resolved) still inside `dir`.
+fn confined(dir: &Path, file: &str) -> Result<PathBuf, String> {
+    use std::path::Component;
+    let rel = Path::new(file);
+    if file.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(format!(
+            "file '{file}' is not a relative path inside the heads folder"
+        ));
+    }
+    let path = dir.join(rel);
+    let (Ok(root), Ok(real)) = (dir.canonicalize(), path.canonicalize()) else {
+        return Err(format!("file '{file}' does not exist in the heads folder"));
+    };
+    if !real.starts_with(&root) {
+        return Err(format!(
+            "file '{file}' leads outside the heads folder (to {})",
+            real.display()
+        ));
+    }
+    Ok(path)
 }

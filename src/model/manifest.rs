@@ -117,6 +117,7 @@ impl Manifest {
 /// [`ModelError::Manifest`] when the file cannot be read, [`ModelError::Checksum`] when its
 /// digest differs.
 pub(crate) fn verify_file(path: &Path, expected: &str) -> Result<(), ModelError> {
+    check_regular_file(path, MAX_MODEL_FILE_BYTES)?;
     let found = sha256_file(path).map_err(|e| ModelError::Manifest {
         path: path.to_path_buf(),
         reason: format!("cannot read model file: {e}"),
@@ -130,6 +131,34 @@ pub(crate) fn verify_file(path: &Path, expected: &str) -> Result<(), ModelError>
             found,
         })
     }
+}
+
+/// Largest model or head file hashed and loaded, bytes (the shipped encoder is ~40 MB).
+pub(crate) const MAX_MODEL_FILE_BYTES: u64 = 2 << 30;
+
+/// Checks, without opening it, that `path` is a regular file (not a device, FIFO or
+/// folder, which could block or never end) of at most `max_bytes`.
+///
+/// # Errors
+/// [`ModelError::Manifest`] naming the file and what it is.
+pub(crate) fn check_regular_file(path: &Path, max_bytes: u64) -> Result<(), ModelError> {
+    let error = |reason: String| ModelError::Manifest {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| error(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(error(
+            "not a regular file (a device, FIFO or folder); refusing to read it".into(),
+        ));
+    }
+    if meta.len() > max_bytes {
+        return Err(error(format!(
+            "{} bytes, more than the {max_bytes} allowed",
+            meta.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Lowercase hex sha256 of a file.

@@ -1,0 +1,961 @@
+//! Hostile and malformed inputs (issue 20): every crafted file is generated here, in a
+//! temp folder (bombs are never committed), and must give a clear per-input error or a
+//! warning, never an abort, unbounded memory, a write outside -o or a silent wrong answer.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cosam::io::{self, Limits, ReadError};
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
+use serde_json::Value;
+
+use crate::util::{demo, root};
+
+// ---------------------------------------------------------------- NIfTI crafting
+
+/// A little-endian NIfTI-1 single-file header: `dims` voxels of `datatype`/`bitpix`,
+/// 1 mm voxels, an identity sform (code 1), no qform, data at `vox_offset`.
+fn nifti_header(dims: [u16; 3], datatype: i16, bitpix: i16, vox_offset: f32) -> Vec<u8> {
+    let mut h = vec![0u8; 348];
+    put_i32(&mut h, 0, 348);
+    let dim = [
+        3i16,
+        dims[0] as i16,
+        dims[1] as i16,
+        dims[2] as i16,
+        1,
+        1,
+        1,
+        1,
+    ];
+    for (i, d) in dim.iter().enumerate() {
+        put_i16(&mut h, 40 + 2 * i, *d);
+    }
+    put_i16(&mut h, 70, datatype);
+    put_i16(&mut h, 72, bitpix);
+    for (i, p) in [1.0f32, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+        .iter()
+        .enumerate()
+    {
+        put_f32(&mut h, 76 + 4 * i, *p);
+    }
+    put_f32(&mut h, 108, vox_offset);
+    put_f32(&mut h, 112, 1.0); // scl_slope
+    h[123] = 2; // xyzt_units: mm
+    put_i16(&mut h, 252, 0); // qform_code
+    put_i16(&mut h, 254, 1); // sform_code
+    set_sform(
+        &mut h,
+        [
+            [1.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+        ],
+    );
+    h[344..348].copy_from_slice(b"n+1\0");
+    h
+}
+
+fn set_sform(h: &mut [u8], rows: [[f32; 4]; 3]) {
+    for (r, row) in rows.iter().enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            put_f32(h, 280 + 16 * r + 4 * c, *v);
+        }
+    }
+}
+
+/// qform_code 1 with quaternion (b, c, d) and offset 0.
+fn set_qform(h: &mut [u8], b: f32, c: f32, d: f32) {
+    put_i16(h, 252, 1);
+    put_f32(h, 256, b);
+    put_f32(h, 260, c);
+    put_f32(h, 264, d);
+}
+
+fn put_i16(h: &mut [u8], at: usize, v: i16) {
+    h[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_i32(h: &mut [u8], at: usize, v: i32) {
+    h[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_f32(h: &mut [u8], at: usize, v: f32) {
+    h[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Header, then zeros (the extension flag and any gap) up to `vox_offset`, then `data`.
+fn nifti_file(header: &[u8], vox_offset: usize, data: &[u8]) -> Vec<u8> {
+    let mut f = header.to_vec();
+    f.resize(vox_offset.max(352), 0);
+    f.extend_from_slice(data);
+    f
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+/// A .nii.gz whose header claims 1024x1024x1000 uint8 and whose body is `body_mib` MiB of
+/// zeros (1000 for the real 1 GB bomb: about 1 MB on disk).
+fn write_gzip_bomb(path: &Path, body_mib: usize) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    gz.write_all(&nifti_file(
+        &nifti_header([1024, 1024, 1000], 2, 8, 352.0),
+        352,
+        &[],
+    ))
+    .unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..body_mib {
+        gz.write_all(&zeros).unwrap();
+    }
+    gz.finish().unwrap();
+}
+
+/// A 2 MB .nii whose extension flag is set and whose first extension declares size 0,
+/// followed by a long body.
+fn zero_size_extension() -> Vec<u8> {
+    let offset = 352 + (2 << 20);
+    let mut f = nifti_file(
+        &nifti_header([64, 64, 4], 2, 8, offset as f32),
+        offset,
+        &[7; 64 * 64 * 4],
+    );
+    f[348] = 1; // extension flag
+                // esize 0, ecode 0: already zeros
+    f
+}
+
+/// 8x6x3 int16 voxels numbered in file order (i fastest), as a file with `vox_offset`
+/// and junk between the header and the voxels.
+fn numbered_nifti(vox_offset: usize) -> (Vec<u8>, Vec<f32>) {
+    let n = 8 * 6 * 3;
+    let values: Vec<f32> = (0..n).map(|v| (v * 3) as f32).collect();
+    let data: Vec<u8> = values
+        .iter()
+        .flat_map(|&v| (v as i16).to_le_bytes())
+        .collect();
+    let mut f = nifti_file(
+        &nifti_header([8, 6, 3], 4, 16, vox_offset as f32),
+        vox_offset,
+        &data,
+    );
+    for b in &mut f[352..vox_offset] {
+        *b = 0x7F;
+    }
+    f[348..352].copy_from_slice(&[0, 0, 0, 0]);
+    (f, values)
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn err(path: &Path) -> ReadError {
+    match io::read(path) {
+        Ok(_) => panic!("{} was accepted", path.display()),
+        Err(e) => e,
+    }
+}
+
+// ---------------------------------------------------------------- DICOM crafting
+
+fn mr_small() -> PathBuf {
+    root().join("tests/fixtures/io/dicom/MR_small.dcm")
+}
+
+/// MR_small (64x64, one frame) with `edit` applied, saved as `dir/name`.
+fn edited_dicom(
+    dir: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut dicom_object::DefaultDicomObject),
+) -> PathBuf {
+    let mut obj = dicom_object::open_file(mr_small()).unwrap();
+    edit(&mut obj);
+    let p = dir.join(name);
+    obj.write_to_file(&p).unwrap();
+    p
+}
+
+fn put_ds(obj: &mut dicom_object::DefaultDicomObject, tag: dicom_core::Tag, value: &str) {
+    obj.put(DataElement::new(tag, VR::DS, PrimitiveValue::from(value)));
+}
+
+// ---------------------------------------------------------------- reader tests
+
+/// Item 1: the header's claim (1024x1024x1000 uint8 = 12 GB through the pipeline) is
+/// refused before one byte of the body is inflated.
+#[test]
+fn gzip_bomb_nifti_is_refused_from_its_header() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bomb = tmp.path().join("bomb.nii.gz");
+    write_gzip_bomb(&bomb, 16);
+    let t0 = Instant::now();
+    let e = err(&bomb);
+    assert!(matches!(e, ReadError::TooLarge { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("bomb.nii.gz") && msg.contains("memory budget"),
+        "{msg}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t0.elapsed()
+    );
+    // a smaller budget refuses what the default accepts
+    let small = write(
+        tmp.path(),
+        "small.nii",
+        &nifti_file(
+            &nifti_header([64, 64, 64], 2, 8, 352.0),
+            352,
+            &[1; 64 * 64 * 64],
+        ),
+    );
+    assert!(io::read(&small).is_ok());
+    let tight = Limits::default().with_max_memory_bytes(1 << 20);
+    assert!(matches!(
+        io::read_with_limits(&small, &tight),
+        Err(ReadError::TooLarge { .. })
+    ));
+}
+
+/// Item 2: a zero-size extension is an error naming it, not an endless loop of entries.
+#[test]
+fn zero_size_nifti_extension_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(tmp.path(), "zero_ext.nii", &zero_size_extension());
+    let msg = err(&p).to_string();
+    assert!(
+        msg.contains("zero_ext.nii") && msg.contains("extension 1 declares 0 bytes"),
+        "{msg}"
+    );
+    // a well-formed 32-byte extension is skipped and the voxels read after it
+    let mut ok = nifti_file(&nifti_header([4, 4, 1], 2, 8, 384.0), 384, &[9; 16]);
+    ok[348] = 1;
+    put_i32(&mut ok, 352, 32);
+    put_i32(&mut ok, 356, 4);
+    let p = write(tmp.path(), "one_ext.nii", &ok);
+    let v = io::read(&p).unwrap();
+    assert!(v.voxels().iter().all(|&x| x == 9.0));
+    // more extensions than the budget allows
+    let count = 40;
+    let offset = 352 + 16 * count;
+    let mut many = nifti_file(
+        &nifti_header([4, 4, 1], 2, 8, offset as f32),
+        offset,
+        &[9; 16],
+    );
+    many[348] = 1;
+    for k in 0..count {
+        put_i32(&mut many, 352 + 16 * k, 16);
+    }
+    let p = write(tmp.path(), "many_ext.nii", &many);
+    assert!(io::read(&p).is_ok());
+    let mut few = Limits::default();
+    few.max_extensions = 8;
+    assert!(matches!(
+        io::read_with_limits(&p, &few),
+        Err(ReadError::TooLarge { .. })
+    ));
+}
+
+/// Item 3: NumberOfFrames = 2^31 - 1 is refused from the header, before per-frame
+/// storage exists; alone and in a folder.
+#[test]
+fn dicom_with_two_billion_frames_is_refused_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("series");
+    std::fs::create_dir(&dir).unwrap();
+    let p = edited_dicom(&dir, "frames.dcm", |o| {
+        o.put(DataElement::new(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            PrimitiveValue::from("2147483647"),
+        ));
+    });
+    let t0 = Instant::now();
+    let e = err(&p);
+    assert!(matches!(e, ReadError::TooLarge { .. }), "{e}");
+    assert!(e.to_string().contains("2147483647 frames"), "{e}");
+    let all = io::read_inputs(&dir, &Limits::default());
+    assert_eq!(all.len(), 1);
+    assert!(matches!(all[0], Err(ReadError::TooLarge { .. })));
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}
+
+/// Item 7: vox_offset is honoured in .nii.gz as in .nii (nibabel reads from it); NaN,
+/// negative and fractional offsets are refused.
+#[test]
+fn nifti_voxels_are_read_from_vox_offset_gzip_or_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (file, values) = numbered_nifti(1024);
+    for (name, bytes) in [("off.nii", file.clone()), ("off.nii.gz", gzip(&file))] {
+        let v = io::read(&write(tmp.path(), name, &bytes)).unwrap();
+        assert_eq!(v.voxels().dim(), (3, 6, 8, 1), "{name}");
+        let got: Vec<f32> = v.voxels().iter().copied().collect();
+        assert_eq!(got, values, "{name}: voxels not read from byte 1024");
+    }
+    for bad in [f32::NAN, -16.0, 400.5, f32::INFINITY] {
+        let mut f = file.clone();
+        put_f32(&mut f, 108, bad);
+        let p = write(tmp.path(), "bad_offset.nii.gz", &gzip(&f));
+        let msg = err(&p).to_string();
+        assert!(msg.contains("vox_offset"), "{bad}: {msg}");
+    }
+}
+
+/// Item 11: a singular sform or a non-unit quaternion is never used or written back; the
+/// other transform is used with a warning, and without one the file is refused.
+#[test]
+fn unusable_sform_or_qform_is_refused_or_replaced_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = [5u8; 4 * 4 * 2];
+    let rank1 = [
+        [1.0, 1.0, 1.0, 0.0],
+        [2.0, 2.0, 2.0, 0.0],
+        [3.0, 3.0, 3.0, 0.0],
+    ];
+    // singular sform, no qform: refused
+    let mut h = nifti_header([4, 4, 2], 2, 8, 352.0);
+    set_sform(&mut h, rank1);
+    let p = write(tmp.path(), "rank1.nii", &nifti_file(&h, 352, &data));
+    let msg = err(&p).to_string();
+    assert!(msg.contains("singular (rank 1)"), "{msg}");
+    // singular sform, valid qform (identity): qform used, warned, sform not written back
+    set_qform(&mut h, 0.0, 0.0, 0.0);
+    let p = write(tmp.path(), "rank1_qform.nii", &nifti_file(&h, 352, &data));
+    let v = io::read(&p).unwrap();
+    assert!(
+        v.warnings()
+            .iter()
+            .any(|w| w.contains("singular") && w.contains("qform")),
+        "{:?}",
+        v.warnings()
+    );
+    assert_eq!(v.affine().apply([1.0, 2.0, 1.0]), [1.0, 2.0, 1.0]);
+    let out = tmp.path().join("mask.nii.gz");
+    io::write_mask_nifti(&out, &ndarray::Array3::ones((2, 4, 4)), &v).unwrap();
+    let written = io::nifti::read_header(&out).unwrap();
+    assert_eq!(written.sform_code, 0, "the singular sform was written back");
+    assert_eq!(io::read(&out).unwrap().affine(), v.affine());
+    // non-unit quaternion, qform only: refused
+    let mut h = nifti_header([4, 4, 2], 2, 8, 352.0);
+    put_i16(&mut h, 254, 0);
+    set_qform(&mut h, 0.9, 0.9, 0.0);
+    let p = write(
+        tmp.path(),
+        "long_quaternion.nii",
+        &nifti_file(&h, 352, &data),
+    );
+    let msg = err(&p).to_string();
+    assert!(msg.contains("quaternion"), "{msg}");
+    // with a valid sform beside it: the sform is used, the qform dropped on write
+    put_i16(&mut h, 254, 1);
+    let p = write(
+        tmp.path(),
+        "long_quaternion_sform.nii",
+        &nifti_file(&h, 352, &data),
+    );
+    let v = io::read(&p).unwrap();
+    assert!(
+        v.warnings().iter().any(|w| w.contains("quaternion")),
+        "{:?}",
+        v.warnings()
+    );
+    io::write_mask_nifti(&out, &ndarray::Array3::ones((2, 4, 4)), &v).unwrap();
+    assert_eq!(io::nifti::read_header(&out).unwrap().qform_code, 0);
+}
+
+/// Item 14: complex voxels and a datatype/bitpix disagreement are "unsupported", named,
+/// without a caught panic's text.
+#[test]
+fn complex_and_inconsistent_nifti_are_unsupported_not_malformed() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, datatype, bitpix, what) in [
+        ("complex64.nii", 32i16, 64i16, "complex"),
+        ("float_bitpix8.nii", 16, 8, "bitpix is 8"),
+    ] {
+        let h = nifti_header([4, 4, 1], datatype, bitpix, 352.0);
+        let p = write(tmp.path(), name, &nifti_file(&h, 352, &[0; 4 * 4 * 8]));
+        let e = err(&p);
+        assert!(matches!(e, ReadError::Unsupported { .. }), "{name}: {e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("unsupported input") && msg.contains(what),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("malformed") && !msg.contains("panic"),
+            "{msg}"
+        );
+    }
+}
+
+/// Item 17: a NaN affine is named as such, not as "a zero axis".
+#[test]
+fn nan_affine_is_reported_as_nan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = nifti_header([4, 4, 2], 2, 8, 352.0);
+    set_sform(
+        &mut h,
+        [
+            [f32::NAN, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+        ],
+    );
+    let p = write(tmp.path(), "nan_sform.nii", &nifti_file(&h, 352, &[1; 32]));
+    let msg = err(&p).to_string();
+    assert!(msg.contains("NaN") && !msg.contains("zero axis"), "{msg}");
+}
+
+/// Item 12: missing or non-positive PixelSpacing and non-orthogonal orientation are
+/// warned about, not silently turned into 1 mm or a shear.
+#[test]
+fn untrustworthy_dicom_geometry_is_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let warnings = |p: &Path| io::read(p).unwrap().warnings().to_vec();
+    for (name, spacing) in [
+        ("zero.dcm", Some("0\\0")),
+        ("neg.dcm", Some("-0.5\\0.5")),
+        ("none.dcm", None),
+    ] {
+        let p = edited_dicom(tmp.path(), name, |o| match spacing {
+            Some(s) => put_ds(o, tags::PIXEL_SPACING, s),
+            None => {
+                o.remove_element(tags::PIXEL_SPACING);
+            }
+        });
+        let w = warnings(&p);
+        assert!(
+            w.iter()
+                .any(|w| w.contains("PixelSpacing") && w.contains("1 mm assumed")),
+            "{name}: {w:?}"
+        );
+    }
+    let p = edited_dicom(tmp.path(), "sheared.dcm", |o| {
+        put_ds(
+            o,
+            tags::IMAGE_ORIENTATION_PATIENT,
+            "1\\0\\0\\0.5\\0.8660254\\0",
+        );
+    });
+    let w = warnings(&p);
+    assert!(
+        w.iter()
+            .any(|w| w.contains("ImageOrientationPatient") && w.contains("60.00 degrees")),
+        "{w:?}"
+    );
+    // the untouched file has no such warning
+    assert!(warnings(&mr_small()).is_empty());
+}
+
+/// (Issue 18's leftover) a .dcm file without the 128-byte preamble gets the same clear
+/// error alone and in a folder, instead of "folder holds no DICOM files".
+#[test]
+fn dicom_without_preamble_fails_the_same_alone_and_in_a_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("nopreamble");
+    std::fs::create_dir(&dir).unwrap();
+    let bytes = std::fs::read(mr_small()).unwrap();
+    let p = write(&dir, "slice.dcm", &bytes[128..]);
+    let alone = err(&p).to_string();
+    assert!(alone.contains("preamble"), "{alone}");
+    let in_folder = io::read_inputs(&dir, &Limits::default());
+    assert_eq!(in_folder.len(), 1);
+    let msg = in_folder[0].as_ref().unwrap_err().to_string();
+    assert!(
+        msg.contains("slice.dcm") && msg.contains("preamble"),
+        "{msg}"
+    );
+    assert_eq!(io::detect_format(&p).unwrap(), io::ImageFormat::Dicom);
+}
+
+/// A FIFO given as an input, or lying in a DICOM folder, is refused or skipped without
+/// being opened (opening it would block forever).
+#[test]
+fn fifos_are_never_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("series");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(mr_small(), dir.join("a.dcm")).unwrap();
+    for fifo in [dir.join("b.dcm"), tmp.path().join("pipe.nii")] {
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (d, p) = (dir.clone(), tmp.path().join("pipe.nii"));
+    std::thread::spawn(move || {
+        let folder = io::read_inputs(&d, &Limits::default());
+        let pipe = io::read_inputs(&p, &Limits::default());
+        let _ = tx.send((
+            folder.iter().map(Result::is_ok).collect::<Vec<_>>(),
+            pipe.into_iter()
+                .map(|r| r.err().map(|e| e.to_string()))
+                .collect::<Vec<_>>(),
+        ));
+    });
+    let (folder, pipe) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("reading blocked on a FIFO");
+    assert_eq!(folder, vec![true], "the folder's one real slice");
+    assert!(
+        pipe[0]
+            .as_deref()
+            .is_some_and(|m| m.contains("not a regular file")),
+        "{pipe:?}"
+    );
+}
+
+// ---------------------------------------------------------------- CLI tests
+
+fn cosam(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cosam"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the cosam binary runs")
+}
+
+fn text(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+fn report(dir: &Path) -> Value {
+    let path = dir.join("report.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn entries(report: &Value) -> &Vec<Value> {
+    report["inputs"].as_array().unwrap()
+}
+
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_below(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Item 4: case ids that are paths are refused; nothing is written outside -o.
+#[test]
+fn case_ids_cannot_write_outside_the_output_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let escaped = tmp.path().join("escaped");
+    std::fs::create_dir(&escaped).unwrap();
+    let out = tmp.path().join("deep/out");
+    let image = text(&demo("brain_t1.png"));
+    let cases = serde_json::json!({"cases": [
+        {"id": "../x", "input": image, "box": [10, 10, 60, 60]},
+        {"id": format!("{}/x", escaped.display()), "input": image, "box": [10, 10, 60, 60]},
+        {"id": "fine", "input": image, "box": [10, 10, 60, 60]},
+    ]});
+    let cases_path = write(tmp.path(), "cases.json", cases.to_string().as_bytes());
+    let o = cosam(&[
+        "segment",
+        "--cases",
+        &text(&cases_path),
+        "-o",
+        &text(&out),
+        "--threads",
+        "2",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    let r = report(&out);
+    assert_eq!((r["ok"].as_u64(), r["failed"].as_u64()), (Some(1), Some(2)));
+    for e in entries(&r).iter().filter(|e| e["status"] == "failed") {
+        assert!(
+            e["error"].as_str().unwrap().contains("not a plain name"),
+            "{e}"
+        );
+    }
+    assert!(out.join("fine_mask.png").is_file());
+    let outside: Vec<PathBuf> = files_below(tmp.path())
+        .into_iter()
+        .filter(|p| !p.starts_with(&out) && p != &cases_path)
+        .collect();
+    assert!(outside.is_empty(), "written outside -o: {outside:?}");
+}
+
+/// Runs cosam and kills it after `limit`; None when it had to be killed.
+fn cosam_within(args: &[&str], limit: Duration) -> Option<std::process::Output> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cosam"))
+        .args(args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Item 5: heads.json naming a device, a FIFO or a file outside the heads folder is
+/// refused without reading it; thresholds out of [0, 1] are refused.
+#[test]
+fn heads_files_are_confined_checked_and_range_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shipped: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("models/heads/abdomen/heads.json")).unwrap(),
+    )
+    .unwrap();
+    let input = text(&demo("brain_t1.png"));
+    let out = text(&tmp.path().join("out"));
+    for (case, file, threshold, expect) in [
+        ("dev_zero", "/dev/zero", 0.5, "not a relative path"),
+        (
+            "passwd",
+            "../../../../../../etc/passwd",
+            0.5,
+            "not a relative path",
+        ),
+        ("fifo", "fifo_link", 0.5, "not a regular file"),
+        ("threshold", "decoder.onnx", 7.5, "error_threshold 7.5"),
+    ] {
+        let dir = tmp.path().join(case);
+        std::fs::create_dir(&dir).unwrap();
+        // a FIFO inside the folder (a link to one outside would be refused as outside)
+        if case == "fifo" {
+            let c = std::ffi::CString::new(dir.join("fifo_link").to_str().unwrap()).unwrap();
+            // SAFETY: a valid NUL-terminated path
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        }
+        let mut info = shipped.clone();
+        info["error_threshold"] = serde_json::json!(threshold);
+        for f in info["files"].as_array_mut().unwrap() {
+            f["file"] = Value::from(file);
+        }
+        write(&dir, "heads.json", info.to_string().as_bytes());
+        let o = cosam_within(
+            &["segment", "--heads", &text(&dir), "-i", &input, "-o", &out],
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|| panic!("{case}: cosam hung"));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{case}: {stderr}");
+        assert!(stderr.contains(expect), "{case}: {stderr}");
+        assert!(
+            !stderr.contains("sha256"),
+            "{case}: hashed before checking: {stderr}"
+        );
+    }
+}
+
+/// Item 9: --slices applies to --task runs, and a range past the volume fails the input.
+/// Item 10: a structure named twice is a usage error.
+#[test]
+fn task_runs_honour_slices_and_refuse_repeated_structures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let volume = text(&demo("ct_abdomen.nii.gz"));
+    let o = cosam(&[
+        "segment",
+        "--task",
+        "abdomen",
+        "--structures",
+        "liver",
+        "--slices",
+        "100:200",
+        "-i",
+        &volume,
+        "-o",
+        &text(&out),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    let r = report(&out);
+    let msg = entries(&r)[0]["error"].as_str().unwrap().to_string();
+    assert!(msg.contains("200") && msg.contains("30"), "{msg}");
+    let o = cosam(&[
+        "segment",
+        "--task",
+        "abdomen",
+        "--structures",
+        "liver,liver",
+        "-i",
+        &volume,
+        "-o",
+        &text(&out),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("'liver' twice"), "{stderr}");
+}
+
+/// Item 8: a folder with a DICOM slice, a PNG and a NIfTI gives three inputs.
+/// Item 13: a file name that is not UTF-8 is segmented and reported.
+#[test]
+fn mixed_folder_gives_every_input_and_odd_names_are_reported() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::copy(mr_small(), input.join("slice.dcm")).unwrap();
+    std::fs::copy(demo("mr_abdomen.png"), input.join("mr.png")).unwrap();
+    let (file, _) = numbered_nifti(352);
+    write(&input, "vol.nii.gz", &gzip(&file));
+    let odd = input.join(std::ffi::OsStr::from_bytes(b"caf\xe9.png"));
+    std::fs::copy(demo("brain_t1.png"), &odd).unwrap();
+    let out = tmp.path().join("out");
+    let o = cosam(&[
+        "segment",
+        "-i",
+        &text(&input),
+        "-o",
+        &text(&out),
+        "--box",
+        "1,1,5,4",
+        "--slices",
+        "0:0",
+        "--threads",
+        "2",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let r = report(&out);
+    let names: Vec<&str> = entries(&r)
+        .iter()
+        .map(|e| e["input"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 4, "{names:?}\n{stderr}");
+    for want in ["in", "mr.png", "vol.nii.gz", "caf\u{FFFD}.png"] {
+        assert!(
+            names.iter().any(|n| n.ends_with(want)),
+            "{want} missing: {names:?}"
+        );
+    }
+    assert!(out.join("caf__mask.png").is_file(), "{stderr}");
+    assert!(matches!(o.status.code(), Some(0) | Some(1)), "{stderr}");
+}
+
+/// Item 15: -o equal to the input folder is refused. Item 16: temporary files of a
+/// killed run are removed at the next run.
+#[test]
+fn output_folder_cannot_be_the_input_folder_and_stale_partials_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::copy(demo("brain_t1.png"), input.join("brain.png")).unwrap();
+    let o = cosam(&[
+        "segment",
+        "-i",
+        &text(&input),
+        "-o",
+        &text(&input),
+        "--box",
+        "10,10,60,60",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("choose another -o"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&input).unwrap().count(), 1);
+
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let stale = write(&out, ".partial-4294967294-brain_mask.png", b"half");
+    let o = cosam(&[
+        "segment",
+        "-i",
+        &text(&tmp.path().join("missing.png")),
+        "-o",
+        &text(&out),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!stale.exists(), "stale partial file kept");
+}
+
+// ---------------------------------------------------------------- the mixed batch
+
+/// Runs cosam with its address space capped at `cap_bytes`, killed after `limit`; the
+/// exit code (None when killed by a signal), stderr, and the child's peak RSS in bytes.
+fn cosam_measured(args: &[&str], cap_bytes: u64, limit: Duration) -> (Option<i32>, String, u64) {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let err_path = tmp.path().join("stderr");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cosam"));
+    cmd.args(args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: cap_bytes as libc::rlim_t,
+                rlim_max: cap_bytes as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // reaped by wait4 below, which also gives its resource usage
+    #[allow(clippy::zombie_processes)]
+    let child = cmd.spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let t0 = Instant::now();
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid value to be filled in
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waiting for our own child with valid out-pointers
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break;
+        }
+        assert!(r == 0, "wait4 failed");
+        if t0.elapsed() > limit {
+            // SAFETY: signalling our own child
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    // ru_maxrss is in KiB on Linux
+    (code, stderr, usage.ru_maxrss as u64 * 1024)
+}
+
+/// Every crafted input with good ones in one batch, under the issue's 6 GB address-space
+/// cap: the run finishes (exit 1), every good input is written, every bad one is listed
+/// in report.json with a clear error, and peak RSS stays under 3 GB.
+#[test]
+fn batch_of_every_crafted_input_finishes_within_bounded_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("in");
+    std::fs::create_dir(&dir).unwrap();
+    // good
+    std::fs::copy(demo("mr_abdomen.png"), dir.join("good_mr.png")).unwrap();
+    std::fs::copy(demo("brain_t1.png"), dir.join("good_brain.png")).unwrap();
+    let mut disk = vec![0i16; 64 * 64 * 2];
+    for (n, v) in disk.iter_mut().enumerate() {
+        let (r, c) = ((n / 64) % 64, n % 64);
+        let d2 = (r as i32 - 32).pow(2) + (c as i32 - 30).pow(2);
+        *v = if d2 < 15 * 15 { 400 } else { 20 };
+    }
+    let data: Vec<u8> = disk.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let h = nifti_header([64, 64, 2], 4, 16, 1024.0);
+    write(
+        &dir,
+        "good_offset.nii.gz",
+        &gzip(&nifti_file(&h, 1024, &data)),
+    );
+    // bad
+    write_gzip_bomb(&dir.join("bomb.nii.gz"), 1000);
+    write(&dir, "zero_ext.nii", &zero_size_extension());
+    edited_dicom(&dir, "frames.dcm", |o| {
+        o.put(DataElement::new(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            PrimitiveValue::from("2147483647"),
+        ));
+    });
+    let mut h = nifti_header([4, 4, 2], 2, 8, 352.0);
+    put_f32(&mut h, 108, f32::NAN);
+    write(&dir, "nan_offset.nii", &nifti_file(&h, 352, &[1; 32]));
+    let h = nifti_header([4, 4, 1], 32, 64, 352.0);
+    write(&dir, "complex.nii", &nifti_file(&h, 352, &[0; 128]));
+    let mut h = nifti_header([4, 4, 2], 2, 8, 352.0);
+    set_sform(
+        &mut h,
+        [
+            [1.0, 1.0, 1.0, 0.0],
+            [2.0, 2.0, 2.0, 0.0],
+            [3.0, 3.0, 3.0, 0.0],
+        ],
+    );
+    write(&dir, "rank1.nii", &nifti_file(&h, 352, &[1; 32]));
+    let mut h = nifti_header([4, 4, 2], 2, 8, 352.0);
+    put_i16(&mut h, 254, 0);
+    set_qform(&mut h, 0.9, 0.9, 0.0);
+    write(&dir, "long_quaternion.nii", &nifti_file(&h, 352, &[1; 32]));
+    let bad = [
+        ("bomb.nii.gz", "memory budget"),
+        ("zero_ext.nii", "extension 1"),
+        ("frames.dcm", "frames"),
+        ("nan_offset.nii", "vox_offset"),
+        ("complex.nii", "complex"),
+        ("rank1.nii", "singular"),
+        ("long_quaternion.nii", "quaternion"),
+    ];
+    let out = tmp.path().join("out");
+    let (code, stderr, peak) = cosam_measured(
+        &[
+            "segment",
+            "-i",
+            &text(&dir),
+            "-o",
+            &text(&out),
+            "--box",
+            "10,10,60,60",
+            "--device",
+            "cpu",
+            "--threads",
+            "2",
+        ],
+        6 << 30,
+        Duration::from_secs(600),
+    );
+    println!("peak RSS {} MiB", peak >> 20);
+    assert_eq!(code, Some(1), "{stderr}");
+    let r = report(&out);
+    for good in ["good_mr.png", "good_brain.png", "good_offset.nii.gz"] {
+        let e = entries(&r)
+            .iter()
+            .find(|e| e["input"].as_str().unwrap().ends_with(good))
+            .unwrap_or_else(|| panic!("{good} not in the report"));
+        assert_eq!(e["status"], "ok", "{e}");
+        for f in e["outputs"].as_array().unwrap() {
+            assert!(Path::new(f.as_str().unwrap()).exists(), "{f}");
+        }
+    }
+    // frames.dcm makes the folder a DICOM folder: its series entry is named by the folder
+    for (name, reason) in bad {
+        let e = entries(&r)
+            .iter()
+            .find(|e| {
+                e["input"].as_str().unwrap().ends_with(name)
+                    || e["error"].as_str().is_some_and(|m| m.contains(name))
+            })
+            .unwrap_or_else(|| panic!("{name} not in the report: {r}"));
+        assert_eq!(e["status"], "failed", "{name}: {e}");
+        let msg = e["error"].as_str().unwrap();
+        assert!(msg.contains(name) && msg.contains(reason), "{name}: {msg}");
+    }
+    assert!(peak < 3 << 30, "peak RSS {} MiB", peak >> 20);
+}
