@@ -39,7 +39,7 @@
 //! let volume = cosam::io::read(std::path::Path::new("data/demo/mr_abdomen.png"))?;
 //! let slice = segmenter.embed_slice(&volume, 0)?;
 //! let prompts = Prompts::from_box(BoxXyxy::new(10.0, 15.0, 62.0, 74.0)?);
-//! let prediction = segmenter.predict(&slice, &prompts)?;
+//! let prediction = segmenter.predict(&slice, &prompts, None)?;
 //! println!("{} mask pixels, predicted IoU {:.2}", prediction.mask.area(), prediction.iou);
 //! assert!(prediction.mask.area() > 1000 && prediction.iou > 0.5);
 //! # Ok(())

@@ -9,3 +9,4 @@ mod metrics;
 mod pipeline;
 mod post;
 mod util;
+mod viewer;
