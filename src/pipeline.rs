@@ -206,6 +206,18 @@ pub struct SlicePrediction {
     pub logits: Array2<f32>,
 }
 
+/// A prompt-free mask of one slice ([`Segmenter::predict_prompt_free`]).
+#[derive(Debug, Clone)]
+pub struct PromptFreePrediction {
+    /// The loop's final mask, its IoU estimate and model-frame map (decoder logits, or
+    /// +-1 for a corrected mask); the map can seed a prompted refinement.
+    pub prediction: SlicePrediction,
+    /// How much to trust the mask.
+    pub quality: Quality,
+    /// Every round of the loop (empty for a constant slice).
+    pub trace: Vec<Round>,
+}
+
 /// Per-slice outcome of [`Segmenter::segment_volume`].
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct SliceResult {
@@ -554,6 +566,61 @@ impl Segmenter {
             mask: Mask(mask.index_axis_move(ndarray::Axis(0), 0)),
             iou: out.iou,
             logits: out.logits,
+        })
+    }
+
+    /// Segments structure `structure` of `heads` on an embedded slice without prompts:
+    /// CoSAM's coarse mask and self-correcting loop (as [`Segmenter::segment_volume_prompt_free`]
+    /// does on every slice), with the slice's quality. `options` defaults to the loop's
+    /// defaults with the heads' error threshold.
+    ///
+    /// # Errors
+    /// A structure index out of range, [`ModelError::EncoderMismatch`], or a model failure.
+    pub fn predict_prompt_free(
+        &self,
+        slice: &EmbeddedSlice,
+        heads: &TaskHeads,
+        structure: usize,
+        options: Option<&CorrectOptions>,
+    ) -> Result<PromptFreePrediction> {
+        if slice.encoder_sha256 != self.encoder_sha256() {
+            return Err(ModelError::EncoderMismatch {
+                expected: self.encoder_sha256().to_string(),
+                found: slice.encoder_sha256.clone(),
+            }
+            .into());
+        }
+        let t = slice.transform;
+        let Some(embedding) = &slice.embedding else {
+            return Ok(PromptFreePrediction {
+                prediction: SlicePrediction {
+                    mask: Mask(Array2::zeros((t.source_rows, t.source_cols))),
+                    iou: 0.0,
+                    logits: Array2::from_elem((MODEL_SIZE, MODEL_SIZE), CONSTANT_SLICE_LOGIT),
+                },
+                quality: Quality::from_rounds([]),
+                trace: Vec::new(),
+            });
+        };
+        let defaults = CorrectOptions::default().with_error_threshold(heads.info.error_threshold);
+        let c = correct_slice(
+            &self.loop_models(heads),
+            embedding,
+            &t,
+            structure,
+            options.unwrap_or(&defaults),
+        )?;
+        let quality = Quality::from_rounds([c.final_round()]);
+        let iou = c.final_round().iou.unwrap_or(0.0);
+        let mask = self.logits_to_masks(c.logits.view().insert_axis(ndarray::Axis(0)), &t)?;
+        Ok(PromptFreePrediction {
+            prediction: SlicePrediction {
+                mask: Mask(mask.index_axis_move(ndarray::Axis(0), 0)),
+                iou,
+                logits: c.logits,
+            },
+            quality,
+            trace: c.trace,
         })
     }
 

@@ -125,6 +125,16 @@ pub enum ModelError {
         /// The sha256 recorded in the embedding.
         found: String,
     },
+    /// A structure name the task's heads do not segment.
+    #[error("task '{task}' has no structure '{structure}'; its structures: {}", available.join(", "))]
+    UnknownStructure {
+        /// The heads' task.
+        task: String,
+        /// The name asked for.
+        structure: String,
+        /// The structures the heads segment.
+        available: Vec<String>,
+    },
     /// Running a graph failed, or it returned an unexpected tensor.
     #[error("{model}: inference failed: {reason}")]
     Inference {
@@ -144,6 +154,7 @@ impl ModelError {
                 | ModelError::Cancelled { .. }
                 | ModelError::EmbeddingBytes { .. }
                 | ModelError::EncoderMismatch { .. }
+                | ModelError::UnknownStructure { .. }
         )
     }
 }
