@@ -75,12 +75,18 @@ fn main() -> anyhow::Result<()> {
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
     println!("  embed (once):                     {embed_ms:8.1} ms");
-    println!("  predict, box:                     {:8.1} ms (median)", median(boxes));
+    println!(
+        "  predict, box:                     {:8.1} ms (median)",
+        median(boxes)
+    );
     let click_ms = median(clicks);
     let decoder_ms = median(decoder);
     println!("  predict, click + mask prompt:     {click_ms:8.1} ms (median)  <- click latency");
     println!("    of which the decoder call:      {decoder_ms:8.1} ms");
-    println!("    the rest (prompts, upsampling): {:8.1} ms", click_ms - decoder_ms);
+    println!(
+        "    the rest (prompts, upsampling): {:8.1} ms",
+        click_ms - decoder_ms
+    );
 
     // The same click while another thread embeds the slice again and again.
     let stop = std::sync::atomic::AtomicBool::new(false);
