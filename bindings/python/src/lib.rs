@@ -43,14 +43,17 @@ fn error(e: impl Into<cosam::Error>) -> PyErr {
 
 /// A 2D numpy array of a supported dtype as f32.
 fn pixels(image: &Bound<'_, PyAny>) -> PyResult<Array2<f32>> {
+    if let Ok(a) = image.extract::<PyReadonlyArray2<'_, f32>>() {
+        return Ok(a.as_array().to_owned());
+    }
     macro_rules! try_dtype {
         ($($t:ty),*) => {$(
             if let Ok(a) = image.extract::<PyReadonlyArray2<'_, $t>>() {
-                return Ok(a.as_array().mapv(|v| v as f32));
+                return Ok(a.as_array().mapv(f32::from));
             }
         )*};
     }
-    try_dtype!(f32, u8, i16, u16);
+    try_dtype!(u8, i16, u16);
     match image.extract::<numpy::PyReadonlyArrayDyn<'_, f32>>() {
         Ok(a) => Err(PyValueError::new_err(format!(
             "image must be 2D [rows, cols], got {} dimensions",
