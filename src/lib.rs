@@ -32,16 +32,22 @@
 //! calling the decoder for every click; each click then costs one decoder call:
 //!
 //! ```
-//! use cosam::{BoxXyxy, Prompts, Segmenter, SegmenterOptions};
+//! use cosam::{BoxXyxy, Point, PointLabel, Prompts, Segmenter, SegmenterOptions};
 //!
 //! # fn main() -> cosam::Result<()> {
 //! let segmenter = Segmenter::new(SegmenterOptions::default())?;
 //! let volume = cosam::io::read(std::path::Path::new("data/demo/mr_abdomen.png"))?;
 //! let slice = segmenter.embed_slice(&volume, 0)?;
 //! let prompts = Prompts::from_box(BoxXyxy::new(10.0, 15.0, 62.0, 74.0)?);
-//! let prediction = segmenter.predict(&slice, &prompts)?;
+//! let prediction = segmenter.predict(&slice, &prompts, None)?;
 //! println!("{} mask pixels, predicted IoU {:.2}", prediction.mask.area(), prediction.iou);
 //! assert!(prediction.mask.area() > 1000 && prediction.iou > 0.5);
+//!
+//! // The next click refines that mask: its 256x256 logits go back as the mask prompt.
+//! let mut click = prompts.clone();
+//! click.points.push(Point { x: 30.0, y: 40.0, label: PointLabel::Positive });
+//! let refined = segmenter.predict(&slice, &click, Some(prediction.logits.view()))?;
+//! assert_eq!(refined.logits.dim(), (256, 256));
 //! # Ok(())
 //! # }
 //! ```
@@ -94,6 +100,7 @@ pub use error::{Error, Result};
 pub use io::{Mask, Modality, Spacing, Volume, WindowLevel};
 pub use model::{BoxXyxy, ModelConfig, Point, PointLabel, Prompts};
 pub use pipeline::{
-    EmbeddedSlice, Segmenter, SegmenterOptions, SlicePrediction, VolumeSegmentation,
+    EmbeddedSlice, PromptFreePrediction, Segmenter, SegmenterOptions, SlicePrediction,
+    VolumeSegmentation,
 };
 pub use preprocess::{IntensityMode, PreprocessOptions, Transform};

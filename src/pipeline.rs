@@ -8,13 +8,14 @@
 use std::ops::RangeInclusive;
 use std::time::Instant;
 
-use ndarray::{s, Array2, Array3};
+use ndarray::{s, Array2, Array3, ArrayView2};
 
 use crate::correct::{correct_slice, CorrectOptions, LoopModels, Quality, Round};
 
-use crate::io::{Mask, Volume};
+use crate::io::{Mask, Modality, Volume, WindowLevel};
 use crate::model::{
-    HeadsSource, ImageEmbedding, LiteMedSam, ModelConfig, PromptError, Prompts, TaskHeads,
+    CancelToken, HeadsSource, ImageEmbedding, LiteMedSam, ModelConfig, ModelError, PromptError,
+    Prompts, TaskHeads, EMBEDDING_SHAPE,
 };
 use crate::post::{mask_ops, Device, MaskOps, THRESHOLD_LOGIT};
 use crate::preprocess::{
@@ -60,13 +61,26 @@ impl SegmenterOptions {
     }
 }
 
-/// A slice after the encoder: what every later decoder call on it needs.
+/// A slice after the encoder: what every later decoder call on it needs. A viewer can keep
+/// it in a cache as bytes ([`EmbeddedSlice::to_bytes`], about 4 MiB).
 #[derive(Debug, Clone)]
 pub struct EmbeddedSlice {
     /// `None` when the slice is constant after intensity mapping: its masks are empty.
     embedding: Option<ImageEmbedding>,
     transform: Transform,
+    /// sha256 (hex) of the encoder that made the embedding.
+    encoder_sha256: String,
 }
+
+/// First bytes of [`EmbeddedSlice::to_bytes`].
+const EMBEDDING_MAGIC: &[u8; 8] = b"COSAMEMB";
+/// Version of the byte layout of [`EmbeddedSlice::to_bytes`].
+const EMBEDDING_VERSION: u32 = 1;
+/// Bytes of the header of [`EmbeddedSlice::to_bytes`]: magic, version, encoder sha256 (64
+/// hex digits), rows and columns (u64), and a flag for a constant slice.
+const EMBEDDING_HEADER: usize = 8 + 4 + 64 + 8 + 8 + 1;
+/// Largest side accepted from bytes: the readers' limits are far below it.
+const MAX_SIDE_FROM_BYTES: u64 = 1 << 20;
 
 impl EmbeddedSlice {
     /// Where the slice sits in the model frame.
@@ -78,6 +92,106 @@ impl EmbeddedSlice {
     pub fn embedding(&self) -> Option<&ImageEmbedding> {
         self.embedding.as_ref()
     }
+
+    /// sha256 (hex) of the image encoder that made the embedding.
+    pub fn encoder_sha256(&self) -> &str {
+        &self.encoder_sha256
+    }
+
+    /// The slice as bytes: a header (`COSAMEMB`, layout version, the encoder's sha256, the
+    /// source rows and columns, a constant-slice flag) and the `[1, 256, 64, 64]` embedding
+    /// as little-endian f32. [`EmbeddedSlice::from_bytes`] reads it back exactly.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let values = self.embedding.as_ref().map_or(0, |e| e.0.len());
+        let mut out = Vec::with_capacity(EMBEDDING_HEADER + 4 * values);
+        out.extend_from_slice(EMBEDDING_MAGIC);
+        out.extend_from_slice(&EMBEDDING_VERSION.to_le_bytes());
+        let mut sha = [b'0'; 64];
+        for (d, s) in sha.iter_mut().zip(self.encoder_sha256.bytes()) {
+            *d = s;
+        }
+        out.extend_from_slice(&sha);
+        out.extend_from_slice(&(self.transform.source_rows as u64).to_le_bytes());
+        out.extend_from_slice(&(self.transform.source_cols as u64).to_le_bytes());
+        out.push(u8::from(self.embedding.is_some()));
+        if let Some(e) = &self.embedding {
+            for v in e.0.iter() {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Reads bytes written by [`EmbeddedSlice::to_bytes`]. The embedding keeps its
+    /// encoder's sha256, and [`Segmenter::predict`] refuses it under another encoder.
+    ///
+    /// # Errors
+    /// [`ModelError::EmbeddingBytes`] for a wrong magic, version, size or header field.
+    pub fn from_bytes(bytes: &[u8]) -> Result<EmbeddedSlice, ModelError> {
+        let bad = |reason: String| ModelError::EmbeddingBytes { reason };
+        let header = bytes.get(..EMBEDDING_HEADER).ok_or_else(|| {
+            bad(format!(
+                "{} bytes, shorter than the {EMBEDDING_HEADER}-byte header",
+                bytes.len()
+            ))
+        })?;
+        let (magic, rest) = header.split_at(8);
+        if magic != EMBEDDING_MAGIC {
+            return Err(bad("missing the COSAMEMB signature".into()));
+        }
+        let (version, rest) = rest.split_at(4);
+        let version = u32::from_le_bytes(version.try_into().map_err(|_| bad("header".into()))?);
+        if version != EMBEDDING_VERSION {
+            return Err(bad(format!(
+                "layout version {version}, this cosam reads {EMBEDDING_VERSION}"
+            )));
+        }
+        let (sha, rest) = rest.split_at(64);
+        if !sha.iter().all(u8::is_ascii_hexdigit) {
+            return Err(bad("encoder sha256 is not hexadecimal".into()));
+        }
+        let encoder_sha256 = String::from_utf8_lossy(sha).into_owned();
+        let (rows, rest) = rest.split_at(8);
+        let (cols, flag) = rest.split_at(8);
+        let side = |b: &[u8], what: &str| -> Result<usize, ModelError> {
+            let v = u64::from_le_bytes(b.try_into().map_err(|_| bad("header".into()))?);
+            if v == 0 || v > MAX_SIDE_FROM_BYTES {
+                return Err(bad(format!(
+                    "{what} {v} is not in 1..={MAX_SIDE_FROM_BYTES}"
+                )));
+            }
+            usize::try_from(v).map_err(|_| bad(format!("{what} {v} does not fit this machine")))
+        };
+        let (rows, cols) = (side(rows, "rows")?, side(cols, "columns")?);
+        let values: usize = EMBEDDING_SHAPE.iter().product();
+        let body = &bytes[EMBEDDING_HEADER..];
+        let embedding = match flag {
+            [0] if body.is_empty() => None,
+            [1] if body.len() == 4 * values => {
+                let data: Vec<f32> = body
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                let [c, h, w] = EMBEDDING_SHAPE;
+                let tensor = ndarray::Array4::from_shape_vec((1, c, h, w), data)
+                    .map_err(|e| bad(e.to_string()))?;
+                Some(ImageEmbedding::from_tensor(tensor)?)
+            }
+            [f] if *f > 1 => return Err(bad(format!("constant-slice flag is {f}"))),
+            _ => {
+                return Err(bad(format!(
+                    "{} bytes of embedding, expected {}",
+                    body.len(),
+                    if flag == [0] { 0 } else { 4 * values }
+                )))
+            }
+        };
+        Ok(EmbeddedSlice {
+            embedding,
+            transform: Transform::new(rows, cols),
+            encoder_sha256,
+        })
+    }
 }
 
 /// A mask predicted on one slice.
@@ -87,6 +201,21 @@ pub struct SlicePrediction {
     pub mask: Mask,
     /// The IoU head's quality estimate (0 for a constant slice).
     pub iou: f32,
+    /// The decoder's 256x256 logits in the model frame (> 0 is foreground), before
+    /// upsampling: pass them back as the next call's mask prompt to refine this mask.
+    pub logits: Array2<f32>,
+}
+
+/// A prompt-free mask of one slice ([`Segmenter::predict_prompt_free`]).
+#[derive(Debug, Clone)]
+pub struct PromptFreePrediction {
+    /// The loop's final mask, its IoU estimate and model-frame map (decoder logits, or
+    /// +-1 for a corrected mask); the map can seed a prompted refinement.
+    pub prediction: SlicePrediction,
+    /// How much to trust the mask.
+    pub quality: Quality,
+    /// Every round of the loop (empty for a constant slice).
+    pub trace: Vec<Round>,
 }
 
 /// Per-slice outcome of [`Segmenter::segment_volume`].
@@ -270,6 +399,34 @@ impl Segmenter {
         map: &IntensityMap,
         cache: Option<&dyn EmbeddingCache>,
     ) -> Result<EmbeddedSlice> {
+        self.embed(volume, slice, map, cache, None)
+    }
+
+    /// As [`Segmenter::embed_slice_with`], stopped early when `cancel` is cancelled from
+    /// another thread. Only the encoder's session is held meanwhile: [`Segmenter::predict`]
+    /// on another slice runs at the same time.
+    ///
+    /// # Errors
+    /// [`ModelError::Cancelled`] once `cancel` was cancelled; otherwise as
+    /// [`Segmenter::embed_slice_with`].
+    pub fn embed_slice_cancellable(
+        &self,
+        volume: &Volume,
+        slice: usize,
+        map: &IntensityMap,
+        cancel: &CancelToken,
+    ) -> Result<EmbeddedSlice> {
+        self.embed(volume, slice, map, None, Some(cancel))
+    }
+
+    fn embed(
+        &self,
+        volume: &Volume,
+        slice: usize,
+        map: &IntensityMap,
+        cache: Option<&dyn EmbeddingCache>,
+        cancel: Option<&CancelToken>,
+    ) -> Result<EmbeddedSlice> {
         if slice >= volume.slices() {
             return Err(PromptError::SliceOutOfRange {
                 slice,
@@ -277,33 +434,66 @@ impl Segmenter {
             }
             .into());
         }
+        let encoder_sha256 = self.encoder_sha256().to_string();
         Ok(match prepare_slice(volume, slice, map) {
             Prepared::Input(input) => {
-                let Some(cache) = cache else {
-                    return Ok(EmbeddedSlice {
-                        embedding: Some(self.sam.encoder.embed(&input.tensor)?),
-                        transform: input.transform,
-                    });
-                };
-                let key = self.cache_key(&input.tensor);
-                let embedding = match cache.get(&key) {
-                    Some(e) => e,
-                    None => {
-                        let e = self.sam.encoder.embed(&input.tensor)?;
-                        cache.put(&key, &e);
-                        e
+                let run = || self.sam.encoder.embed_cancellable(&input.tensor, cancel);
+                let embedding = match cache {
+                    None => run()?,
+                    Some(cache) => {
+                        let key = self.cache_key(&input.tensor);
+                        match cache.get(&key) {
+                            Some(e) => e,
+                            None => {
+                                let e = run()?;
+                                cache.put(&key, &e);
+                                e
+                            }
+                        }
                     }
                 };
                 EmbeddedSlice {
                     embedding: Some(embedding),
                     transform: input.transform,
+                    encoder_sha256,
                 }
             }
             Prepared::Constant(transform) => EmbeddedSlice {
                 embedding: None,
                 transform,
+                encoder_sha256,
             },
         })
+    }
+
+    /// Embeds one slice held in memory, `[rows, columns]` in its source units (see
+    /// [`Volume::from_pixels`] for `modality` and `window`), for hosts such as viewers that
+    /// hold pixels rather than files. The intensity mapping follows the modality as for a
+    /// file (MR percentiles are those of this slice); `cancel` stops the encoder early.
+    ///
+    /// # Errors
+    /// Pixels that are empty, not finite or constant; [`ModelError::Cancelled`]; an
+    /// inference failure.
+    pub fn embed_pixels(
+        &self,
+        pixels: ArrayView2<f32>,
+        modality: Option<Modality>,
+        window: Option<WindowLevel>,
+        cancel: Option<&CancelToken>,
+    ) -> Result<EmbeddedSlice> {
+        let volume = Volume::from_pixels(pixels, modality, window)?;
+        let map = IntensityMap::for_volume(&volume, crate::IntensityMode::Auto)?;
+        self.embed(&volume, 0, &map, None, cancel)
+    }
+
+    /// sha256 (hex) of the loaded image encoder, as the manifest records it.
+    pub fn encoder_sha256(&self) -> &str {
+        self.sam
+            .manifest()
+            .models
+            .iter()
+            .find(|m| m.name == self.sam.encoder_precision().manifest_name())
+            .map_or("", |m| m.sha256.as_str())
     }
 
     fn cache_key(&self, tensor: &ndarray::Array4<f32>) -> String {
@@ -315,43 +505,122 @@ impl Segmenter {
             Some(values) => h.update(bytemuck::cast_slice::<f32, u8>(values)),
             None => tensor.iter().for_each(|v| h.update(v.to_ne_bytes())),
         }
-        if let Some(m) = self
-            .sam
-            .manifest()
-            .models
-            .iter()
-            .find(|m| m.name == self.sam.encoder_precision().manifest_name())
-        {
-            h.update(m.sha256.as_bytes());
-        }
+        h.update(self.encoder_sha256().as_bytes());
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Decodes a mask for `prompts` on an embedded slice: one decoder call.
+    /// Decodes a mask for `prompts` on an embedded slice: one decoder call. `mask_input`,
+    /// when given, is a mask prompt in the model frame: the [`SlicePrediction::logits`] of
+    /// an earlier call on the same slice, so that a new click refines that mask (SAM's
+    /// `mask_input`). The result carries the new logits for the next click.
     ///
     /// # Errors
-    /// [`PromptError`] when there is no prompt or one lies outside the slice;
-    /// an inference failure.
-    pub fn predict(&self, slice: &EmbeddedSlice, prompts: &Prompts) -> Result<SlicePrediction> {
+    /// [`PromptError`] when there is no prompt, one lies outside the slice, or the mask
+    /// prompt is not 256x256 finite values; [`ModelError::EncoderMismatch`] for an
+    /// embedding of another encoder (read back from bytes); an inference failure.
+    pub fn predict(
+        &self,
+        slice: &EmbeddedSlice,
+        prompts: &Prompts,
+        mask_input: Option<ArrayView2<f32>>,
+    ) -> Result<SlicePrediction> {
         let t = slice.transform;
         if prompts.is_empty() {
             return Err(PromptError::NoPrompt.into());
         }
         prompts.check_inside(t.source_rows, t.source_cols)?;
+        if let Some(m) = &mask_input {
+            if m.dim() != (MODEL_SIZE, MODEL_SIZE) {
+                return Err(PromptError::InvalidMaskInput {
+                    reason: format!("is {}x{}", m.nrows(), m.ncols()),
+                }
+                .into());
+            }
+            if !m.iter().all(|v| v.is_finite()) {
+                return Err(PromptError::InvalidMaskInput {
+                    reason: "has values that are not finite".into(),
+                }
+                .into());
+            }
+        }
+        if slice.encoder_sha256 != self.encoder_sha256() {
+            return Err(ModelError::EncoderMismatch {
+                expected: self.encoder_sha256().to_string(),
+                found: slice.encoder_sha256.clone(),
+            }
+            .into());
+        }
         let Some(embedding) = &slice.embedding else {
             return Ok(SlicePrediction {
-                mask: Mask(ndarray::Array2::zeros((t.source_rows, t.source_cols))),
+                mask: Mask(Array2::zeros((t.source_rows, t.source_cols))),
                 iou: 0.0,
+                logits: Array2::from_elem((MODEL_SIZE, MODEL_SIZE), CONSTANT_SLICE_LOGIT),
             });
         };
         let out = self
             .sam
             .decoder
-            .predict(embedding, &prompts.to_model(&t), None)?;
+            .predict(embedding, &prompts.to_model(&t), mask_input)?;
         let mask = self.logits_to_masks(out.logits.view().insert_axis(ndarray::Axis(0)), &t)?;
         Ok(SlicePrediction {
             mask: Mask(mask.index_axis_move(ndarray::Axis(0), 0)),
             iou: out.iou,
+            logits: out.logits,
+        })
+    }
+
+    /// Segments structure `structure` of `heads` on an embedded slice without prompts:
+    /// CoSAM's coarse mask and self-correcting loop (as [`Segmenter::segment_volume_prompt_free`]
+    /// does on every slice), with the slice's quality. `options` defaults to the loop's
+    /// defaults with the heads' error threshold.
+    ///
+    /// # Errors
+    /// A structure index out of range, [`ModelError::EncoderMismatch`], or a model failure.
+    pub fn predict_prompt_free(
+        &self,
+        slice: &EmbeddedSlice,
+        heads: &TaskHeads,
+        structure: usize,
+        options: Option<&CorrectOptions>,
+    ) -> Result<PromptFreePrediction> {
+        if slice.encoder_sha256 != self.encoder_sha256() {
+            return Err(ModelError::EncoderMismatch {
+                expected: self.encoder_sha256().to_string(),
+                found: slice.encoder_sha256.clone(),
+            }
+            .into());
+        }
+        let t = slice.transform;
+        let Some(embedding) = &slice.embedding else {
+            return Ok(PromptFreePrediction {
+                prediction: SlicePrediction {
+                    mask: Mask(Array2::zeros((t.source_rows, t.source_cols))),
+                    iou: 0.0,
+                    logits: Array2::from_elem((MODEL_SIZE, MODEL_SIZE), CONSTANT_SLICE_LOGIT),
+                },
+                quality: Quality::from_rounds([]),
+                trace: Vec::new(),
+            });
+        };
+        let defaults = CorrectOptions::default().with_error_threshold(heads.info.error_threshold);
+        let c = correct_slice(
+            &self.loop_models(heads),
+            embedding,
+            &t,
+            structure,
+            options.unwrap_or(&defaults),
+        )?;
+        let quality = Quality::from_rounds([c.final_round()]);
+        let iou = c.final_round().iou.unwrap_or(0.0);
+        let mask = self.logits_to_masks(c.logits.view().insert_axis(ndarray::Axis(0)), &t)?;
+        Ok(PromptFreePrediction {
+            prediction: SlicePrediction {
+                mask: Mask(mask.index_axis_move(ndarray::Axis(0), 0)),
+                iou,
+                logits: c.logits,
+            },
+            quality,
+            trace: c.trace,
         })
     }
 

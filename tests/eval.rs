@@ -131,6 +131,7 @@ fn bad_entries_fail_their_rows_and_good_dice_matches_an_independent_count() {
             .predict(
                 &slice,
                 &Prompts::from_box(BoxXyxy::new(x0, y0, x1, y1).unwrap()),
+                None,
             )
             .unwrap()
             .mask;

@@ -11,3 +11,4 @@ mod pipeline;
 mod post;
 mod shard;
 mod util;
+mod viewer;

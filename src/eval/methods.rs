@@ -231,7 +231,11 @@ impl Context<'_> {
         let embedded = self
             .segmenter
             .embed_slice_cached(self.volume, z, self.map, self.cache)?;
-        Ok(self.segmenter.predict(&embedded, &box_prompt(b)?)?.mask.0)
+        Ok(self
+            .segmenter
+            .predict(&embedded, &box_prompt(b)?, None)?
+            .mask
+            .0)
     }
 
     /// Every round of the loop on every slice (`None` for a constant slice), computed once.

@@ -250,6 +250,23 @@ pub enum Modality {
     Other,
 }
 
+impl Modality {
+    /// The modality of pixels without a file to say it (see [`Volume::from_pixels`]).
+    pub fn guess(pixels: ndarray::ArrayView2<f32>) -> Modality {
+        const CT_BELOW_HU: f32 = -500.0;
+        if pixels.iter().any(|&v| v < CT_BELOW_HU) {
+            Modality::Ct
+        } else if pixels
+            .iter()
+            .all(|&v| (0.0..=255.0).contains(&v) && v.fract() == 0.0)
+        {
+            Modality::Display
+        } else {
+            Modality::Mr
+        }
+    }
+}
+
 /// Voxel spacing in millimetres along the storage axes.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Spacing {
@@ -369,6 +386,53 @@ impl Volume {
             nifti_header: None,
             dicom: None,
         })
+    }
+
+    /// One slice held in memory (a viewer's pixels) as a one-slice volume with unit
+    /// spacing, in the units of its source (HU for CT). `modality` decides the intensity
+    /// mapping as a file's would; `None` guesses it: CT when a value lies below -500 (the
+    /// NIfTI reader's rule), a display image when every value is an integer in 0..=255
+    /// (any 8-bit image), MR otherwise. `window` sets the CT window, as a DICOM file's
+    /// window does (and implies CT when `modality` is `None`).
+    ///
+    /// # Errors
+    /// [`ReadError::Corrupt`] for an empty slice or a value that is not finite,
+    /// [`ReadError::TooLarge`] past the default [`Limits`].
+    pub fn from_pixels(
+        pixels: ndarray::ArrayView2<f32>,
+        modality: Option<Modality>,
+        window: Option<WindowLevel>,
+    ) -> Result<Volume, ReadError> {
+        let source = PathBuf::from("<pixels>");
+        let (rows, cols) = pixels.dim();
+        Limits::default().check(&source, &[rows as u64, cols as u64])?;
+        if !pixels.iter().all(|v| v.is_finite()) {
+            return Err(ReadError::Corrupt {
+                path: source,
+                reason: "pixel values are not all finite (NaN or infinity)".into(),
+            });
+        }
+        let modality = modality.unwrap_or_else(|| match window {
+            Some(_) => Modality::Ct,
+            None => Modality::guess(pixels),
+        });
+        let spacing = Spacing {
+            column_mm: 1.0,
+            row_mm: 1.0,
+            slice_mm: 1.0,
+        };
+        let voxels = pixels
+            .to_owned()
+            .insert_axis(ndarray::Axis(0))
+            .insert_axis(ndarray::Axis(3));
+        Ok(Volume::new(
+            voxels,
+            spacing,
+            Affine::from_spacing(spacing),
+            modality,
+            source,
+        )?
+        .with_window(window))
     }
 
     pub(crate) fn with_format(mut self, format: ImageFormat) -> Self {

@@ -1,13 +1,18 @@
 //! One ONNX Runtime session, its graph signature checked when it loads.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, TryLockError};
+use std::time::Duration;
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputs, SessionOutputs};
 
+use super::cancel::CancelToken;
 use super::runtime::Runtime;
 use super::ModelError;
+
+/// How often a cancellable run waiting for its session looks at its token.
+const CANCEL_POLL: Duration = Duration::from_millis(2);
 
 /// A session plus what is needed to name it in errors. `Session::run` needs `&mut`, so the
 /// session sits behind a mutex and an `Engine` can be shared between threads.
@@ -74,11 +79,46 @@ impl Engine {
         inputs: impl Into<SessionInputs<'i, 'v, N>>,
         read: impl FnOnce(&SessionOutputs<'_>) -> Result<T, String>,
     ) -> Result<T, ModelError> {
-        let mut session = self
-            .session
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let outputs = session.run(inputs).map_err(|e| self.error(e.to_string()))?;
+        self.run_cancellable(inputs, None, read)
+    }
+
+    /// As [`Engine::run`], stopped early by `cancel`. Only this session's lock is held, so
+    /// runs of other sessions (the decoder while the encoder runs) proceed meanwhile.
+    pub(crate) fn run_cancellable<'i, 'v: 'i, const N: usize, T>(
+        &self,
+        inputs: impl Into<SessionInputs<'i, 'v, N>>,
+        cancel: Option<&CancelToken>,
+        read: impl FnOnce(&SessionOutputs<'_>) -> Result<T, String>,
+    ) -> Result<T, ModelError> {
+        let cancelled = || ModelError::Cancelled {
+            model: self.name.to_string(),
+        };
+        let mut session = match cancel {
+            None => self
+                .session
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            // While another run holds the session, keep watching the token: a job cancelled
+            // while it waits returns at once instead of after the run ahead of it.
+            Some(token) => loop {
+                if token.is_cancelled() {
+                    return Err(cancelled());
+                }
+                match self.session.try_lock() {
+                    Ok(session) => break session,
+                    Err(TryLockError::Poisoned(poisoned)) => break poisoned.into_inner(),
+                    Err(TryLockError::WouldBlock) => std::thread::sleep(CANCEL_POLL),
+                }
+            },
+        };
+        let outputs = match cancel {
+            Some(token) => session.run_with_options(inputs, token.run_options()),
+            None => session.run(inputs),
+        };
+        let outputs = outputs.map_err(|e| match cancel {
+            Some(token) if token.is_cancelled() => cancelled(),
+            _ => self.error(e.to_string()),
+        })?;
         read(&outputs).map_err(|reason| self.error(reason))
     }
 

@@ -195,6 +195,19 @@ impl TaskHeads {
     pub fn structure_index(&self, name: &str) -> Option<usize> {
         self.info.structures.iter().position(|s| s == name)
     }
+
+    /// The index of structure `name`, or an error that lists the task's structures.
+    ///
+    /// # Errors
+    /// [`ModelError::UnknownStructure`].
+    pub fn structure_named(&self, name: &str) -> Result<usize, ModelError> {
+        self.structure_index(name)
+            .ok_or_else(|| ModelError::UnknownStructure {
+                task: self.info.task.clone(),
+                structure: name.to_string(),
+                available: self.info.structures.clone(),
+            })
+    }
 }
 
 /// Largest `heads.json` read, bytes.

@@ -5,6 +5,7 @@ use std::path::Path;
 use ndarray::{Array4, Ix4};
 use ort::value::TensorRef;
 
+use super::cancel::CancelToken;
 use super::engine::Engine;
 use super::runtime::Runtime;
 use super::ModelError;
@@ -73,6 +74,19 @@ impl ImageEncoder {
     /// # Errors
     /// [`ModelError::Inference`] when the input has the wrong shape or the run fails.
     pub fn embed(&self, image: &Array4<f32>) -> Result<ImageEmbedding, ModelError> {
+        self.embed_cancellable(image, None)
+    }
+
+    /// As [`ImageEncoder::embed`], stopped early when `cancel` is cancelled.
+    ///
+    /// # Errors
+    /// [`ModelError::Cancelled`] once `cancel` was cancelled; otherwise as
+    /// [`ImageEncoder::embed`].
+    pub fn embed_cancellable(
+        &self,
+        image: &Array4<f32>,
+        cancel: Option<&CancelToken>,
+    ) -> Result<ImageEmbedding, ModelError> {
         if image.dim() != (1, 3, MODEL_SIZE, MODEL_SIZE) {
             return Err(self.engine.error(format!(
                 "input shape {:?}, expected [1, 3, {MODEL_SIZE}, {MODEL_SIZE}]",
@@ -82,19 +96,20 @@ impl ImageEncoder {
         let standard = image.as_standard_layout();
         let tensor = TensorRef::from_array_view(standard.view())
             .map_err(|e| self.engine.error(e.to_string()))?;
-        self.engine.run(ort::inputs!["image" => tensor], |out| {
-            let array = out["image_embeddings"]
-                .try_extract_array::<f32>()
-                .map_err(|e| e.to_string())?;
-            let [c, h, w] = EMBEDDING_SHAPE;
-            if array.shape() != [1, c, h, w] {
-                return Err(format!("image_embeddings has shape {:?}", array.shape()));
-            }
-            array
-                .to_owned()
-                .into_dimensionality::<Ix4>()
-                .map(ImageEmbedding)
-                .map_err(|e| e.to_string())
-        })
+        self.engine
+            .run_cancellable(ort::inputs!["image" => tensor], cancel, |out| {
+                let array = out["image_embeddings"]
+                    .try_extract_array::<f32>()
+                    .map_err(|e| e.to_string())?;
+                let [c, h, w] = EMBEDDING_SHAPE;
+                if array.shape() != [1, c, h, w] {
+                    return Err(format!("image_embeddings has shape {:?}", array.shape()));
+                }
+                array
+                    .to_owned()
+                    .into_dimensionality::<Ix4>()
+                    .map(ImageEmbedding)
+                    .map_err(|e| e.to_string())
+            })
     }
 }

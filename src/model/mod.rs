@@ -8,6 +8,7 @@
 //! Owns the runtime library discovery ([`runtime`]), the model manifest and its checksums,
 //! and the prompt types. Must not import `pipeline`, `post` or the CLI.
 
+mod cancel;
 mod engine;
 mod heads;
 mod image_encoder;
@@ -19,6 +20,7 @@ mod sam;
 
 use std::path::PathBuf;
 
+pub use cancel::CancelToken;
 pub use heads::{ErrorDecoder, HeadsInfo, TaskHeads, HEADS_FORMAT};
 pub use image_encoder::{ImageEmbedding, ImageEncoder, EMBEDDING_SHAPE};
 pub use manifest::{Manifest, ModelEntry, TaskEntry};
@@ -103,6 +105,36 @@ pub enum ModelError {
         /// The tasks the manifest lists.
         available: Vec<String>,
     },
+    /// A run was stopped through its [`CancelToken`].
+    #[error("{model}: cancelled")]
+    Cancelled {
+        /// The graph's name (encoder, decoder).
+        model: String,
+    },
+    /// Bytes given to [`crate::EmbeddedSlice::from_bytes`] are not a serialised embedding.
+    #[error("not a cosam embedding: {reason}")]
+    EmbeddingBytes {
+        /// What is wrong with them.
+        reason: String,
+    },
+    /// An embedding made by another image encoder than the loaded one.
+    #[error("embedding was made by the encoder with sha256 {found}, but the loaded encoder is {expected}; embed the slice again")]
+    EncoderMismatch {
+        /// The loaded encoder's sha256.
+        expected: String,
+        /// The sha256 recorded in the embedding.
+        found: String,
+    },
+    /// A structure name the task's heads do not segment.
+    #[error("task '{task}' has no structure '{structure}'; its structures: {}", available.join(", "))]
+    UnknownStructure {
+        /// The heads' task.
+        task: String,
+        /// The name asked for.
+        structure: String,
+        /// The structures the heads segment.
+        available: Vec<String>,
+    },
     /// Running a graph failed, or it returned an unexpected tensor.
     #[error("{model}: inference failed: {reason}")]
     Inference {
@@ -116,6 +148,13 @@ pub enum ModelError {
 impl ModelError {
     /// True for failures of the environment (library, files) rather than of one input.
     pub fn is_setup(&self) -> bool {
-        !matches!(self, ModelError::Inference { .. })
+        !matches!(
+            self,
+            ModelError::Inference { .. }
+                | ModelError::Cancelled { .. }
+                | ModelError::EmbeddingBytes { .. }
+                | ModelError::EncoderMismatch { .. }
+                | ModelError::UnknownStructure { .. }
+        )
     }
 }

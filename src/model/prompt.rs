@@ -38,6 +38,12 @@ pub enum PromptError {
         /// Image rows.
         rows: usize,
     },
+    /// A mask prompt that is not 256x256 finite model-frame logits.
+    #[error("mask prompt {reason}; pass the 256x256 logits of an earlier prediction")]
+    InvalidMaskInput {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Neither a point nor a box was given.
     #[error("no prompt given: pass a box (--box) or points (--point)")]
     NoPrompt,

@@ -74,6 +74,12 @@ pub fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
     out
 }
 
+/// True once [`init`] has loaded the library: `ort` calls made before would load a library
+/// of its own choosing, or panic.
+pub(crate) fn is_loaded() -> bool {
+    RUNTIME.get().is_some()
+}
+
 /// Loads ONNX Runtime from the first existing candidate (see the module docs).
 ///
 /// # Errors
