@@ -1,6 +1,8 @@
 //! One model frame for every file: the same scan stored in different axis orders (and as
 //! DICOM and NIfTI) gives the same masks in world space, prompt-free and with a box given
 //! in each file's own pixels.
+// 4x4 affine algebra reads best with row and column indices
+#![allow(clippy::needless_range_loop)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -184,7 +186,7 @@ impl Scan {
         let [c, r, k] = index.map(|v| v.round());
         let inside = |v: f64, len: usize| v >= 0.0 && v < len as f64;
         (inside(c, cols) && inside(r, rows) && inside(k, n))
-            .then(|| (k as usize, r as usize, c as usize))
+            .then_some((k as usize, r as usize, c as usize))
     }
 
     fn world(&self, (k, r, c): (usize, usize, usize)) -> [f64; 3] {

@@ -252,7 +252,7 @@ fn a_cancelled_embed_stops_with_cancelled() {
 #[test]
 fn prompt_free_on_one_slice_matches_the_volume_loop() {
     let seg = segmenter();
-    let (heads, _dir) = abdomen_heads_any_frame(seg);
+    let heads = abdomen_heads(seg);
     let err = heads.structure_named("heart").unwrap_err();
     assert!(err.to_string().contains("liver"), "{err}");
     let liver = heads.structure_named("liver").unwrap();
@@ -279,31 +279,8 @@ fn prompt_free_on_one_slice_matches_the_volume_loop() {
     assert!(one.prediction.mask.area() > 1000);
 }
 
-/// The shipped abdomen heads. Until they are retrained in the current model frame, a
-/// copy relabelled with this frame: the test checks plumbing, not accuracy.
-fn abdomen_heads_any_frame(
-    seg: &Segmenter,
-) -> (cosam::model::TaskHeads, Option<tempfile::TempDir>) {
-    use cosam::model::HeadsSource;
-    match seg.load_heads(&HeadsSource::Task("abdomen".into())) {
-        Ok(heads) => (heads, None),
-        Err(Error::Model(ModelError::FrameMismatch { .. })) => {
-            let dir = tempfile::tempdir().unwrap();
-            let src = crate::util::root().join("models/heads/abdomen");
-            for f in ["decoder.onnx", "error.onnx"] {
-                std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
-            }
-            let mut info: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(src.join("heads.json")).unwrap())
-                    .unwrap();
-            info["model_frame"] = cosam::io::FRAME_VERSION.into();
-            std::fs::write(dir.path().join("heads.json"), info.to_string()).unwrap();
-            println!("shipped abdomen heads are of another model frame: using a relabelled copy");
-            let heads = seg
-                .load_heads(&HeadsSource::Dir(dir.path().to_path_buf()))
-                .unwrap();
-            (heads, Some(dir))
-        }
-        Err(e) => panic!("shipped abdomen heads: {e}"),
-    }
+/// The shipped abdomen heads.
+fn abdomen_heads(seg: &Segmenter) -> cosam::model::TaskHeads {
+    seg.load_heads(&cosam::model::HeadsSource::Task("abdomen".into()))
+        .unwrap_or_else(|e| panic!("shipped abdomen heads: {e}"))
 }
