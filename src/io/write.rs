@@ -479,13 +479,20 @@ mod tests {
         let sub = dir.path().join("ct_mask_png");
         std::fs::create_dir(&sub).unwrap();
         // pid_max on Linux is at most 2^22: this process cannot exist
-        let dead = dir.path().join(".partial-4294967294-ct_mask.nii.gz");
-        let dead_nested = sub.join(".partial-4294967294-slice_0001.png");
+        let host = this_host();
+        let dead = dir
+            .path()
+            .join(format!(".partial-4294967294.{host}.1.0-ct_mask.nii.gz"));
+        let dead_nested = sub.join(format!(".partial-4294967294.{host}.1.1-slice_0001.png"));
         let live = dir
             .path()
-            .join(format!(".partial-{}-report.json", std::process::id()));
+            .join(format!(".partial-{}-report.json", temp_token()));
+        // a dead pid on another machine sharing the folder: its process may well be alive
+        let foreign = dir
+            .path()
+            .join(".partial-4294967294.otherhost.1.2-labels.nii.gz");
         let other = dir.path().join(".partial-notes");
-        for p in [&dead, &dead_nested, &live, &other] {
+        for p in [&dead, &dead_nested, &live, &foreign, &other] {
             std::fs::write(p, b"x").unwrap();
         }
         let mut removed = remove_stale_partials(dir.path());
@@ -496,7 +503,7 @@ mod tests {
             assert_eq!(removed, want);
             assert!(!dead.exists() && !dead_nested.exists());
         }
-        assert!(live.exists() && other.exists());
+        assert!(live.exists() && foreign.exists() && other.exists());
     }
 
     #[test]
