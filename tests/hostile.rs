@@ -781,7 +781,19 @@ fn output_folder_cannot_be_the_input_folder_and_stale_partials_go() {
 
     let out = tmp.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    let stale = write(&out, ".partial-4294967294-brain_mask.png", b"half");
+    // a temporary name of a dead process on this host (`.partial-PID_HOST_NANOS_N-NAME`)
+    let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(32)
+        .collect();
+    let stale = write(
+        &out,
+        &format!(".partial-4294967294_{host}_1_0-brain_mask.png"),
+        b"half",
+    );
     let o = cosam(&[
         "segment",
         "-i",

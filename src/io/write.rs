@@ -60,10 +60,11 @@ pub fn write_atomic(
     result
 }
 
-/// A token no other writer of the same folder uses at the same time, `PID.HOST.NANOS.N`:
+/// A token no other writer of the same folder uses at the same time, `PID_HOST_NANOS_N`:
 /// the process id alone is not enough when two machines (a replaced pod, a requeued task)
 /// share an output folder, so the host name, the time and a per-process counter are added.
-/// [`remove_stale_partials`] reads the process id and host back.
+/// [`remove_stale_partials`] reads the process id and host back. No dots: the NIfTI
+/// writer takes the format from the name's extensions.
 fn temp_token() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -71,7 +72,7 @@ fn temp_token() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     format!(
-        "{}.{}.{nanos}.{}",
+        "{}_{}_{nanos}_{}",
         std::process::id(),
         this_host(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
@@ -131,7 +132,7 @@ fn sweep_partials(dir: &Path, depth: usize, removed: &mut Vec<PathBuf>) {
             .and_then(|n| n.strip_prefix(PARTIAL_PREFIX))
             .and_then(|rest| rest.split_once('-'))
             .and_then(|(token, _)| {
-                let mut parts = token.split('.');
+                let mut parts = token.split('_');
                 let pid = parts.next()?.parse::<u32>().ok()?;
                 Some((pid, parts.next().unwrap_or_default().to_string()))
             })
@@ -482,15 +483,15 @@ mod tests {
         let host = this_host();
         let dead = dir
             .path()
-            .join(format!(".partial-4294967294.{host}.1.0-ct_mask.nii.gz"));
-        let dead_nested = sub.join(format!(".partial-4294967294.{host}.1.1-slice_0001.png"));
+            .join(format!(".partial-4294967294_{host}_1_0-ct_mask.nii.gz"));
+        let dead_nested = sub.join(format!(".partial-4294967294_{host}_1_1-slice_0001.png"));
         let live = dir
             .path()
             .join(format!(".partial-{}-report.json", temp_token()));
         // a dead pid on another machine sharing the folder: its process may well be alive
         let foreign = dir
             .path()
-            .join(".partial-4294967294.otherhost.1.2-labels.nii.gz");
+            .join(".partial-4294967294_otherhost_1_2-labels.nii.gz");
         let other = dir.path().join(".partial-notes");
         for p in [&dead, &dead_nested, &live, &foreign, &other] {
             std::fs::write(p, b"x").unwrap();
