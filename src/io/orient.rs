@@ -375,6 +375,16 @@ fn reoriented_affine(a: &Affine, map: &Reorientation, storage_dims: [usize; 3]) 
     Affine(out)
 }
 
+/// The six orders of three axes.
+const PERMS: [[usize; 3]; 6] = [
+    [0, 1, 2],
+    [0, 2, 1],
+    [1, 0, 2],
+    [1, 2, 0],
+    [2, 0, 1],
+    [2, 1, 0],
+];
+
 /// Chooses the permutation and flips for `axis`; `None` for a degenerate affine.
 fn plan(a: &Affine, axis: AnatomicalAxis) -> Option<Reorientation> {
     let m = &a.0;
@@ -389,14 +399,6 @@ fn plan(a: &Affine, axis: AnatomicalAxis) -> Option<Reorientation> {
         *d = v.map(|x| x / len);
     }
     // world axis of each affine column: the assignment maximizing total alignment
-    const PERMS: [[usize; 3]; 6] = [
-        [0, 1, 2],
-        [0, 2, 1],
-        [1, 0, 2],
-        [1, 2, 0],
-        [2, 0, 1],
-        [2, 1, 0],
-    ];
     let world_of = PERMS.iter().copied().max_by(|p, q| {
         let score = |w: &[usize; 3]| (0..3).map(|c| dir[c][w[c]].abs()).sum::<f64>();
         score(p).total_cmp(&score(q))
@@ -482,14 +484,6 @@ mod tests {
             .unwrap()
             .volume
             .into_owned();
-        const PERMS: [[usize; 3]; 6] = [
-            [0, 1, 2],
-            [0, 2, 1],
-            [1, 0, 2],
-            [1, 2, 0],
-            [2, 0, 1],
-            [2, 1, 0],
-        ];
         let mut seen = 0;
         for perm in PERMS {
             for signs in 0..8u8 {
