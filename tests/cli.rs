@@ -1,28 +1,11 @@
 //! The built binary on real and broken inputs: exit codes, outputs, report.json.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use cosam::model::EncoderPrecision;
 use serde_json::Value;
 
-use crate::util::{demo, root};
-
-fn cosam(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cosam"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("the cosam binary runs")
-}
-
-fn text(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
-
-fn report(dir: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
-}
+use crate::util::{cosam, demo, report, root, text};
 
 fn entry<'a>(report: &'a Value, file_name: &str) -> &'a Value {
     report["inputs"]

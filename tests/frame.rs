@@ -5,11 +5,10 @@
 #![allow(clippy::needless_range_loop)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use ndarray::{s, Array3, Axis};
 
-use crate::util::{demo, root};
+use crate::util::{cosam, demo, text};
 
 /// A signed axis order: axis `t` of the new `[slice, row, column]` array is axis `perm[t]`
 /// of the original, reversed when `flip[t]`.
@@ -198,21 +197,14 @@ impl Scan {
     }
 }
 
-fn cosam(args: &[String]) {
-    let o = Command::new(env!("CARGO_BIN_EXE_cosam"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("the cosam binary runs");
+/// Runs cosam and requires success.
+fn cosam_ok(args: &[String]) {
+    let o = cosam(args);
     assert!(
         o.status.success(),
         "cosam {args:?}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-fn text(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
 }
 
 /// Voxels where two label maps of the same world grid disagree, and the voxels each labels
@@ -248,7 +240,7 @@ fn prompt_free_label_maps(scan: &Scan, dir: &Path, extra: &[&str]) -> Vec<(Order
     }
     let out = dir.join("out");
     args.extend(["-o".to_string(), text(&out)]);
-    cosam(&args);
+    cosam_ok(&args);
     ORDERS
         .iter()
         .map(|&order| {
@@ -326,7 +318,7 @@ fn box_in_each_files_own_pixels_gives_the_same_mask() {
             .chain(["--box".to_string(), bbox, "-i".into(), text(&path)])
             .chain(["-o".to_string(), text(&out)])
             .collect();
-        cosam(&args);
+        cosam_ok(&args);
         let mask = Scan::read(&out.join(format!("{}_mask.nii.gz", order.name)));
         maps.push((*order, mask));
     }
@@ -362,7 +354,7 @@ fn dicom_and_nifti_of_one_scan_give_the_same_masks() {
     .map(|s| s.to_string())
     .chain([text(&dicom), text(&nifti), "-o".into(), text(&out)])
     .collect();
-    cosam(&args);
+    cosam_ok(&args);
     let read = |name: &str| -> PathBuf { out.join(name) };
     let maps = vec![
         (

@@ -12,7 +12,7 @@ use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use serde_json::Value;
 
-use crate::util::{demo, root};
+use crate::util::{cosam, demo, report, root, text};
 
 // ---------------------------------------------------------------- NIfTI crafting
 
@@ -520,24 +520,6 @@ fn fifos_are_never_opened() {
 }
 
 // ---------------------------------------------------------------- CLI tests
-
-fn cosam(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cosam"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("the cosam binary runs")
-}
-
-fn text(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
-
-fn report(dir: &Path) -> Value {
-    let path = dir.join("report.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
 
 fn entries(report: &Value) -> &Vec<Value> {
     report["inputs"].as_array().unwrap()

@@ -9,22 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{demo, root};
-
-fn cosam_command(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cosam"));
-    c.args(args)
-        .current_dir(root())
-        // the engine's variables of an enclosing job must not leak into these runs
-        .env_remove("SLURM_CPUS_PER_TASK")
-        .env_remove("SLURM_ARRAY_TASK_ID")
-        .env_remove("JOB_COMPLETION_INDEX");
-    c
-}
-
-fn cosam(args: &[&str]) -> Output {
-    cosam_command(args).output().expect("the cosam binary runs")
-}
+use crate::util::{cosam, cosam_command, demo, root, text};
 
 fn spawn(args: &[&str]) -> Child {
     cosam_command(args)
@@ -32,10 +17,6 @@ fn spawn(args: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the cosam binary starts")
-}
-
-fn text(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
 }
 
 /// The demo cases: four 2D inputs and five slices of a CT volume, with boxes.

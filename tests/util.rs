@@ -83,3 +83,32 @@ pub fn read_mask_png(path: &Path) -> ndarray::Array2<u8> {
         u8::from(img.get_pixel(c as u32, r as u32).0[0] > 0)
     })
 }
+
+/// The built `cosam` binary, run from the repository root; the engine variables of an
+/// enclosing Slurm or Kubernetes job do not leak into it.
+pub fn cosam_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_cosam"));
+    c.args(args)
+        .current_dir(root())
+        .env_remove("SLURM_CPUS_PER_TASK")
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("JOB_COMPLETION_INDEX");
+    c
+}
+
+/// Runs the `cosam` binary to completion.
+pub fn cosam<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
+    cosam_command(args).output().expect("the cosam binary runs")
+}
+
+/// A path as a command-line argument.
+pub fn text(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// `dir/report.json`, parsed.
+pub fn report(dir: &Path) -> serde_json::Value {
+    let path = dir.join("report.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
