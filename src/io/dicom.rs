@@ -709,18 +709,7 @@ fn looks_like_dicom(path: &Path) -> bool {
 
 /// Reads a whole regular file whose size fits the memory budget.
 pub(crate) fn read_bounded(path: &Path, limits: &Limits) -> Result<Vec<u8>, ReadError> {
-    let meta = std::fs::metadata(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            ReadError::NotFound {
-                path: path.to_path_buf(),
-            }
-        } else {
-            ReadError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    })?;
+    let meta = std::fs::metadata(path).map_err(|e| ReadError::from_io(path, e))?;
     if !meta.is_file() {
         return Err(ReadError::Unsupported {
             path: path.to_path_buf(),

@@ -93,6 +93,23 @@ pub enum ReadError {
     },
 }
 
+impl ReadError {
+    /// An I/O failure on `path`: [`ReadError::NotFound`] for a missing file, else
+    /// [`ReadError::Io`].
+    pub(crate) fn from_io(path: &Path, source: std::io::Error) -> ReadError {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            ReadError::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            ReadError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+}
+
 /// Bytes one voxel costs on its way through cosam: the `f32` volume, a reoriented `f32`
 /// copy (slicing along another axis than the storage one), and three `u8` masks (the
 /// mask, its storage-order copy, the combined label map).
@@ -574,18 +591,7 @@ impl Mask {
 /// [`ReadError::NotFound`] when the path does not exist, [`ReadError::Unsupported`] when
 /// the file is none of the formats cosam reads.
 pub fn detect_format(path: &Path) -> Result<ImageFormat, ReadError> {
-    let meta = std::fs::metadata(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            ReadError::NotFound {
-                path: path.to_path_buf(),
-            }
-        } else {
-            ReadError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    })?;
+    let meta = std::fs::metadata(path).map_err(|e| ReadError::from_io(path, e))?;
     if meta.is_dir() {
         return Ok(ImageFormat::DicomSeries);
     }

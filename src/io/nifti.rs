@@ -218,18 +218,7 @@ pub fn read(path: &Path, limits: &Limits) -> Result<Volume, ReadError> {
 /// The file as a byte stream, decompressed when it starts with the gzip magic; true
 /// when it is gzip.
 fn open_stream(path: &Path) -> Result<(Box<dyn Read>, bool), ReadError> {
-    let io = |source: std::io::Error| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            ReadError::NotFound {
-                path: path.to_path_buf(),
-            }
-        } else {
-            ReadError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    };
+    let io = |source: std::io::Error| ReadError::from_io(path, source);
     let meta = std::fs::metadata(path).map_err(io)?;
     if !meta.is_file() {
         return Err(ReadError::Unsupported {
