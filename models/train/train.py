@@ -84,50 +84,81 @@ EIGHT = np.ones((3, 3), dtype=bool)
 
 
 class TrainingSet:
-    """Embeddings (fp16 in memory) and model-frame label maps of the chosen domains."""
+    """Embeddings (fp16 in memory) and model-frame label maps of the chosen domains, from
+    one or more `cosam export-training` folders. Slices are pooled per structure, per
+    folder ("group") and by whether they hold the structure."""
 
-    def __init__(self, data_dir, domains):
-        index = json.load(open(os.path.join(data_dir, "index.json")))
-        self.structures = index["structures"]
-        # the slices' model frame (cosam's io::FRAME_VERSION); heads record it so that
-        # cosam refuses them for images in another frame. Older exports had none (0).
-        self.model_frame = int(index.get("model_frame", 0))
+    def __init__(self, data_dirs, domains):
         embs, labels, scaled = [], [], []
-        self.pools = {s: ([], []) for s in range(len(self.structures))}
+        self.structures = None
+        self.pools = {}
         self.domains = []
+        self.groups = []
         n = 0
-        for case in index["cases"]:
-            if domains is not None and case["domain"] not in domains:
-                continue
-            d = os.path.join(data_dir, case["domain"])
-            e = np.load(os.path.join(d, "embeddings.npy"), mmap_mode="r")
-            lab = np.load(os.path.join(d, "labels.npy"))
-            embs.append(torch.from_numpy(np.asarray(e, dtype=np.float16)))
-            labels.append(torch.from_numpy(lab))
-            scaled.extend(case["scaled"])
-            for s, name in enumerate(self.structures):
-                if name not in case["labelled"]:
-                    continue  # unknown in this case, not absent
-                for i in range(lab.shape[0]):
-                    present = bool((lab[i] == s + 1).any())
-                    self.pools[s][0 if present else 1].append(n + i)
-            n += lab.shape[0]
-            self.domains.append(case["domain"])
+        for group, data_dir in enumerate(data_dirs):
+            index = json.load(open(os.path.join(data_dir, "index.json")))
+            if self.structures is None:
+                self.structures = index["structures"]
+                # the slices' model frame (cosam's io::FRAME_VERSION); heads record it so
+                # that cosam refuses them for images in another frame (older exports: 0)
+                self.model_frame = int(index.get("model_frame", 0))
+                self.pools = {s: {} for s in range(len(self.structures))}
+            elif (index["structures"] != self.structures
+                  or int(index.get("model_frame", 0)) != self.model_frame):
+                raise SystemExit(f"{data_dir}: structures or model frame differ from {data_dirs[0]}")
+            for case in index["cases"]:
+                if domains is not None and case["domain"] not in domains:
+                    continue
+                d = os.path.join(data_dir, case["domain"])
+                e = np.load(os.path.join(d, "embeddings.npy"), mmap_mode="r")
+                lab = np.load(os.path.join(d, "labels.npy"))
+                embs.append(torch.from_numpy(np.asarray(e, dtype=np.float16)))
+                labels.append(torch.from_numpy(lab))
+                scaled.extend(case["scaled"])
+                for s, name in enumerate(self.structures):
+                    if name not in case["labelled"]:
+                        continue  # unknown in this case, not absent
+                    pos, neg = self.pools.setdefault(s, {}).setdefault(group, ([], []))
+                    for i in range(lab.shape[0]):
+                        (pos if bool((lab[i] == s + 1).any()) else neg).append(n + i)
+                n += lab.shape[0]
+                self.domains.append(case["domain"])
+                if group not in self.groups:
+                    self.groups.append(group)
         if n == 0:
-            raise SystemExit(f"no training slices for domains {domains} in {data_dir}")
+            raise SystemExit(f"no training slices for domains {domains} in {data_dirs}")
         self.embeddings = torch.cat(embs)
         self.labels = torch.cat(labels)
         self.scaled = scaled
 
-    def sample(self, rng, batch, positive_p=0.75):
+    def sample(self, rng, batch, positive_p=0.75, first_share=None):
+        """`batch` (slice, structure) pairs: a structure at random, then a group (the
+        first folder with probability `first_share`, else another; all alike when None),
+        then a slice holding the structure with probability `positive_p`."""
         items = []
-        candidates = [s for s, (pos, neg) in self.pools.items() if pos or neg]
+        candidates = [s for s in self.pools if any(p or q for p, q in self.pools[s].values())]
         while len(items) < batch:
             s = candidates[rng.integers(len(candidates))]
-            pos, neg = self.pools[s]
+            groups = [g for g, (p, q) in self.pools[s].items() if p or q]
+            if first_share is not None and len(groups) > 1 and 0 in groups:
+                others = [g for g in groups if g != 0]
+                g = 0 if rng.random() < first_share else others[rng.integers(len(others))]
+            elif len(groups) > 1:
+                g = groups[rng.integers(len(groups))]
+            else:
+                g = groups[0]
+            pos, neg = self.pools[s][g]
             pool = pos if (pos and (not neg or rng.random() < positive_p)) else neg
             items.append((pool[rng.integers(len(pool))], s))
         return items
+
+    def positives(self, limit):
+        return [(i, s) for s, groups in self.pools.items() for pos, _ in groups.values()
+                for i in pos][:limit]
+
+    def negatives(self, limit):
+        return [(i, s) for s, groups in self.pools.items() for _, neg in groups.values()
+                for i in neg][:limit]
 
 
 def dice_bce(logits, target):
@@ -199,7 +230,8 @@ def correction_prompts(error_prob, mask, corrected, scaled, k=TOP_K):
                             np.array([[box[0], box[1]], [box[2], box[3]]], np.float32)])
         coords.append(c)
         labels.append(np.concatenate([lab, np.array([2, 3], np.float32)]))
-    return torch.from_numpy(np.stack(coords)), torch.from_numpy(np.stack(labels))
+    return (torch.from_numpy(np.stack(coords)).to(DEVICE),
+            torch.from_numpy(np.stack(labels)).to(DEVICE))
 
 
 def guided_prompts(gt, scaled, rng, k=GUIDED_POINTS):
@@ -221,11 +253,27 @@ def guided_prompts(gt, scaled, rng, k=GUIDED_POINTS):
         lab.append(np.array([2, 3], np.float32))
         coords.append(np.concatenate(pts).astype(np.float32))
         labels.append(np.concatenate(lab))
-    return torch.from_numpy(np.stack(coords)), torch.from_numpy(np.stack(labels))
+    return (torch.from_numpy(np.stack(coords)).to(DEVICE),
+            torch.from_numpy(np.stack(labels)).to(DEVICE))
+
+
+# where training runs: "cpu" or "cuda" (set by --device); prompts built with numpy are moved
+# here, and masks go back to the CPU for prompt derivation
+DEVICE = "cpu"
+
+
+def autocast():
+    """bf16 autocast on the training device (CPU: AMX/AVX-512 bf16 kernels; CUDA)."""
+    return torch.autocast(DEVICE, dtype=torch.bfloat16)
+
+
+def to_np(t):
+    return t.detach().float().cpu().numpy()
 
 
 def no_prompt(b):
-    return (torch.zeros(b, 0, 2), torch.zeros(b, 0), torch.zeros(b, 1, 256, 256), torch.zeros(b))
+    return (torch.zeros(b, 0, 2, device=DEVICE), torch.zeros(b, 0, device=DEVICE),
+            torch.zeros(b, 1, 256, 256, device=DEVICE), torch.zeros(b, device=DEVICE))
 
 
 def run_loop_step(dec, err, emb, s, scaled, rounds=1, threshold=0.5):
@@ -239,16 +287,11 @@ def run_loop_step(dec, err, emb, s, scaled, rounds=1, threshold=0.5):
         corrected = ((mask > 0) ^ (prob > threshold)).float()
         if t == 0:
             stages["corrected"] = corrected
-        coords, labels = correction_prompts(prob.float().numpy(), mask.numpy(), corrected.numpy(),
-                                            scaled)
-        refined, _ = dec(emb, coords, labels, corrected, torch.ones(emb.shape[0]), s)
+        coords, labels = correction_prompts(to_np(prob), to_np(mask), to_np(corrected), scaled)
+        refined, _ = dec(emb, coords, labels, corrected, torch.ones(emb.shape[0], device=DEVICE), s)
         mask = (refined.float() > 0).float()
         stages[f"cosam:{t + 1}"] = mask
     return stages
-
-
-def positives(data, limit):
-    return [(i, s) for s, (pos, _) in data.pools.items() for i in pos][:limit]
 
 
 def batches(data, items, size=8):
@@ -258,7 +301,7 @@ def batches(data, items, size=8):
         idx = torch.tensor([i for i, _ in chunk])
         s = torch.tensor([x for _, x in chunk])
         gt = (data.labels[idx] == (s + 1).reshape(-1, 1, 1)).float().unsqueeze(1)
-        yield idx, s, data.embeddings[idx].float(), gt
+        yield idx, s.to(DEVICE), data.embeddings[idx].to(DEVICE).float(), gt.to(DEVICE)
 
 
 def dice_sum(masks, gt):
@@ -275,11 +318,10 @@ def calibrate_threshold(dec, err, data, limit=160):
     domains only and stored in heads.json."""
     dec.eval()
     err.eval()
-    negatives = [(i, s) for s, (_, neg) in data.pools.items() for i in neg][:limit // 2]
-    items = positives(data, limit) + negatives
+    items = data.positives(limit) + data.negatives(limit // 2)
     inter = {t: 0.0 for t in THRESHOLDS}
     total = {t: 0.0 for t in THRESHOLDS}
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), autocast():
         for _, s, emb, gt in batches(data, items):
             coarse, _ = dec(emb, *no_prompt(emb.shape[0]), s)
             mask = coarse.float() > 0
@@ -300,8 +342,8 @@ def evaluate(dec, err, data, rounds=2, limit=160, threshold=0.5):
     dec.eval()
     err.eval()
     sums, count = {}, 0
-    items = positives(data, limit)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    items = data.positives(limit)
+    with torch.no_grad(), autocast():
         for idx, s, emb, gt in batches(data, items):
             stages = run_loop_step(dec, err, emb, s, [data.scaled[i] for i in idx], rounds,
                                    threshold)
@@ -313,25 +355,65 @@ def evaluate(dec, err, data, rounds=2, limit=160, threshold=0.5):
     return {k: round(v / max(count, 1), 4) for k, v in sums.items()}
 
 
+# what must match for a checkpoint to continue a run
+RESUME_KEYS = ("task", "data", "extra_data", "hold_out", "steps", "batch", "lr", "lr_new",
+               "seed", "point_labels", "real_share")
+
+
+def save_checkpoint(args, step, seconds, dec, err, opt, sched, rng, log, running):
+    """Everything a resumed run needs to continue as if never stopped, written atomically."""
+    state = {"step": step, "seconds": seconds, "dec": dec.state_dict(), "err": err.state_dict(),
+             "opt": opt.state_dict(), "sched": sched.state_dict(),
+             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+             "python_rng": random.getstate(), "log": log, "running": running,
+             "args": {k: getattr(args, k) for k in RESUME_KEYS}}
+    tmp = args.checkpoint + ".partial"
+    torch.save(state, tmp)
+    os.replace(tmp, args.checkpoint)
+
+
+def resume(args, dec, err, opt, sched, rng):
+    """Loads `args.checkpoint` into the run when it exists; refuses one of another run."""
+    if not args.checkpoint or not os.path.exists(args.checkpoint):
+        return None
+    state = torch.load(args.checkpoint, map_location=DEVICE, weights_only=False)
+    mine = {k: getattr(args, k) for k in RESUME_KEYS}
+    if state["args"] != mine:
+        raise SystemExit(f"{args.checkpoint}: a checkpoint of another run ({state['args']}); "
+                         "delete it or pass the same arguments")
+    dec.load_state_dict(state["dec"])
+    err.load_state_dict(state["err"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    rng.bit_generator.state = state["rng"]
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    return state
+
+
 def train(args):
+    global DEVICE
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     rng = np.random.default_rng(args.seed)
     torch.set_num_threads(args.threads)
-    data_dir = args.data or os.path.join(HERE, "data", args.task)
-    index = json.load(open(os.path.join(data_dir, "index.json")))
-    all_domains = sorted({c["domain"] for c in index["cases"]})
+    data_dirs = (args.data or [os.path.join(HERE, "data", args.task)]) + args.extra_data
+    all_domains = sorted({c["domain"] for d in data_dirs
+                          for c in json.load(open(os.path.join(d, "index.json")))["cases"]})
     held_out = sorted(d for d in all_domains if any(
         d == h or d.startswith(h + "+") for h in args.hold_out))
     train_domains = [d for d in all_domains if d not in held_out]
-    data = TrainingSet(data_dir, set(train_domains))
-    val = TrainingSet(data_dir, set(held_out)) if held_out else None
-    print(f"task {args.task}: structures {data.structures}; train on {train_domains} "
-          f"({data.labels.shape[0]} slices); held out {held_out}", flush=True)
+    data = TrainingSet(data_dirs, set(train_domains))
+    # validation: the held-out domains of the first folder (the real cases), not their
+    # synthetic slabs
+    val = TrainingSet(data_dirs[:1], set(held_out)) if held_out else None
+    print(f"task {args.task}: structures {data.structures}; train on {len(train_domains)} "
+          f"domains ({data.labels.shape[0]} slices, folders {data_dirs}); held out {held_out}",
+          flush=True)
 
     net, _ = load_net()
-    dec = TaskDecoder(net, len(data.structures))
-    err = ErrorDecoder(net, len(data.structures))
+    dec = TaskDecoder(net, len(data.structures)).to(DEVICE)
+    err = ErrorDecoder(net, len(data.structures)).to(DEVICE)
     pretrained = list(dec.mask_decoder.parameters())
     prompt_embeddings = [p for n, p in dec.prompt_encoder.named_parameters()
                          if not n.startswith("pe_layer")]
@@ -344,28 +426,34 @@ def train(args):
     log = []
     started = time.time()
     running = {}
-    for step in range(args.steps):
-        items = data.sample(rng, args.batch)
+    first = 0
+    checkpoint = resume(args, dec, err, opt, sched, rng)
+    if checkpoint is not None:
+        first, log, running = checkpoint["step"], checkpoint["log"], checkpoint["running"]
+        started -= checkpoint["seconds"]
+        print(f"resumed from {args.checkpoint} at step {first}", flush=True)
+    for step in range(first, args.steps):
+        items = data.sample(rng, args.batch, first_share=args.real_share)
         idx = torch.tensor([i for i, _ in items])
         s = torch.tensor([x for _, x in items])
         scaled = [data.scaled[i] for i in idx]
-        emb = data.embeddings[idx].float()
-        gt = (data.labels[idx] == (s + 1).reshape(-1, 1, 1)).float().unsqueeze(1)
+        emb = data.embeddings[idx].to(DEVICE).float()
+        gt = (data.labels[idx] == (s + 1).reshape(-1, 1, 1)).float().unsqueeze(1).to(DEVICE)
+        s = s.to(DEVICE)
         b = emb.shape[0]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast():
             c_logits, c_iou = dec(emb, *no_prompt(b), s)
             c_logits, c_iou = c_logits.float(), c_iou.float()
             coarse = (c_logits.detach() > 0).float()
             loss_c = dice_bce(c_logits, gt) + F.mse_loss(c_iou[:, 0], hard_iou(coarse, gt))
-            flip = torch.from_numpy(rng.random(b) < FLIP_P).reshape(-1, 1, 1, 1)
+            flip = torch.from_numpy(rng.random(b) < FLIP_P).reshape(-1, 1, 1, 1).to(DEVICE)
             inp = torch.where(flip, perturb(gt, rng), coarse)
             e_logits = err(emb, inp, s).float()
             loss_e = error_loss(e_logits, (inp != gt).float())
             prob = torch.sigmoid(e_logits.detach())
             corrected = ((inp > 0) ^ (prob > TRAIN_THRESHOLD)).float()
-            coords, labels = correction_prompts(prob.numpy(), inp.numpy(), corrected.numpy(),
-                                                scaled)
-            r_logits, r_iou = dec(emb, coords, labels, corrected, torch.ones(b), s)
+            coords, labels = correction_prompts(to_np(prob), to_np(inp), to_np(corrected), scaled)
+            r_logits, r_iou = dec(emb, coords, labels, corrected, torch.ones(b, device=DEVICE), s)
             r_logits, r_iou = r_logits.float(), r_iou.float()
             refined = (r_logits.detach() > 0).float()
             loss_r = dice_bce(r_logits, gt) + F.mse_loss(r_iou[:, 0], hard_iou(refined, gt))
@@ -375,8 +463,8 @@ def train(args):
             loss_g = torch.zeros(())
             if step % GUIDED_EVERY == 0:
                 g = GUIDED_SAMPLES
-                gc, gl = guided_prompts(gt[:g].numpy(), scaled[:g], rng)
-                g_logits, _ = dec(emb[:g], gc, gl, gt[:g], torch.ones(g), s[:g])
+                gc, gl = guided_prompts(to_np(gt[:g]), scaled[:g], rng)
+                g_logits, _ = dec(emb[:g], gc, gl, gt[:g], torch.ones(g, device=DEVICE), s[:g])
                 loss_g = dice_bce(g_logits.float(), gt[:g])
             loss = loss_c + loss_e + loss_r + loss_e2 + 0.1 * loss_g
         opt.zero_grad()
@@ -394,8 +482,13 @@ def train(args):
             running = {}
             log.append(entry)
             print(json.dumps(entry), flush=True)
-    dec.eval()
-    err.eval()
+        if args.checkpoint and ((step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps):
+            save_checkpoint(args, step + 1, time.time() - started, dec, err, opt, sched, rng,
+                            log, running)
+    # calibration, the held-out check and the export run on the CPU wherever training ran
+    DEVICE = "cpu"
+    dec.cpu().eval()
+    err.cpu().eval()
     threshold, by_threshold = calibrate_threshold(dec, err, data)
     print(f"error threshold {threshold} (corrected-mask Dice on training slices by threshold: "
           f"{by_threshold})", flush=True)
@@ -490,7 +583,19 @@ def export(args, dec, err, data, train_domains, held_out, log, summary):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", required=True)
-    p.add_argument("--data", help="cosam export-training output (default models/train/data/TASK)")
+    p.add_argument("--data", nargs="+",
+                   help="cosam export-training output(s) (default models/train/data/TASK)")
+    p.add_argument("--extra-data", nargs="*", default=[],
+                   help="more export-training folders, e.g. synth.py slabs; sampled with "
+                        "probability 1 - --real-share")
+    p.add_argument("--real-share", type=float, default=None,
+                   help="probability that a sample comes from the first data folder when "
+                        "there are several (default: every folder alike)")
+    p.add_argument("--checkpoint", help="checkpoint file: written every --checkpoint-every "
+                   "steps, and resumed from when it exists (a long run survives a stop)")
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: CUDA when PyTorch sees a GPU, else the CPU")
     p.add_argument("--out", required=True, help="folder for decoder.onnx, error.onnx, heads.json")
     p.add_argument("--hold-out", nargs="*", default=[],
                    help="source domains to leave out, each with its synthetic shifts (DOMAIN+...)")
@@ -505,8 +610,12 @@ def main():
                         "or by the corrected mask (the first recipe)")
     p.add_argument("--log-every", type=int, default=10)
     args = p.parse_args()
-    global POINT_LABELS
+    global POINT_LABELS, DEVICE
     POINT_LABELS = args.point_labels
+    DEVICE = "cuda" if args.device == "cuda" or (
+        args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: PyTorch sees no CUDA GPU")
     export(args, *train(args))
 
 
