@@ -512,10 +512,15 @@ def export(args, dec, err, data, train_domains, held_out, log, summary):
          ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input",
           "structure"],
          ["low_res_masks", "iou_predictions"],
-         {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}),
+         {"image_embeddings": {0: "batch"}, "point_coords": {0: "batch", 1: "num_points"},
+          "point_labels": {0: "batch", 1: "num_points"}, "mask_input": {0: "batch"},
+          "has_mask_input": {0: "batch"}, "structure": {0: "batch"},
+          "low_res_masks": {0: "batch"}, "iou_predictions": {0: "batch"}}),
         ("error", ExportErrorDecoder(err).eval(),
          (emb, torch.zeros(1, 1, 256, 256), torch.zeros(1, dtype=torch.int64)),
-         ["image_embeddings", "mask", "structure"], ["error_logits"], None),
+         ["image_embeddings", "mask", "structure"], ["error_logits"],
+         {"image_embeddings": {0: "batch"}, "mask": {0: "batch"}, "structure": {0: "batch"},
+          "error_logits": {0: "batch"}}),
     ]
     worst = {}
     for name, module, inputs, in_names, out_names, dynamic in specs:
@@ -542,6 +547,16 @@ def export(args, dec, err, data, train_domains, held_out, log, summary):
                                  (torch.rand(1, 1, 256, 256) > 0.5).float(), torch.ones(1), st)]
                 else:
                     variants = [(e, (torch.rand(1, 1, 256, 256) > 0.7).float(), st)]
+                # a batch of two (every structure of a slice in one call): the graphs keep
+                # the batch dimension dynamic
+                e2, st2 = torch.cat([e, e]), torch.tensor([s, (s + 1) % len(data.structures)])
+                if name == "decoder":
+                    variants.append((e2, torch.tensor([[[30.0, 40.0], [20.0, 20.0]]] * 2),
+                                     torch.tensor([[1.0, 2.0]] * 2),
+                                     (torch.rand(2, 1, 256, 256) > 0.5).float(),
+                                     torch.tensor([1.0, 0.0]), st2))
+                else:
+                    variants.append((e2, (torch.rand(2, 1, 256, 256) > 0.7).float(), st2))
                 for v in variants:
                     with torch.no_grad():
                         ref = module(*v)

@@ -1,0 +1,170 @@
+"""Which signal tells whether a round of the loop made a mask better, on domains the heads
+never saw? For every leave-one-domain-out head set given, on its held-out domains
+(`cosam export-training` data, model frame), the loop runs ROUNDS rounds on every slice
+as cosam runs it, and each round's mask is scored with candidate signals:
+
+  iou_head      the decoder's IoU prediction for the mask (the review score's part)
+  error_frac    the error decoder's predicted wrong pixels (p > the heads' threshold) on
+                the mask, as a share of the mask's area (lower is better)
+  stability     SAM's stability score: IoU of (logits > +1) and (logits > -1)
+  neighbours    Dice of the slice's mask with the same round's masks on the adjacent
+                slices (slice-to-slice consistency)
+
+Ranking is judged per volume and structure, as the benchmark scores (Dice over the
+volume): for every pair of rounds whose true Dice differs by more than 0.005, is the
+signal's order the Dice's order (concordance)? Then the volume Dice of choosing, per
+volume, the round the signal prefers, against the coarse mask, the fixed four rounds and
+the oracle (the best round). Volume signals: mean over slices with a non-empty mask
+(iou_head, stability), predicted wrong pixels over predicted area (error_frac), and
+area-weighted adjacent-slice Dice (neighbours).
+
+  .venv-export/bin/python models/train/signals.py models/lodo/abdomen/* models/lodo/brain/*
+"""
+
+import argparse
+import itertools
+import json
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from diagnose import K, Heads, box_of_largest, structures  # noqa: E402
+
+ROUNDS = 4
+SIGNALS = ("iou_head", "error_frac", "stability", "neighbours")
+LOWER_IS_BETTER = {"error_frac"}
+
+
+def decode(h, e, s, coords=None, labels=None, mask_prompt=None):
+    has_mask = mask_prompt is not None
+    out = h.dec.run(None, {
+        "image_embeddings": e,
+        "point_coords": np.zeros((1, 0, 2), np.float32) if coords is None else coords,
+        "point_labels": np.zeros((1, 0), np.float32) if labels is None else labels,
+        "mask_input": (mask_prompt[None, None].astype(np.float32) if has_mask
+                       else np.zeros((1, 1, 256, 256), np.float32)),
+        "has_mask_input": np.full(1, float(has_mask), np.float32),
+        "structure": np.array([s], np.int64)})
+    return out[0][0, 0], float(out[1][0, 0])
+
+
+def slice_rounds(h, e, s, rows, cols, threshold, label_threshold):
+    """Per round (0 = coarse): mask, IoU head, stability, predicted error fraction."""
+    out = []
+    logits, iou = decode(h, e, s)
+    for r in range(ROUNDS + 1):
+        logits = logits.copy()
+        logits[rows:, :] = -1e4
+        logits[:, cols:] = -1e4
+        mask = logits > 0
+        hi, lo = (logits > 1).sum(), (logits > -1).sum()
+        p = h.error_prob(e, s, mask, rows, cols)
+        flagged = p > threshold
+        out.append({"mask": mask, "iou_head": iou, "stability": hi / lo if lo else 1.0,
+                    "error_px": int(flagged.sum()), "area": int(mask.sum())})
+        if r == ROUNDS:
+            break
+        corrected = mask ^ flagged
+        flat = np.argpartition(-p[:rows, :cols].ravel(), K - 1)[:K]
+        ys, xs = np.unravel_index(flat, (rows, cols))
+        lab = corrected[ys, xs] if label_threshold is None else \
+            mask[ys, xs] ^ (p[ys, xs] > label_threshold)
+        b = box_of_largest(corrected, rows, cols)
+        coords = np.concatenate([np.stack([xs, ys], 1), [[b[0], b[1]], [b[2], b[3]]]])
+        labels = np.concatenate([lab.astype(np.float32), [2, 3]])
+        logits, iou = decode(h, e, s, coords[None].astype(np.float32),
+                             labels[None].astype(np.float32), corrected)
+    return out
+
+
+def dice(a, b):
+    both = a.sum() + b.sum()
+    return 2 * (a & b).sum() / both if both else 1.0
+
+
+def volume_signals(rounds):
+    """rounds[z][r] -> per round: the volume's masks and signals."""
+    n = len(rounds)
+    per = []
+    for r in range(ROUNDS + 1):
+        masks = [rounds[z][r]["mask"] for z in range(n)]
+        nonempty = [rounds[z][r] for z in range(n) if rounds[z][r]["area"] > 0]
+        area = sum(x["area"] for x in nonempty)
+        inter = total = 0
+        for z in range(n - 1):
+            a, b = masks[z], masks[z + 1]
+            inter += 2 * int((a & b).sum())
+            total += int(a.sum() + b.sum())
+        per.append({
+            "masks": masks,
+            "iou_head": np.mean([x["iou_head"] for x in nonempty]) if nonempty else 0.0,
+            "stability": np.mean([x["stability"] for x in nonempty]) if nonempty else 0.0,
+            "error_frac": sum(x["error_px"] for x in nonempty) / area if area else 1.0,
+            "neighbours": inter / total if total else 0.0,
+        })
+    return per
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("heads", nargs="+", help="leave-one-domain-out head folders")
+    ap.add_argument("--json", help="also write the per-volume rows here")
+    a = ap.parse_args()
+    rows = []
+    for heads_dir in a.heads:
+        heads = json.load(open(os.path.join(heads_dir, "heads.json")))
+        h = Heads(heads_dir)
+        data_dir = os.path.join(HERE, "data", heads["task"])
+        for domain, meta, emb, lab, s, name in structures(data_dir, heads["held_out_domains"]):
+            gt = lab == s + 1
+            if not gt.any():
+                continue
+            per_slice = []
+            for i in range(lab.shape[0]):
+                rws, cls = meta["scaled"][i]
+                e = np.asarray(emb[i:i + 1], dtype=np.float32)
+                per_slice.append(slice_rounds(h, e, s, rws, cls, heads["error_threshold"],
+                                              heads.get("point_label_threshold")))
+            per = volume_signals(per_slice)
+            row = {"heads": heads_dir, "domain": domain, "structure": name,
+                   "dice": [float(dice(np.stack(p["masks"]), gt)) for p in per]}
+            for k in SIGNALS:
+                row[k] = [float(p[k]) for p in per]
+            rows.append(row)
+            print(f"{domain} {name}: dice {np.round(row['dice'], 3).tolist()}", flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    report(rows)
+
+
+def report(rows):
+    print(f"\n{len(rows)} volume-structure pairs; rounds 0 (coarse) to {ROUNDS}")
+    coarse = np.mean([r["dice"][0] for r in rows])
+    fixed = np.mean([r["dice"][ROUNDS] for r in rows])
+    oracle = np.mean([max(r["dice"]) for r in rows])
+    print(f"coarse {coarse:.3f}, fixed {ROUNDS} rounds {fixed:.3f}, oracle round {oracle:.3f}")
+    print("| signal | concordant pairs | discordant pairs | concordance | Dice of the round it picks |")
+    print("|---|---|---|---|---|")
+    for k in SIGNALS:
+        sign = -1 if k in LOWER_IS_BETTER else 1
+        conc = disc = 0
+        picked = []
+        for r in rows:
+            for i, j in itertools.combinations(range(ROUNDS + 1), 2):
+                dd = r["dice"][j] - r["dice"][i]
+                ds = sign * (r[k][j] - r[k][i])
+                if abs(dd) <= 0.005 or ds == 0:
+                    continue
+                conc += dd * ds > 0
+                disc += dd * ds < 0
+            picked.append(r["dice"][max(range(ROUNDS + 1), key=lambda t: sign * r[k][t])])
+        share = conc / (conc + disc) if conc + disc else float("nan")
+        print(f"| {k} | {conc} | {disc} | {share:.2f} | {np.mean(picked):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
