@@ -409,7 +409,7 @@ def train(args):
     val = TrainingSet(data_dirs[:1], set(held_out)) if held_out else None
     # heads.json lists the held-out domains of the first folder (the dataset's own, which
     # cosam eval tests); synthetic slabs of a held-out patient are left out all the same
-    first = {c["domain"] for c in json.load(open(os.path.join(data_dirs[0], "index.json")))["cases"]}
+    dataset_domains = {c["domain"] for c in json.load(open(os.path.join(data_dirs[0], "index.json")))["cases"]}
     print(f"task {args.task}: structures {data.structures}; train on {len(train_domains)} "
           f"domains ({data.labels.shape[0]} slices, folders {data_dirs}); held out {held_out}",
           flush=True)
@@ -499,7 +499,7 @@ def train(args):
     if val is not None:
         summary["held_out"] = evaluate(dec, err, val, threshold=threshold)
     print("dice (model frame, slices with the structure):", json.dumps(summary), flush=True)
-    return dec, err, data, train_domains, [d for d in held_out if d in first], log, summary
+    return dec, err, data, train_domains, [d for d in held_out if d in dataset_domains], log, summary
 
 
 def export(args, dec, err, data, train_domains, held_out, log, summary):
