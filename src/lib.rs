@@ -24,7 +24,9 @@
 //! 5. [`post`] upsamples logits to the source grid and thresholds them, and provides the
 //!    mask operations (components, hole filling, distance transform, top-K) in WGSL on
 //!    wgpu or on the CPU with identical results.
-//! 6. [`pipeline`] ties the stages together for slices and volumes; [`metrics`] scores
+//! 6. [`pipeline`] ties the stages together for slices and volumes; [`output`] maps its
+//!    masks back to the file's storage order and writes them (PNG, NIfTI, DICOM SEG,
+//!    overlays, the loop's trace); [`metrics`] scores
 //!    masks against references in millimetres (Dice, HD95 under a named convention, ASSD,
 //!    NSD), and [`eval`] runs methods over multi-domain datasets.
 //!
@@ -92,6 +94,7 @@ pub mod eval;
 pub mod io;
 pub mod metrics;
 pub mod model;
+pub mod output;
 pub mod pipeline;
 pub mod post;
 pub mod preprocess;

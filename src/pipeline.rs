@@ -253,6 +253,15 @@ impl VolumeSegmentation {
         let ious: Vec<f32> = self.slices.iter().filter_map(|s| s.iou).collect();
         (!ious.is_empty()).then(|| ious.iter().sum::<f32>() / ious.len() as f32)
     }
+
+    /// The slice a quick look shows: the segmented slice with the largest mask (the first
+    /// of equals), `None` when no slice was segmented.
+    pub fn quick_look_slice(&self) -> Option<usize> {
+        self.slices
+            .iter()
+            .max_by_key(|s| (s.area_px, std::cmp::Reverse(s.slice)))
+            .map(|s| s.slice)
+    }
 }
 
 /// The loop's record of one slice of a prompt-free segmentation.
@@ -319,12 +328,28 @@ impl Segmenter {
         &self.post_note
     }
 
-    fn logits_to_masks(
+    /// Model-frame logits (`[n, 256, 256]`) of slices of one size to their masks on the
+    /// source grid of `t`: cropped, upsampled and thresholded at [`THRESHOLD_LOGIT`] where
+    /// post-processing runs. The one path from logits to masks: the decoder calls, the
+    /// slice loop, the evaluation and the loop's trace all go through it.
+    ///
+    /// # Errors
+    /// [`crate::post::PostError`] for logits that are not 256x256, or a GPU failure.
+    pub fn logits_to_masks(
         &self,
         logits: ndarray::ArrayView3<f32>,
         t: &Transform,
     ) -> Result<Array3<u8>> {
         Ok(self.post.upsample_threshold(logits, t, THRESHOLD_LOGIT)?)
+    }
+
+    /// As [`Segmenter::logits_to_masks`] for one slice's `[256, 256]` logits.
+    ///
+    /// # Errors
+    /// As [`Segmenter::logits_to_masks`].
+    pub fn logits_to_mask(&self, logits: ArrayView2<f32>, t: &Transform) -> Result<Mask> {
+        let masks = self.logits_to_masks(logits.insert_axis(ndarray::Axis(0)), t)?;
+        Ok(Mask(masks.index_axis_move(ndarray::Axis(0), 0)))
     }
 
     /// Loads the CoSAM heads of a task or folder (see [`LiteMedSam::load_heads`]).
@@ -561,9 +586,8 @@ impl Segmenter {
             .sam
             .decoder
             .predict(embedding, &prompts.to_model(&t), mask_input)?;
-        let mask = self.logits_to_masks(out.logits.view().insert_axis(ndarray::Axis(0)), &t)?;
         Ok(SlicePrediction {
-            mask: Mask(mask.index_axis_move(ndarray::Axis(0), 0)),
+            mask: self.logits_to_mask(out.logits.view(), &t)?,
             iou: out.iou,
             logits: out.logits,
         })
@@ -612,10 +636,9 @@ impl Segmenter {
         )?;
         let quality = Quality::from_rounds([c.final_round()]);
         let iou = c.final_round().iou.unwrap_or(0.0);
-        let mask = self.logits_to_masks(c.logits.view().insert_axis(ndarray::Axis(0)), &t)?;
         Ok(PromptFreePrediction {
             prediction: SlicePrediction {
-                mask: Mask(mask.index_axis_move(ndarray::Axis(0), 0)),
+                mask: self.logits_to_mask(c.logits.view(), &t)?,
                 iou,
                 logits: c.logits,
             },

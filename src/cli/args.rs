@@ -95,7 +95,7 @@ impl ModelArgs {
         if let Some(d) = &self.models {
             config = config.with_model_dir(d);
         }
-        if let Some(t) = self.threads.or_else(super::shard::threads_from_env) {
+        if let Some(t) = self.threads.or_else(threads_from_env) {
             config = config.with_threads(usize::from(t));
         }
         config
@@ -143,6 +143,20 @@ pub enum ModalityArg {
     Mr,
     /// Already display-ready (0..255): min-max only.
     Display,
+}
+
+impl ModalityArg {
+    /// The modality to set on every input, `None` to keep the file's. The intensity
+    /// mapping then follows the modality ([`IntensityMode::Auto`]) unless `--window`
+    /// names a window: the flag acts in this one place.
+    pub fn modality(self) -> Option<cosam::Modality> {
+        match self {
+            ModalityArg::Auto => None,
+            ModalityArg::Ct => Some(cosam::Modality::Ct),
+            ModalityArg::Mr => Some(cosam::Modality::Mr),
+            ModalityArg::Display => Some(cosam::Modality::Display),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -230,8 +244,8 @@ pub struct SegmentArgs {
     /// from a Slurm job array or a Kubernetes Indexed Job (with COSAM_SHARD_COUNT). Writes
     /// reports/shard-K-of-N.json instead of report.json; join them with
     /// `cosam report merge`.
-    #[arg(long, value_name = "K/N|auto", value_parser = super::shard::parse_shard)]
-    pub shard: Option<super::shard::ShardArg>,
+    #[arg(long, value_name = "K/N|auto", value_parser = parse_shard)]
+    pub shard: Option<ShardArg>,
     /// Skip inputs whose outputs are complete and were made with the same models and
     /// options (reports/done/ID.json); recompute the others.
     #[arg(long)]
@@ -324,15 +338,11 @@ impl SegmentArgs {
         }
     }
 
-    /// The intensity mapping the flags ask for (`None`: decide per input by modality).
+    /// The intensity mapping the flags ask for: `--window`, else by each input's
+    /// modality (which `--modality` sets, see [`ModalityArg::modality`]).
     pub fn intensity(&self) -> IntensityMode {
-        match (self.window, self.modality) {
-            (Some(w), _) => IntensityMode::Window(w),
-            (None, ModalityArg::Ct) => IntensityMode::Window(WindowLevel::SOFT_TISSUE),
-            (None, ModalityArg::Mr) => IntensityMode::Percentile,
-            (None, ModalityArg::Display) => IntensityMode::MinMax,
-            (None, ModalityArg::Auto) => IntensityMode::Auto,
-        }
+        self.window
+            .map_or(IntensityMode::Auto, IntensityMode::Window)
     }
 }
 
@@ -558,6 +568,51 @@ pub fn parse_window(s: &str) -> Result<WindowLevel, String> {
     s.parse::<WindowLevel>().map_err(|e| e.to_string())
 }
 
+/// `--shard`: a fixed `K/N` or `auto` (from the job engine's environment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardArg {
+    /// Shard K of N, 0-based.
+    Fixed { index: usize, count: usize },
+    /// From Slurm's or Kubernetes' environment.
+    Auto,
+}
+
+/// Parses `K/N` (0 <= K < N) or `auto`.
+pub fn parse_shard(s: &str) -> Result<ShardArg, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(ShardArg::Auto);
+    }
+    let (k, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("'{s}' is not K/N (e.g. 0/4) or auto"))?;
+    let index: usize = k
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{k}' is not a shard index"))?;
+    let count: usize = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{n}' is not a shard count"))?;
+    if count == 0 || index >= count {
+        return Err(format!(
+            "shard {index}/{count}: K must be in 0..N and N at least 1"
+        ));
+    }
+    Ok(ShardArg::Fixed { index, count })
+}
+
+/// `--threads` when not given: SLURM_CPUS_PER_TASK when Slurm sets it.
+pub fn threads_from_env() -> Option<u16> {
+    threads_from(&|name| std::env::var(name).ok())
+}
+
+fn threads_from(env: &dyn Fn(&str) -> Option<String>) -> Option<u16> {
+    env("SLURM_CPUS_PER_TASK")
+        .and_then(|v| v.trim().parse::<u16>().ok())
+        .filter(|&t| t > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -626,5 +681,37 @@ mod tests {
             panic!()
         };
         assert_eq!(args.intensity(), IntensityMode::Window(WindowLevel::LUNG));
+    }
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn shard_flag_takes_k_of_n_or_auto() {
+        assert_eq!(
+            parse_shard("1/3").unwrap(),
+            ShardArg::Fixed { index: 1, count: 3 }
+        );
+        assert_eq!(parse_shard("AUTO").unwrap(), ShardArg::Auto);
+        assert!(parse_shard("3/3").is_err());
+        assert!(parse_shard("0/0").is_err());
+        assert!(parse_shard("1").is_err());
+        assert!(parse_shard("-1/3").is_err());
+    }
+
+    #[test]
+    fn threads_follow_slurm_cpus_per_task() {
+        assert_eq!(
+            threads_from(&env_of(&[("SLURM_CPUS_PER_TASK", "6")])),
+            Some(6)
+        );
+        assert_eq!(threads_from(&env_of(&[("SLURM_CPUS_PER_TASK", "0")])), None);
+        assert_eq!(threads_from(&env_of(&[("SLURM_CPUS_PER_TASK", "x")])), None);
+        assert_eq!(threads_from(&env_of(&[])), None);
     }
 }

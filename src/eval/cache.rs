@@ -39,6 +39,16 @@ impl DiskCache {
         })
     }
 
+    /// The user's cache folder for embeddings: `$XDG_CACHE_HOME/cosam/embeddings`, else
+    /// `~/.cache/cosam/embeddings`, else one under the temporary folder.
+    pub fn default_dir() -> PathBuf {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("cosam").join("embeddings")
+    }
+
     fn path(&self, key: &str) -> PathBuf {
         self.dir.join(format!("{key}.f32"))
     }

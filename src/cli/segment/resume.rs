@@ -19,9 +19,8 @@ use sha2::{Digest, Sha256};
 use cosam::model::HeadsSource;
 use cosam::Segmenter;
 
-use super::args::SegmentArgs;
-use super::segment::Job;
-use super::shard::hex;
+use super::{hex, path_key, Job};
+use crate::cli::args::SegmentArgs;
 
 const SIDECAR_FORMAT: &str = "cosam-done/1";
 
@@ -225,7 +224,7 @@ fn collect_outputs(value: &Value, out: &mut Vec<PathBuf>) {
 /// `/`-separated paths relative to `out`.
 fn files_below(out: &Path, rel: &Path) -> anyhow::Result<Vec<String>> {
     let full = out.join(rel);
-    let key = super::shard::path_key(rel);
+    let key = path_key(rel);
     if !full.is_dir() {
         return Ok(vec![key]);
     }
