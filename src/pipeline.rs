@@ -17,7 +17,7 @@ use crate::model::{
     CancelToken, HeadsSource, ImageEmbedding, LiteMedSam, ModelConfig, ModelError, PromptError,
     Prompts, TaskHeads, EMBEDDING_SHAPE,
 };
-use crate::post::{mask_ops, Device, MaskOps, THRESHOLD_LOGIT};
+use crate::post::{mask_ops, Device, MaskOps, BACKGROUND_LOGIT, THRESHOLD_LOGIT};
 use crate::preprocess::{
     prepare_slice, IntensityMap, Prepared, PreprocessOptions, Transform, MODEL_SIZE,
 };
@@ -25,8 +25,6 @@ use crate::preprocess::{
 /// Slices whose logits are post-processed in one call (16 MiB of logits).
 const POST_CHUNK_SLICES: usize = 64;
 
-/// Logit given to every pixel of a constant slice (finite, so interpolation stays exact).
-const CONSTANT_SLICE_LOGIT: f32 = -1e4;
 use crate::Result;
 
 /// Options of a [`Segmenter`].
@@ -579,7 +577,7 @@ impl Segmenter {
             return Ok(SlicePrediction {
                 mask: Mask(Array2::zeros((t.source_rows, t.source_cols))),
                 iou: 0.0,
-                logits: Array2::from_elem((MODEL_SIZE, MODEL_SIZE), CONSTANT_SLICE_LOGIT),
+                logits: Array2::from_elem((MODEL_SIZE, MODEL_SIZE), BACKGROUND_LOGIT),
             });
         };
         let out = self
@@ -620,7 +618,7 @@ impl Segmenter {
                 prediction: SlicePrediction {
                     mask: Mask(Array2::zeros((t.source_rows, t.source_cols))),
                     iou: 0.0,
-                    logits: Array2::from_elem((MODEL_SIZE, MODEL_SIZE), CONSTANT_SLICE_LOGIT),
+                    logits: Array2::from_elem((MODEL_SIZE, MODEL_SIZE), BACKGROUND_LOGIT),
                 },
                 quality: Quality::from_rounds([]),
                 trace: Vec::new(),
@@ -724,16 +722,21 @@ impl Segmenter {
         })
     }
 
-    /// The slice loop shared by the prompted and prompt-free paths: embed each slice once,
-    /// `decode` it (slice index, embedding, its place in the model frame) to model-frame
-    /// logits, post-process in chunks.
-    fn segment_slices(
+    /// The one slice loop: checks `slices` (all of `volume` when `None`) against the
+    /// volume, embeds each slice once, through `cache` when given, and hands it to `visit`
+    /// with its index, in order. The prompted and prompt-free volume paths and the
+    /// evaluation's methods all walk slices through it.
+    ///
+    /// # Errors
+    /// A slice range past the end or reversed, an encoder failure, or what `visit` returns.
+    pub fn visit_slices(
         &self,
         volume: &Volume,
         slices: Option<RangeInclusive<usize>>,
-        mut decode: impl FnMut(usize, &ImageEmbedding, &Transform) -> Result<(Array2<f32>, f32)>,
-        mut progress: impl FnMut(usize),
-    ) -> Result<VolumeSegmentation> {
+        map: &IntensityMap,
+        cache: Option<&dyn EmbeddingCache>,
+        mut visit: impl FnMut(usize, &EmbeddedSlice) -> Result<()>,
+    ) -> Result<()> {
         let n = volume.slices();
         let range = slices.unwrap_or(0..=n.saturating_sub(1));
         if *range.end() >= n || range.start() > range.end() {
@@ -743,48 +746,76 @@ impl Segmenter {
             }
             .into());
         }
-        let (rows, cols) = volume.slice_size();
+        for z in range {
+            let embedded = self.embed(volume, z, map, cache, None)?;
+            visit(z, &embedded)?;
+        }
+        Ok(())
+    }
+
+    /// [`Segmenter::visit_slices`] for the volume paths: `decode` turns each slice's
+    /// embedding (with its index and place in the model frame) into model-frame logits,
+    /// which go to masks through [`Segmenter::logits_to_masks`] in chunks.
+    fn segment_slices(
+        &self,
+        volume: &Volume,
+        slices: Option<RangeInclusive<usize>>,
+        mut decode: impl FnMut(usize, &ImageEmbedding, &Transform) -> Result<(Array2<f32>, f32)>,
+        mut progress: impl FnMut(usize),
+    ) -> Result<VolumeSegmentation> {
+        let (n, (rows, cols)) = (volume.slices(), volume.slice_size());
         let map = self.intensity_map(volume)?;
         let transform = Transform::new(rows, cols);
         let mut mask = Array3::<u8>::zeros((n, rows, cols));
-        let mut results = Vec::with_capacity(range.clone().count());
+        let mut results = Vec::new();
         // Logits are upsampled in chunks: one post-processing call per chunk (a GPU batch)
         // while memory stays bounded whatever the number of slices.
-        let slices: Vec<usize> = range.collect();
-        for chunk in slices.chunks(POST_CHUNK_SLICES) {
-            let mut logits = Array3::<f32>::zeros((chunk.len(), MODEL_SIZE, MODEL_SIZE));
-            let mut chunk_results = Vec::with_capacity(chunk.len());
-            for (i, &z) in chunk.iter().enumerate() {
+        let mut logits = Array3::<f32>::zeros((POST_CHUNK_SLICES, MODEL_SIZE, MODEL_SIZE));
+        let mut pending: Vec<(usize, Option<f32>, f64)> = Vec::with_capacity(POST_CHUNK_SLICES);
+        let mut flush =
+            |logits: &Array3<f32>, pending: &mut Vec<(usize, Option<f32>, f64)>| -> Result<()> {
+                if pending.is_empty() {
+                    return Ok(());
+                }
                 let started = Instant::now();
-                let embedded = self.embed_slice_with(volume, z, &map)?;
-                let iou = match &embedded.embedding {
-                    Some(embedding) => {
-                        let (slice_logits, iou) = decode(z, embedding, &embedded.transform)?;
-                        logits.slice_mut(s![i, .., ..]).assign(&slice_logits);
-                        Some(iou)
-                    }
-                    None => {
-                        logits.slice_mut(s![i, .., ..]).fill(CONSTANT_SLICE_LOGIT);
-                        None
-                    }
-                };
-                chunk_results.push((z, iou, started.elapsed().as_secs_f64()));
-                progress(z);
-            }
+                let masks =
+                    self.logits_to_masks(logits.slice(s![..pending.len(), .., ..]), &transform)?;
+                let post_share = started.elapsed().as_secs_f64() / pending.len() as f64;
+                for (i, (z, iou, seconds)) in pending.drain(..).enumerate() {
+                    let m = masks.index_axis(ndarray::Axis(0), i);
+                    mask.slice_mut(s![z, .., ..]).assign(&m);
+                    results.push(SliceResult {
+                        slice: z,
+                        iou,
+                        area_px: m.iter().filter(|&&v| v != 0).count(),
+                        seconds: seconds + post_share,
+                    });
+                }
+                Ok(())
+            };
+        self.visit_slices(volume, slices, &map, None, |z, embedded| {
             let started = Instant::now();
-            let masks = self.logits_to_masks(logits.view(), &transform)?;
-            let post_share = started.elapsed().as_secs_f64() / chunk.len() as f64;
-            for (i, (z, iou, seconds)) in chunk_results.into_iter().enumerate() {
-                let m = masks.index_axis(ndarray::Axis(0), i);
-                mask.slice_mut(s![z, .., ..]).assign(&m);
-                results.push(SliceResult {
-                    slice: z,
-                    iou,
-                    area_px: m.iter().filter(|&&v| v != 0).count(),
-                    seconds: seconds + post_share,
-                });
+            let i = pending.len();
+            let iou = match &embedded.embedding {
+                Some(embedding) => {
+                    let (slice_logits, iou) = decode(z, embedding, &embedded.transform)?;
+                    logits.slice_mut(s![i, .., ..]).assign(&slice_logits);
+                    Some(iou)
+                }
+                None => {
+                    logits.slice_mut(s![i, .., ..]).fill(BACKGROUND_LOGIT);
+                    None
+                }
+            };
+            pending.push((z, iou, started.elapsed().as_secs_f64()));
+            progress(z);
+            if pending.len() == POST_CHUNK_SLICES {
+                flush(&logits, &mut pending)?;
             }
-        }
+            Ok(())
+        })?;
+        flush(&logits, &mut pending)?;
+        drop(flush);
         Ok(VolumeSegmentation {
             mask,
             slices: results,

@@ -159,6 +159,39 @@ impl ModalityArg {
     }
 }
 
+/// The self-correcting loop's flags, shared by `segment --task` and the prompt-free
+/// methods of `eval` (rounds and the stop rule are `segment`'s; eval's methods name them).
+#[derive(Debug, Args)]
+pub struct LoopArgs {
+    /// Error points per round of the loop (1-1024).
+    #[arg(long, value_name = "K", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub top_k: u32,
+    /// Error probability above which a pixel is predicted wrong (0-1); default: the
+    /// heads' calibrated value (heads.json `error_threshold`).
+    #[arg(long, value_name = "P", value_parser = parse_probability)]
+    pub error_threshold: Option<f32>,
+    /// Which decoder refines: task (CoSAM: error points, box and mask prompt to the task
+    /// decoder) or base-box (LiteMedSAM's own decoder with the box only).
+    #[arg(long, value_enum, default_value_t = RefineArg::Task)]
+    pub refine: RefineArg,
+    /// A coarse mask smaller than this many pixels of the 256x256 model frame is taken as
+    /// "structure absent" and not corrected (0-65536; 0: always correct).
+    #[arg(long, value_name = "PX", default_value_t = 0, value_parser = bounded_usize(0, MODEL_FRAME_PX))]
+    pub min_coarse_px: usize,
+}
+
+impl LoopArgs {
+    /// The loop's options from these flags, for heads calibrated at `heads_threshold`
+    /// (rounds and the stop rule at their defaults).
+    pub fn correct_options(&self, heads_threshold: f32) -> cosam::correct::CorrectOptions {
+        cosam::correct::CorrectOptions::default()
+            .with_top_k(self.top_k as usize)
+            .with_error_threshold(self.error_threshold.unwrap_or(heads_threshold))
+            .with_refine(self.refine.into())
+            .with_min_coarse_px(self.min_coarse_px)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct SegmentArgs {
     /// Input images: PNG/JPEG/TIFF, NIfTI (.nii, .nii.gz), DICOM files or series folders.
@@ -211,21 +244,8 @@ pub struct SegmentArgs {
     /// Most correction rounds after the coarse mask (0-32; 0: coarse mask only).
     #[arg(long, value_name = "T", default_value_t = 4, value_parser = bounded_usize(0, MAX_ROUNDS))]
     pub rounds: usize,
-    /// Error points per round (1-1024).
-    #[arg(long, value_name = "K", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub top_k: u32,
-    /// Error probability above which a pixel is predicted wrong (0-1); default: the
-    /// heads' calibrated value (heads.json `error_threshold`).
-    #[arg(long, value_name = "P", value_parser = parse_probability)]
-    pub error_threshold: Option<f32>,
-    /// Which decoder refines: task (CoSAM: error points, box and mask prompt to the task
-    /// decoder) or base-box (LiteMedSAM's own decoder with the box only).
-    #[arg(long, value_enum, default_value_t = RefineArg::Task)]
-    pub refine: RefineArg,
-    /// A coarse mask smaller than this many pixels of the 256x256 model frame is taken as
-    /// "structure absent" and not corrected (0-65536; 0: always correct).
-    #[arg(long, value_name = "PX", default_value_t = 0, value_parser = bounded_usize(0, MODEL_FRAME_PX))]
-    pub min_coarse_px: usize,
+    #[command(flatten)]
+    pub loop_flags: LoopArgs,
     /// Stop when the predicted error count stops falling and keep the mask with the fewest
     /// predicted errors, instead of running all --rounds rounds and keeping the last mask
     /// (CoSAM's fixed T, the default).
@@ -290,17 +310,6 @@ fn parse_probability(s: &str) -> Result<f32, String> {
     }
 }
 
-impl EvalArgs {
-    /// The prompt-free methods' loop from the flags (the error threshold is set per head
-    /// set).
-    pub fn correct_options(&self) -> cosam::correct::CorrectOptions {
-        let o = cosam::correct::CorrectOptions::default()
-            .with_refine(self.refine.into())
-            .with_min_coarse_px(self.min_coarse_px);
-        self.top_k.map_or(o, |k| o.with_top_k(k as usize))
-    }
-}
-
 impl SegmentArgs {
     /// The readers' budget from --max-voxels and --max-memory-mb.
     pub fn limits(&self) -> cosam::io::Limits {
@@ -321,13 +330,10 @@ impl SegmentArgs {
 
     /// The loop's options from the flags, for heads calibrated at `heads_threshold`.
     pub fn correct_options(&self, heads_threshold: f32) -> cosam::correct::CorrectOptions {
-        cosam::correct::CorrectOptions::default()
+        self.loop_flags
+            .correct_options(heads_threshold)
             .with_max_rounds(self.rounds)
-            .with_top_k(self.top_k as usize)
-            .with_error_threshold(self.error_threshold.unwrap_or(heads_threshold))
             .with_stop_early(self.stop_early)
-            .with_refine(self.refine.into())
-            .with_min_coarse_px(self.min_coarse_px)
     }
 
     /// The prompts given on the command line.
@@ -426,19 +432,8 @@ pub struct EvalArgs {
     /// Hold out each domain in turn (train on the others, test on it).
     #[arg(long, conflicts_with_all = ["train_domains", "test_domains"])]
     pub leave_one_domain_out: bool,
-    /// Error points per round of the prompt-free methods (1-1024; default 64).
-    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub top_k: Option<u32>,
-    /// Error probability threshold of the prompt-free methods (0-1; default: the heads').
-    #[arg(long, value_name = "P", value_parser = parse_probability)]
-    pub error_threshold: Option<f32>,
-    /// Which decoder refines in the prompt-free methods: task (CoSAM: error points, box and
-    /// mask prompt to the task decoder) or base-box (LiteMedSAM's decoder with the box).
-    #[arg(long, value_enum, default_value_t = RefineArg::Task)]
-    pub refine: RefineArg,
-    /// Smallest coarse mask (model-frame pixels, 0-65536) the prompt-free methods correct.
-    #[arg(long, value_name = "PX", default_value_t = 0, value_parser = bounded_usize(0, MODEL_FRAME_PX))]
-    pub min_coarse_px: usize,
+    #[command(flatten)]
+    pub loop_flags: LoopArgs,
     /// CoSAM heads for coarse, corrected and cosam:T: a folder with heads.json, or one
     /// with a heads folder per held-out domain (models/lodo/TASK); default: the task's
     /// shipped heads.

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use cosam::correct::CorrectOptions;
 use cosam::eval::{
     aggregate, evaluate_case, plan_folds, write_reports, Dataset, EvalError, EvalOptions,
     FoldRequest, Method,
@@ -75,7 +76,12 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
         .with_methods(methods.clone())
         .with_metrics(metrics)
         .with_limits(Limits::default().with_max_voxels(args.max_voxels))
-        .with_loop(args.correct_options(), args.error_threshold);
+        // the error threshold is each head set's unless --error-threshold names one
+        .with_loop(
+            args.loop_flags
+                .correct_options(CorrectOptions::default().error_threshold),
+            args.loop_flags.error_threshold,
+        );
 
     let started = Instant::now();
     let total: usize = folds

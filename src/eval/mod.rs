@@ -18,7 +18,7 @@ use ndarray::{Array3, Axis};
 pub use cache::DiskCache;
 pub use dataset::{Case, Dataset, MANIFEST_FORMAT};
 pub use folds::{plan_folds, Fold, FoldRequest};
-pub use methods::{bounding_box, Method, COSAM_DEFAULT_ROUNDS, METHOD_NAMES};
+pub use methods::{Method, COSAM_DEFAULT_ROUNDS, METHOD_NAMES};
 pub use report::{
     aggregate, bootstrap_ci, markdown, markdown_table, review_flag, write_reports, ReviewSummary,
     Summary, REVIEW_DICE, REVIEW_THRESHOLD,

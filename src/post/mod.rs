@@ -40,6 +40,10 @@ pub use gpu::GpuMaskOps;
 /// Logit above which a pixel is foreground (probability 0.5).
 pub const THRESHOLD_LOGIT: f32 = 0.0;
 
+/// Logit of a pixel known to be background: a constant slice, the padding outside a slice
+/// in the model frame. Finite, so bilinear interpolation next to it stays exact.
+pub const BACKGROUND_LOGIT: f32 = -1e4;
+
 /// Largest relative difference allowed between the CPU and GPU paths on float outputs
 /// (upsampled logits, distances with non-unit spacing): `|gpu - cpu| <= FLOAT_TOLERANCE *
 /// max(1, |cpu|)`. GPU compilers may contract `a * b + c` into one fused multiply-add, which
