@@ -22,7 +22,6 @@
 //! ([`write_mask_nifti`]) and DICOM SEG ([`write_dicom_seg`]).
 
 pub mod dicom;
-mod dicom_guard;
 pub mod nifti;
 mod orient;
 pub mod raster;
