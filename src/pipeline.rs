@@ -17,7 +17,9 @@ use crate::model::{
     CancelToken, HeadsSource, ImageEmbedding, LiteMedSam, ModelConfig, ModelError, PromptError,
     Prompts, TaskHeads, EMBEDDING_SHAPE,
 };
-use crate::post::{mask_ops, Device, MaskOps, BACKGROUND_LOGIT, THRESHOLD_LOGIT};
+use crate::post::{
+    mask_ops, Cleanup, Device, MaskOps, PostError, BACKGROUND_LOGIT, THRESHOLD_LOGIT,
+};
 use crate::preprocess::{
     prepare_slice, IntensityMap, Prepared, PreprocessOptions, Transform, MODEL_SIZE,
 };
@@ -37,6 +39,8 @@ pub struct SegmenterOptions {
     pub preprocess: PreprocessOptions,
     /// Where mask post-processing runs.
     pub device: Device,
+    /// Clean-up of every mask after thresholding (per slice; none by default).
+    pub cleanup: Cleanup,
 }
 
 impl SegmenterOptions {
@@ -55,6 +59,16 @@ impl SegmenterOptions {
     /// Options with preprocessing options.
     pub fn with_preprocess(mut self, preprocess: PreprocessOptions) -> Self {
         self.preprocess = preprocess;
+        self
+    }
+
+    /// Options with a clean-up of every mask the segmenter returns, on the source grid
+    /// after thresholding: [`Segmenter::predict`], the volume paths, the evaluation and
+    /// the loop's trace all apply it. The loop itself works on the raw decoder output.
+    /// Steps must be per slice ([`crate::post::Connectivity::Planar`]): masks are
+    /// post-processed in chunks of slices.
+    pub fn with_cleanup(mut self, cleanup: Cleanup) -> Self {
+        self.cleanup = cleanup;
         self
     }
 }
@@ -311,6 +325,14 @@ impl Segmenter {
     /// # Errors
     /// Setup errors of [`LiteMedSam::load`].
     pub fn new(options: SegmenterOptions) -> Result<Segmenter> {
+        if options.cleanup.is_volumetric() {
+            return Err(PostError::Cleanup {
+                reason: "steps across slices (volumetric connectivity) cannot run on chunks \
+                         of slices; use planar connectivity"
+                    .into(),
+            }
+            .into());
+        }
         let sam = LiteMedSam::load(&options.model)?;
         let (post, post_note) = mask_ops(options.device);
         Ok(Segmenter {
@@ -328,8 +350,9 @@ impl Segmenter {
 
     /// Model-frame logits (`[n, 256, 256]`) of slices of one size to their masks on the
     /// source grid of `t`: cropped, upsampled and thresholded at [`THRESHOLD_LOGIT`] where
-    /// post-processing runs. The one path from logits to masks: the decoder calls, the
-    /// slice loop, the evaluation and the loop's trace all go through it.
+    /// post-processing runs, then cleaned up as [`SegmenterOptions::cleanup`] says. The
+    /// one path from logits to masks: the decoder calls, the slice loop, the evaluation
+    /// and the loop's trace all go through it.
     ///
     /// # Errors
     /// [`crate::post::PostError`] for logits that are not 256x256, or a GPU failure.
@@ -338,7 +361,12 @@ impl Segmenter {
         logits: ndarray::ArrayView3<f32>,
         t: &Transform,
     ) -> Result<Array3<u8>> {
-        Ok(self.post.upsample_threshold(logits, t, THRESHOLD_LOGIT)?)
+        let cleanup = &self.options.cleanup;
+        Ok(if cleanup.is_none() {
+            self.post.upsample_threshold(logits, t, THRESHOLD_LOGIT)?
+        } else {
+            self.post.postprocess(logits, t, THRESHOLD_LOGIT, cleanup)?
+        })
     }
 
     /// As [`Segmenter::logits_to_masks`] for one slice's `[256, 256]` logits.

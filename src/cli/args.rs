@@ -251,6 +251,12 @@ pub struct SegmentArgs {
     /// (CoSAM's fixed T, the default).
     #[arg(long)]
     pub stop_early: bool,
+    /// Clean up every mask after thresholding, per slice, comma-separated: largest (keep
+    /// the largest component), small:N (remove components under N pixels), holes (fill
+    /// holes), open:R, close:R (disk of R pixels, 1-64). Steps run in that order whatever
+    /// the order given. Default: none, the decoder's mask as it is.
+    #[arg(long, value_name = "STEPS", default_value = "none", value_parser = parse_cleanup)]
+    pub cleanup: cosam::post::Cleanup,
     /// Write each round's mask and overlay, and trace.json, per input and structure.
     #[arg(long)]
     pub trace: bool,
@@ -301,6 +307,10 @@ fn bounded_f64(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clo
         Ok(v) if v.is_finite() && (min..=max).contains(&v) => Ok(v),
         _ => Err(format!("'{s}' is not a number from {min} to {max}")),
     }
+}
+
+fn parse_cleanup(s: &str) -> Result<cosam::post::Cleanup, String> {
+    s.parse()
 }
 
 fn parse_probability(s: &str) -> Result<f32, String> {
@@ -676,6 +686,40 @@ mod tests {
             panic!()
         };
         assert_eq!(args.intensity(), IntensityMode::Window(WindowLevel::LUNG));
+    }
+
+    #[test]
+    fn cleanup_flag_takes_named_steps_and_refuses_others() {
+        let parse = |steps: &str| {
+            Cli::try_parse_from([
+                "cosam",
+                "segment",
+                "-i",
+                "x.nii",
+                "-o",
+                "out",
+                "--cleanup",
+                steps,
+            ])
+            .map(|cli| match cli.command {
+                Command::Segment(args) => args.cleanup,
+                _ => panic!(),
+            })
+        };
+        let c = parse("largest, small:20,holes,open:2,close:3").unwrap();
+        assert_eq!(
+            c,
+            cosam::post::Cleanup::default()
+                .with_keep_largest(cosam::post::Connectivity::Planar)
+                .with_remove_small(cosam::post::Connectivity::Planar, 20)
+                .with_fill_holes(true)
+                .with_open(2)
+                .with_close(3)
+        );
+        assert!(parse("none").unwrap().is_none());
+        for bad in ["blur", "open:0", "close:65", "small:x", "holes:3"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 use ndarray::{Array3, ArrayView3};
 use rayon::prelude::*;
@@ -656,54 +656,6 @@ pub(crate) fn rank(values: &ArrayView3<f32>, mut indices: Vec<usize>) -> Vec<Pea
     peaks(values, &indices)
 }
 
-/// For each component of `labels`, its pixel of largest `distance` (first in linear
-/// order on ties); the `k` components with the deepest such pixels (ties by label).
-pub(crate) fn deepest_per_component(
-    labels: ArrayView3<u32>,
-    distance: ArrayView3<f32>,
-    k: usize,
-) -> Vec<Peak> {
-    let (slices, rows, cols) = labels.dim();
-    let plane = rows * cols;
-    // the deepest pixel of each label per slice, in parallel, then merged in slice order
-    let per_slice: Vec<HashMap<u32, (f32, usize)>> = (0..slices)
-        .into_par_iter()
-        .map(|z| {
-            let mut best: HashMap<u32, (f32, usize)> = HashMap::new();
-            let l = labels.index_axis(ndarray::Axis(0), z);
-            let d = distance.index_axis(ndarray::Axis(0), z);
-            for (j, (&l, &d)) in l.iter().zip(d.iter()).enumerate() {
-                if l != 0 {
-                    keep_deeper(&mut best, l, d, z * plane + j);
-                }
-            }
-            best
-        })
-        .collect();
-    let mut best: HashMap<u32, (f32, usize)> = HashMap::new();
-    for map in per_slice {
-        for (l, (d, i)) in map {
-            keep_deeper(&mut best, l, d, i);
-        }
-    }
-    let mut ranked: Vec<(u32, f32, usize)> =
-        best.into_iter().map(|(l, (d, i))| (l, d, i)).collect();
-    ranked.sort_unstable_by_key(|&(l, d, _)| (Reverse(order_key(d)), l));
-    ranked.truncate(k);
-    let indices: Vec<usize> = ranked.into_iter().map(|(_, _, i)| i).collect();
-    peaks(&distance, &indices)
-}
-
-/// Records pixel `i` at depth `d` for label `l` when it is deeper than the pixel kept so
-/// far, or as deep and earlier in linear order.
-fn keep_deeper(best: &mut HashMap<u32, (f32, usize)>, l: u32, d: f32, i: usize) {
-    let e = best.entry(l).or_insert((d, i));
-    let (kd, ki) = (order_key(d), order_key(e.0));
-    if kd > ki || (kd == ki && i < e.1) {
-        *e = (d, i);
-    }
-}
-
 pub(crate) fn bounds(mask: ArrayView3<u8>) -> Vec<Option<Bounds>> {
     (0..mask.dim().0)
         .into_par_iter()
@@ -1015,7 +967,11 @@ mod tests {
     }
 
     fn component_count(labels: &Array3<u32>) -> usize {
-        super::super::component_sizes(labels.view()).len()
+        labels
+            .iter()
+            .filter(|&&l| l != 0)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
     }
 
     #[test]
@@ -1182,23 +1138,6 @@ mod tests {
         assert_eq!(idx, vec![(0, 2), (1, 2), (0, 0), (1, 0)]);
         assert_eq!(CpuMaskOps.top_k(v.view(), 10).unwrap().len(), 6);
         assert!(CpuMaskOps.top_k(v.view(), 0).unwrap().is_empty());
-    }
-
-    #[test]
-    fn points_go_to_the_deepest_pixel_of_each_error_region() {
-        let m = mask(&[
-            "#######....",
-            "#######..#.",
-            "#######....",
-            "#######....",
-            "#######....",
-        ]);
-        let points = CpuMaskOps.place_points(m.view(), ONE_MM, 5).unwrap();
-        assert_eq!(points.len(), 2);
-        // (2, 2), (2, 3) and (2, 4) are all 3 px deep: the first in linear order wins
-        assert_eq!((points[0].row, points[0].column), (2, 2));
-        assert_eq!(points[0].value, 3.0);
-        assert_eq!((points[1].row, points[1].column), (1, 9));
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Mask post-processing: from 256x256 logits in the model frame to cleaned binary masks on
-//! the source grid, and the measurements the correction loop takes from masks (components,
-//! distance maps, interior points, top-K of an error map). Must not import `pipeline`,
-//! `correct`, `eval` or the CLI.
+//! Mask post-processing: from 256x256 logits in the model frame to binary masks on the
+//! source grid, what the correction loop takes from masks (the largest component of the
+//! corrected mask, for its box; the top-K of an error map, for its points), and the
+//! optional [`Cleanup`] of final masks (components, hole filling, opening and closing,
+//! the last two through the distance transform). Must not import `pipeline`, `correct`,
+//! `eval` or the CLI.
 //!
 //! Every operation exists twice, behind the object-safe [`MaskOps`] trait: [`CpuMaskOps`]
 //! (rayon over slices, the reference) and [`GpuMaskOps`] (WGSL compute kernels in
@@ -204,6 +206,12 @@ pub enum PostError {
     /// The GPU path failed.
     #[error(transparent)]
     Gpu(#[from] GpuError),
+    /// A clean-up the caller asked for cannot run where it was asked.
+    #[error("clean-up: {reason}")]
+    Cleanup {
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Which neighbours make a connected component.
@@ -255,6 +263,8 @@ pub struct Bounds {
 
 /// Clean-up of a thresholded mask, in this order: keep the largest component, remove
 /// small components, fill holes, opening, closing. The default does nothing.
+/// [`crate::SegmenterOptions::with_cleanup`] applies it to every mask a segmenter returns
+/// (`cosam segment --cleanup`); parse one from text with [`str::parse`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Cleanup {
@@ -299,6 +309,76 @@ impl Cleanup {
     pub fn with_close(mut self, radius_px: u32) -> Self {
         self.close_px = radius_px;
         self
+    }
+
+    /// True when the clean-up changes nothing.
+    pub fn is_none(&self) -> bool {
+        *self == Cleanup::default()
+    }
+
+    /// True when a step joins components across slices ([`Connectivity::Volumetric`]).
+    pub fn is_volumetric(&self) -> bool {
+        self.keep_largest == Some(Connectivity::Volumetric)
+            || matches!(self.remove_small, Some((Connectivity::Volumetric, _)))
+    }
+}
+
+/// Largest radius (pixels) `open:R` and `close:R` accept.
+pub const MAX_CLEANUP_RADIUS_PX: u32 = 64;
+
+impl std::str::FromStr for Cleanup {
+    type Err = String;
+
+    /// A comma-separated list of steps, each per slice: `largest` (keep the largest
+    /// component), `small:N` (remove components under N pixels), `holes` (fill holes),
+    /// `open:R` and `close:R` (disk radius R pixels, 1-64); `none` or an empty list for no
+    /// clean-up. The steps always run in the order of [`Cleanup`], whatever the order of
+    /// the list.
+    ///
+    /// ```
+    /// use cosam::post::{Cleanup, Connectivity};
+    /// let c: Cleanup = "holes,largest".parse().unwrap();
+    /// assert_eq!(c, Cleanup::default().with_fill_holes(true).with_keep_largest(Connectivity::Planar));
+    /// assert!("holes,blur".parse::<Cleanup>().unwrap_err().contains("blur"));
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut c = Cleanup::default();
+        let number = |step: &str, v: &str, max: u64| -> Result<u64, String> {
+            match v.trim().parse::<u64>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(format!("'{step}': the number must be 1 to {max}")),
+            }
+        };
+        for step in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let lower = step.to_ascii_lowercase();
+            let (name, value) = match lower.split_once(':') {
+                Some((n, v)) => (n, Some(v)),
+                None => (lower.as_str(), None),
+            };
+            match (name, value) {
+                ("none", None) => {}
+                ("largest", None) => c.keep_largest = Some(Connectivity::Planar),
+                ("holes", None) => c.fill_holes = true,
+                ("small", Some(v)) => {
+                    let n = number(step, v, 1 << 32)?;
+                    let n = usize::try_from(n).map_err(|_| format!("'{step}' is too large"))?;
+                    c.remove_small = Some((Connectivity::Planar, n));
+                }
+                ("open", Some(v)) => {
+                    c.open_px = number(step, v, u64::from(MAX_CLEANUP_RADIUS_PX))? as u32;
+                }
+                ("close", Some(v)) => {
+                    c.close_px = number(step, v, u64::from(MAX_CLEANUP_RADIUS_PX))? as u32;
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown clean-up step '{step}': use largest, small:N, holes, open:R, \
+                         close:R or none"
+                    ))
+                }
+            }
+        }
+        Ok(c)
     }
 }
 
@@ -462,43 +542,11 @@ pub trait MaskOps: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`PostError::Gpu`] on the GPU path.
     fn top_k(&self, values: ArrayView3<f32>, k: usize) -> Result<Vec<Peak>, PostError>;
-
-    /// Prompt points for an error mask: the components of `error` (8-connected per slice)
-    /// ranked by how deep their interior is, and for each of the first `k` the pixel
-    /// farthest from its edge ([`Border::Background`], mm with `spacing`; ties by linear
-    /// index). Points therefore sit inside error regions, never on their rims.
-    ///
-    /// # Errors
-    /// [`PostError::Gpu`] on the GPU path.
-    fn place_points(
-        &self,
-        error: ArrayView3<u8>,
-        spacing: Spacing,
-        k: usize,
-    ) -> Result<Vec<Peak>, PostError> {
-        let labels = self.label(error, Connectivity::Planar)?;
-        let distance = self.distance(error, spacing, Border::Background)?;
-        Ok(cpu::deepest_per_component(
-            labels.view(),
-            distance.view(),
-            k,
-        ))
-    }
 }
 
 /// Bounding box of each slice's foreground (`None` for an empty slice).
 pub fn bounds(mask: ArrayView3<u8>) -> Vec<Option<Bounds>> {
     cpu::bounds(mask)
-}
-
-/// The canonical sizes of the components of a label array from [`MaskOps::label`]:
-/// `(label, pixels)` in increasing label order.
-pub fn component_sizes(labels: ArrayView3<u32>) -> Vec<(u32, usize)> {
-    let mut sizes = std::collections::BTreeMap::<u32, usize>::new();
-    for &l in labels.iter().filter(|&&l| l != 0) {
-        *sizes.entry(l).or_default() += 1;
-    }
-    sizes.into_iter().collect()
 }
 
 /// Opens the post-processing backend for `device`. Never fails: when the GPU cannot be
@@ -913,11 +961,5 @@ mod tests {
             .map(|t| t.w0 * v[t.i0 as usize] + t.w1 * v[t.i1 as usize])
             .collect();
         assert_eq!(out, vec![0.0, 0.25, 0.75, 1.0]);
-    }
-
-    #[test]
-    fn component_sizes_count_each_label() {
-        let labels = ndarray::arr3(&[[[0u32, 2, 2], [5, 0, 2]]]);
-        assert_eq!(component_sizes(labels.view()), vec![(2, 3), (5, 1)]);
     }
 }

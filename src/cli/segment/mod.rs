@@ -150,7 +150,8 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
     let options = args
         .model
         .segmenter_options()
-        .with_preprocess(PreprocessOptions::default().with_intensity(args.intensity()));
+        .with_preprocess(PreprocessOptions::default().with_intensity(args.intensity()))
+        .with_cleanup(args.cleanup);
     let segmenter = Segmenter::new(options).context("cannot load the model")?;
     let limits = args.limits();
     let task = match args.heads_source() {

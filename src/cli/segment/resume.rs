@@ -103,7 +103,7 @@ pub(super) fn models_sha256(segmenter: &Segmenter, args: &SegmentArgs) -> anyhow
 /// The options' fingerprint for one input: everything that changes what is written for
 /// it (not threads, device or paths).
 pub(super) fn options_sha256(args: &SegmentArgs, job: &Job) -> String {
-    let text = format!(
+    let mut text = format!(
         "prompts {:?}\nslices {:?}\nlabel {:?}\naxis {:?}\nformat {:?}\nwindow {:?}\n\
          modality {:?}\ntask {:?}\nheads {:?}\nstructures {:?}\nrounds {}\ntop_k {}\n\
          error_threshold {:?}\nrefine {:?}\nmin_coarse_px {}\nstop_early {}\ntrace {}\n\
@@ -127,6 +127,10 @@ pub(super) fn options_sha256(args: &SegmentArgs, job: &Job) -> String {
         args.trace,
         args.review_threshold,
     );
+    // only when given, so that the sidecars of runs without it stay valid
+    if !args.cleanup.is_none() {
+        text.push_str(&format!("cleanup {:?}\n", args.cleanup));
+    }
     sha256_text(&text)
 }
 
