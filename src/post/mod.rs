@@ -24,7 +24,9 @@
 //! Upsampling follows upstream LiteMedSAM: crop the padded logits to the resized slice,
 //! resize bilinearly (half-pixel centres, no antialiasing) to the source size, threshold.
 
+mod cleanup;
 mod cpu;
+mod fallback;
 mod gpu;
 
 use std::fmt;
@@ -36,7 +38,9 @@ use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3};
 use crate::io::{Mask, Spacing};
 use crate::preprocess::{resize, Kernel, Transform, MODEL_SIZE};
 
+pub use cleanup::{Cleanup, MAX_CLEANUP_RADIUS_PX};
 pub use cpu::CpuMaskOps;
+use fallback::{error_chain, WithFallback};
 pub use gpu::GpuMaskOps;
 
 /// Logit above which a pixel is foreground (probability 0.5).
@@ -261,127 +265,6 @@ pub struct Bounds {
     pub column_max: usize,
 }
 
-/// Clean-up of a thresholded mask, in this order: keep the largest component, remove
-/// small components, fill holes, opening, closing. The default does nothing.
-/// [`crate::SegmenterOptions::with_cleanup`] applies it to every mask a segmenter returns
-/// (`cosam segment --cleanup`); parse one from text with [`str::parse`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct Cleanup {
-    /// Keep only the largest component (per slice or of the volume).
-    pub keep_largest: Option<Connectivity>,
-    /// Remove components of fewer pixels than this.
-    pub remove_small: Option<(Connectivity, usize)>,
-    /// Fill holes in each slice.
-    pub fill_holes: bool,
-    /// Opening radius, pixels (0: none).
-    pub open_px: u32,
-    /// Closing radius, pixels (0: none).
-    pub close_px: u32,
-}
-
-impl Cleanup {
-    /// Keeps only the largest component.
-    pub fn with_keep_largest(mut self, connectivity: Connectivity) -> Self {
-        self.keep_largest = Some(connectivity);
-        self
-    }
-
-    /// Removes components of fewer than `min_pixels` pixels.
-    pub fn with_remove_small(mut self, connectivity: Connectivity, min_pixels: usize) -> Self {
-        self.remove_small = Some((connectivity, min_pixels));
-        self
-    }
-
-    /// Fills holes in each slice.
-    pub fn with_fill_holes(mut self, fill: bool) -> Self {
-        self.fill_holes = fill;
-        self
-    }
-
-    /// Opens with a disk of `radius_px` pixels.
-    pub fn with_open(mut self, radius_px: u32) -> Self {
-        self.open_px = radius_px;
-        self
-    }
-
-    /// Closes with a disk of `radius_px` pixels.
-    pub fn with_close(mut self, radius_px: u32) -> Self {
-        self.close_px = radius_px;
-        self
-    }
-
-    /// True when the clean-up changes nothing.
-    pub fn is_none(&self) -> bool {
-        *self == Cleanup::default()
-    }
-
-    /// True when a step joins components across slices ([`Connectivity::Volumetric`]).
-    pub fn is_volumetric(&self) -> bool {
-        self.keep_largest == Some(Connectivity::Volumetric)
-            || matches!(self.remove_small, Some((Connectivity::Volumetric, _)))
-    }
-}
-
-/// Largest radius (pixels) `open:R` and `close:R` accept.
-pub const MAX_CLEANUP_RADIUS_PX: u32 = 64;
-
-impl std::str::FromStr for Cleanup {
-    type Err = String;
-
-    /// A comma-separated list of steps, each per slice: `largest` (keep the largest
-    /// component), `small:N` (remove components under N pixels), `holes` (fill holes),
-    /// `open:R` and `close:R` (disk radius R pixels, 1-64); `none` or an empty list for no
-    /// clean-up. The steps always run in the order of [`Cleanup`], whatever the order of
-    /// the list.
-    ///
-    /// ```
-    /// use cosam::post::{Cleanup, Connectivity};
-    /// let c: Cleanup = "holes,largest".parse().unwrap();
-    /// assert_eq!(c, Cleanup::default().with_fill_holes(true).with_keep_largest(Connectivity::Planar));
-    /// assert!("holes,blur".parse::<Cleanup>().unwrap_err().contains("blur"));
-    /// ```
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut c = Cleanup::default();
-        let number = |step: &str, v: &str, max: u64| -> Result<u64, String> {
-            match v.trim().parse::<u64>() {
-                Ok(n) if (1..=max).contains(&n) => Ok(n),
-                _ => Err(format!("'{step}': the number must be 1 to {max}")),
-            }
-        };
-        for step in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            let lower = step.to_ascii_lowercase();
-            let (name, value) = match lower.split_once(':') {
-                Some((n, v)) => (n, Some(v)),
-                None => (lower.as_str(), None),
-            };
-            match (name, value) {
-                ("none", None) => {}
-                ("largest", None) => c.keep_largest = Some(Connectivity::Planar),
-                ("holes", None) => c.fill_holes = true,
-                ("small", Some(v)) => {
-                    let n = number(step, v, 1 << 32)?;
-                    let n = usize::try_from(n).map_err(|_| format!("'{step}' is too large"))?;
-                    c.remove_small = Some((Connectivity::Planar, n));
-                }
-                ("open", Some(v)) => {
-                    c.open_px = number(step, v, u64::from(MAX_CLEANUP_RADIUS_PX))? as u32;
-                }
-                ("close", Some(v)) => {
-                    c.close_px = number(step, v, u64::from(MAX_CLEANUP_RADIUS_PX))? as u32;
-                }
-                _ => {
-                    return Err(format!(
-                        "unknown clean-up step '{step}': use largest, small:N, holes, open:R, \
-                         close:R or none"
-                    ))
-                }
-            }
-        }
-        Ok(c)
-    }
-}
-
 /// Which backend an implementation of [`MaskOps`] runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -601,187 +484,6 @@ pub fn mask_ops(device: Device) -> (Box<dyn MaskOps>, String) {
                 ),
             ),
         },
-    }
-}
-
-/// An error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
-/// The GPU path, falling back to the CPU when a GPU call fails: the first failure prints
-/// one warning, and later calls go straight to the CPU.
-#[derive(Debug)]
-struct WithFallback {
-    gpu: GpuMaskOps,
-    cpu: CpuMaskOps,
-    failed: AtomicBool,
-}
-
-impl WithFallback {
-    fn new(gpu: GpuMaskOps) -> WithFallback {
-        WithFallback {
-            gpu,
-            cpu: CpuMaskOps::new(),
-            failed: AtomicBool::new(false),
-        }
-    }
-
-    fn run<T>(
-        &self,
-        operation: &str,
-        gpu: impl FnOnce(&GpuMaskOps) -> Result<T, PostError>,
-        cpu: impl FnOnce(&CpuMaskOps) -> Result<T, PostError>,
-    ) -> Result<T, PostError> {
-        if !self.failed.load(Ordering::Relaxed) {
-            match gpu(&self.gpu) {
-                Err(PostError::Gpu(e)) => {
-                    if !self.failed.swap(true, Ordering::Relaxed) {
-                        eprintln!(
-                            "cosam: warning: GPU {operation} failed ({}); post-processing \
-                             continues on the CPU",
-                            error_chain(&e as &dyn std::error::Error)
-                        );
-                    }
-                }
-                other => return other,
-            }
-        }
-        cpu(&self.cpu)
-    }
-}
-
-impl MaskOps for WithFallback {
-    fn backend(&self) -> Backend {
-        if self.failed.load(Ordering::Relaxed) {
-            Backend::Cpu
-        } else {
-            self.gpu.backend()
-        }
-    }
-
-    fn upsample_threshold(
-        &self,
-        logits: ArrayView3<f32>,
-        transform: &Transform,
-        threshold_logit: f32,
-    ) -> Result<Array3<u8>, PostError> {
-        self.run(
-            "upsampling",
-            |g| g.upsample_threshold(logits, transform, threshold_logit),
-            |c| c.upsample_threshold(logits, transform, threshold_logit),
-        )
-    }
-
-    fn upsample(
-        &self,
-        logits: ArrayView3<f32>,
-        transform: &Transform,
-    ) -> Result<Array3<f32>, PostError> {
-        self.run(
-            "upsampling",
-            |g| g.upsample(logits, transform),
-            |c| c.upsample(logits, transform),
-        )
-    }
-
-    fn postprocess(
-        &self,
-        logits: ArrayView3<f32>,
-        transform: &Transform,
-        threshold_logit: f32,
-        cleanup: &Cleanup,
-    ) -> Result<Array3<u8>, PostError> {
-        self.run(
-            "post-processing",
-            |g| g.postprocess(logits, transform, threshold_logit, cleanup),
-            |c| c.postprocess(logits, transform, threshold_logit, cleanup),
-        )
-    }
-
-    fn label(
-        &self,
-        mask: ArrayView3<u8>,
-        connectivity: Connectivity,
-    ) -> Result<Array3<u32>, PostError> {
-        self.run(
-            "labelling",
-            |g| g.label(mask, connectivity),
-            |c| c.label(mask, connectivity),
-        )
-    }
-
-    fn keep_largest(
-        &self,
-        mask: ArrayView3<u8>,
-        connectivity: Connectivity,
-    ) -> Result<Array3<u8>, PostError> {
-        self.run(
-            "keep-largest",
-            |g| g.keep_largest(mask, connectivity),
-            |c| c.keep_largest(mask, connectivity),
-        )
-    }
-
-    fn remove_small(
-        &self,
-        mask: ArrayView3<u8>,
-        connectivity: Connectivity,
-        min_pixels: usize,
-    ) -> Result<Array3<u8>, PostError> {
-        self.run(
-            "remove-small",
-            |g| g.remove_small(mask, connectivity, min_pixels),
-            |c| c.remove_small(mask, connectivity, min_pixels),
-        )
-    }
-
-    fn fill_holes(&self, mask: ArrayView3<u8>) -> Result<Array3<u8>, PostError> {
-        self.run(
-            "hole filling",
-            |g| g.fill_holes(mask),
-            |c| c.fill_holes(mask),
-        )
-    }
-
-    fn open(&self, mask: ArrayView3<u8>, radius_px: u32) -> Result<Array3<u8>, PostError> {
-        self.run(
-            "opening",
-            |g| g.open(mask, radius_px),
-            |c| c.open(mask, radius_px),
-        )
-    }
-
-    fn close(&self, mask: ArrayView3<u8>, radius_px: u32) -> Result<Array3<u8>, PostError> {
-        self.run(
-            "closing",
-            |g| g.close(mask, radius_px),
-            |c| c.close(mask, radius_px),
-        )
-    }
-
-    fn distance(
-        &self,
-        mask: ArrayView3<u8>,
-        spacing: Spacing,
-        border: Border,
-    ) -> Result<Array3<f32>, PostError> {
-        self.run(
-            "distance transform",
-            |g| g.distance(mask, spacing, border),
-            |c| c.distance(mask, spacing, border),
-        )
-    }
-
-    fn top_k(&self, values: ArrayView3<f32>, k: usize) -> Result<Vec<Peak>, PostError> {
-        self.run("top-k", |g| g.top_k(values, k), |c| c.top_k(values, k))
     }
 }
 
