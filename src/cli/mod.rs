@@ -29,6 +29,7 @@ const EXIT_SOME_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 pub fn run() -> ExitCode {
+    StderrLogger::install();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -98,4 +99,46 @@ pub(crate) fn open_cache(
     Ok(Some(DiskCache::new(&dir, max_bytes).with_context(
         || format!("cannot create cache folder {}", dir.display()),
     )?))
+}
+
+/// The library's log records on stderr, as the CLI's own messages look (`cosam: warning:
+/// ...`). Only cosam's records are shown (wgpu and ONNX Runtime log their own internals
+/// through the same facade); `COSAM_LOG=off|error|warn|info|debug` sets the level
+/// (default `info`).
+struct StderrLogger {
+    level: log::LevelFilter,
+}
+
+impl StderrLogger {
+    fn install() {
+        let level = std::env::var("COSAM_LOG")
+            .ok()
+            .and_then(|v| v.trim().parse::<log::LevelFilter>().ok())
+            .unwrap_or(log::LevelFilter::Info);
+        let logger = Box::leak(Box::new(StderrLogger { level }));
+        // a second install (never in the binary) keeps the first logger
+        if log::set_logger(logger).is_ok() {
+            log::set_max_level(level);
+        }
+    }
+}
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= self.level && metadata.target().starts_with("cosam")
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let kind = match record.level() {
+            log::Level::Error => "error: ",
+            log::Level::Warn => "warning: ",
+            _ => "",
+        };
+        eprintln!("cosam: {kind}{}", record.args());
+    }
+
+    fn flush(&self) {}
 }

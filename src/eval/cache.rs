@@ -23,6 +23,8 @@ pub struct DiskCache {
     max_bytes: u64,
     /// Serialises eviction scans.
     evicting: Mutex<()>,
+    /// Set once a write failed and was logged.
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl DiskCache {
@@ -36,6 +38,7 @@ impl DiskCache {
             dir: dir.to_path_buf(),
             max_bytes,
             evicting: Mutex::new(()),
+            warned: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -107,8 +110,14 @@ impl EmbeddingCache for DiskCache {
         for v in embedding.tensor().iter() {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
-        if crate::io::write_bytes(&self.path(key), &bytes).is_ok() {
-            self.evict();
+        match crate::io::write_bytes(&self.path(key), &bytes) {
+            Ok(()) => self.evict(),
+            // a cache that cannot write costs time, never results: say so once
+            Err(e) => {
+                if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    log::warn!("embedding cache: {e}; embeddings are not cached");
+                }
+            }
         }
     }
 }

@@ -42,9 +42,8 @@ impl WithFallback {
             match gpu(&self.gpu) {
                 Err(PostError::Gpu(e)) => {
                     if !self.failed.swap(true, Ordering::Relaxed) {
-                        eprintln!(
-                            "cosam: warning: GPU {operation} failed ({}); post-processing \
-                             continues on the CPU",
+                        log::warn!(
+                            "GPU {operation} failed ({}); post-processing continues on the CPU",
                             error_chain(&e as &dyn std::error::Error)
                         );
                     }
