@@ -1,8 +1,9 @@
 //! DICOM files and series through `dicom-object` and `dicom-pixeldata`.
 //!
-//! Reading happens in two steps (rule 7): [`probe`] parses a file's attributes up to the
-//! pixel data (cheap: no decoding), then the pixel data of the files that make up one
-//! volume is decoded straight into a buffer checked against [`Limits`].
+//! Reading happens in two steps, so that a header is checked before any pixel is decoded:
+//! [`probe`] parses a file's attributes up to the pixel data (cheap: no decoding), then
+//! the pixel data of the files that make up one volume is decoded straight into a buffer
+//! checked against [`Limits`].
 //!
 //! Geometry:
 //! - a folder is scanned recursively and its files are grouped by SeriesInstanceUID; each
@@ -70,10 +71,13 @@ pub fn has_preamble(head: &[u8]) -> bool {
 /// preamble is then refused by [`probe`] with a message that says so, whether it was
 /// given alone or found in a folder.
 pub(crate) fn is_candidate(path: &Path, head: &[u8]) -> bool {
-    has_preamble(head)
-        || path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("dcm"))
+    named_dcm(path) || has_preamble(head)
+}
+
+/// A `.dcm` name: a candidate whatever its first bytes, so callers need not read them.
+pub(crate) fn named_dcm(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("dcm"))
 }
 
 /// One source image (a file, or one frame of a multi-frame file) behind a volume slice:
@@ -375,6 +379,10 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<(),
 
 fn looks_like_dicom(path: &Path) -> bool {
     use std::io::Read;
+    // a .dcm name decides without opening the file: its header is read once, by probe
+    if named_dcm(path) {
+        return true;
+    }
     let mut head = Vec::with_capacity(132);
     let read = std::fs::File::open(path).and_then(|f| f.take(132).read_to_end(&mut head));
     read.is_ok() && is_candidate(path, &head)
