@@ -843,7 +843,6 @@ impl Segmenter {
             Ok(())
         })?;
         flush(&logits, &mut pending)?;
-        drop(flush);
         Ok(VolumeSegmentation {
             mask,
             slices: results,
