@@ -64,6 +64,39 @@ impl Cleanup {
     }
 }
 
+impl std::fmt::Display for Cleanup {
+    /// The text [`str::parse`] reads back: the steps in the order they run, or `none`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut steps: Vec<String> = Vec::new();
+        if let Some(c) = self.keep_largest {
+            steps.push(match c {
+                Connectivity::Planar => "largest".into(),
+                Connectivity::Volumetric => "largest (volumetric)".into(),
+            });
+        }
+        if let Some((c, n)) = self.remove_small {
+            steps.push(match c {
+                Connectivity::Planar => format!("small:{n}"),
+                Connectivity::Volumetric => format!("small:{n} (volumetric)"),
+            });
+        }
+        if self.fill_holes {
+            steps.push("holes".into());
+        }
+        if self.open_px > 0 {
+            steps.push(format!("open:{}", self.open_px));
+        }
+        if self.close_px > 0 {
+            steps.push(format!("close:{}", self.close_px));
+        }
+        if steps.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&steps.join(","))
+        }
+    }
+}
+
 /// Largest radius (pixels) `open:R` and `close:R` accept.
 pub const MAX_CLEANUP_RADIUS_PX: u32 = 64;
 
@@ -80,6 +113,8 @@ impl std::str::FromStr for Cleanup {
     /// use cosam::post::{Cleanup, Connectivity};
     /// let c: Cleanup = "holes,largest".parse().unwrap();
     /// assert_eq!(c, Cleanup::default().with_fill_holes(true).with_keep_largest(Connectivity::Planar));
+    /// assert_eq!(c.to_string(), "largest,holes");
+    /// assert_eq!(c.to_string().parse::<Cleanup>().unwrap(), c);
     /// assert!("holes,blur".parse::<Cleanup>().unwrap_err().contains("blur"));
     /// ```
     fn from_str(s: &str) -> Result<Self, Self::Err> {

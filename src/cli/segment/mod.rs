@@ -65,6 +65,8 @@ struct RunReport {
     onnxruntime: PathBuf,
     threads: usize,
     post_processing: String,
+    /// `--cleanup` as run (`none` without it).
+    cleanup: String,
     axis: String,
     started_unix_s: u64,
     seconds: f64,
@@ -256,6 +258,7 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
             .unwrap_or_default(),
         threads: config.threads,
         post_processing: segmenter.post_processing().to_string(),
+        cleanup: args.cleanup.to_string(),
         axis: format!("{:?}", args.axis).to_lowercase(),
         started_unix_s: SystemTime::now()
             .duration_since(UNIX_EPOCH)
