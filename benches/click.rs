@@ -1,4 +1,4 @@
-//! Click latency of a viewer (issue 15): the median prompt-to-mask time on the demo CT
+//! Click latency of a viewer: the median prompt-to-mask time on the demo CT
 //! slice's 512x512 grid with a cached embedding and 2 ONNX Runtime threads, split into the
 //! decoder call and the rest (prompt mapping, upsampling and thresholding), for a box and
 //! for a refining click (box + point + the previous logits as mask prompt). Then the same

@@ -143,13 +143,6 @@ fn ops<'a>(logits: &'a Array3<f32>, mask: &'a Array3<u8>, prob: &'a Array3<f32>)
             }),
         ),
         (
-            "place 3 points",
-            Box::new(move |o: &dyn MaskOps| {
-                o.place_points(mask.view(), spacing, 3)?;
-                Ok(())
-            }),
-        ),
-        (
             "postprocess: upsample..fill (fused)",
             Box::new(move |o: &dyn MaskOps| {
                 let cleanup = Cleanup::default()

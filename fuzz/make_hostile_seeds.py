@@ -1,4 +1,4 @@
-"""Writes the small hostile seeds of issue 20 into fuzz/corpus/ (run from the repository
+"""Writes the small hostile seeds (the shapes of tests/hostile.rs) into fuzz/corpus/ (run from the repository
 root with a Python that has pydicom):
 
     .venv-export/bin/python fuzz/make_hostile_seeds.py

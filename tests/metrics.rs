@@ -372,7 +372,8 @@ fn metrics_match_the_reference_libraries() {
 
 #[test]
 fn conventions_disagree_on_a_disk_versus_a_square() {
-    // FIELD-NOTES 6: 2.236 (medpy, pooled) vs 2.828 (MONAI, DeepMind) on the same pair.
+    // medpy pools both directions (2.236); MONAI and DeepMind take the larger of the two
+    // directions' percentiles (2.828): the same pair, two published conventions.
     let pred = Array2::from_shape_fn((64, 64), |(r, c)| {
         let (dr, dc) = (r as i64 - 32, c as i64 - 32);
         u8::from(dr * dr + dc * dc <= 64)

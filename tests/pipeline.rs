@@ -161,3 +161,50 @@ fn int8_encoder_reaches_the_floors_and_agrees_with_fp32() {
         assert!(agreement >= 0.95, "{}: int8 vs fp32 Dice {agreement}", q.id);
     }
 }
+
+/// `--cleanup` in the library: the segmenter's masks are its plain masks cleaned up in
+/// the documented order (largest component, then hole filling), and a volumetric step is
+/// refused at setup, since masks are post-processed in chunks of slices.
+#[test]
+fn cleanup_applies_to_every_mask_the_segmenter_returns() {
+    use cosam::post::{Cleanup, Connectivity, CpuMaskOps, MaskOps};
+    use cosam::{ModelConfig, SegmenterOptions};
+    let cleanup: Cleanup = "holes,largest".parse().unwrap();
+    let model = ModelConfig::lite_medsam().with_encoder(EncoderPrecision::Fp32);
+    let cleaned = Segmenter::new(
+        SegmenterOptions::default()
+            .with_model(model.clone())
+            .with_cleanup(cleanup),
+    )
+    .unwrap();
+    let volume = cosam::io::read(&demo("mr_abdomen.png")).unwrap();
+    let prompts = Prompts::from_box(BoxXyxy::new(10.0, 15.0, 62.0, 74.0).unwrap());
+    let plain = segmenter()
+        .predict(
+            &segmenter().embed_slice(&volume, 0).unwrap(),
+            &prompts,
+            None,
+        )
+        .unwrap();
+    let got = cleaned
+        .predict(&cleaned.embed_slice(&volume, 0).unwrap(), &prompts, None)
+        .unwrap();
+    let ops = CpuMaskOps::new();
+    let largest = ops
+        .keep_largest(
+            plain.mask.0.view().insert_axis(Axis(0)),
+            Connectivity::Planar,
+        )
+        .unwrap();
+    let expected = ops.fill_holes(largest.view()).unwrap();
+    assert!(got.mask.area() > 1000);
+    assert_eq!(got.mask.0, expected.index_axis(Axis(0), 0));
+    let volumetric = Cleanup::default().with_keep_largest(Connectivity::Volumetric);
+    let err = Segmenter::new(
+        SegmenterOptions::default()
+            .with_model(model)
+            .with_cleanup(volumetric),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("volumetric"), "{err}");
+}

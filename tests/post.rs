@@ -261,13 +261,6 @@ fn distance_transforms_and_point_placement_agree() {
                 &gpu.distance(m.view(), anisotropic, border).unwrap(),
             );
         }
-        for k in [1, 3, 50] {
-            assert_eq!(
-                cpu.place_points(m.view(), unit, k).unwrap(),
-                gpu.place_points(m.view(), unit, k).unwrap(),
-                "place_points {k} {name}"
-            );
-        }
     }
 }
 

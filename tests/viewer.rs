@@ -1,4 +1,4 @@
-//! What a viewer needs from the library (issue 15): click refinement through the previous
+//! What a viewer needs from the library: click refinement through the previous
 //! logits, embeddings cached as bytes, an embed on one thread while another thread
 //! predicts, and a cancelled embed. The demo CT slice and its liver box throughout.
 

@@ -95,7 +95,7 @@ impl ModelArgs {
         if let Some(d) = &self.models {
             config = config.with_model_dir(d);
         }
-        if let Some(t) = self.threads.or_else(super::shard::threads_from_env) {
+        if let Some(t) = self.threads.or_else(threads_from_env) {
             config = config.with_threads(usize::from(t));
         }
         config
@@ -143,6 +143,53 @@ pub enum ModalityArg {
     Mr,
     /// Already display-ready (0..255): min-max only.
     Display,
+}
+
+impl ModalityArg {
+    /// The modality to set on every input, `None` to keep the file's. The intensity
+    /// mapping then follows the modality ([`IntensityMode::Auto`]) unless `--window`
+    /// names a window: the flag acts in this one place.
+    pub fn modality(self) -> Option<cosam::Modality> {
+        match self {
+            ModalityArg::Auto => None,
+            ModalityArg::Ct => Some(cosam::Modality::Ct),
+            ModalityArg::Mr => Some(cosam::Modality::Mr),
+            ModalityArg::Display => Some(cosam::Modality::Display),
+        }
+    }
+}
+
+/// The self-correcting loop's flags, shared by `segment --task` and the prompt-free
+/// methods of `eval` (rounds and the stop rule are `segment`'s; eval's methods name them).
+#[derive(Debug, Args)]
+pub struct LoopArgs {
+    /// Error points per round of the loop (1-1024).
+    #[arg(long, value_name = "K", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub top_k: u32,
+    /// Error probability above which a pixel is predicted wrong (0-1); default: the
+    /// heads' calibrated value (heads.json `error_threshold`).
+    #[arg(long, value_name = "P", value_parser = parse_probability)]
+    pub error_threshold: Option<f32>,
+    /// Which decoder refines: task (CoSAM: error points, box and mask prompt to the task
+    /// decoder) or base-box (LiteMedSAM's own decoder with the box only).
+    #[arg(long, value_enum, default_value_t = RefineArg::Task)]
+    pub refine: RefineArg,
+    /// A coarse mask smaller than this many pixels of the 256x256 model frame is taken as
+    /// "structure absent" and not corrected (0-65536; 0: always correct).
+    #[arg(long, value_name = "PX", default_value_t = 0, value_parser = bounded_usize(0, MODEL_FRAME_PX))]
+    pub min_coarse_px: usize,
+}
+
+impl LoopArgs {
+    /// The loop's options from these flags, for heads calibrated at `heads_threshold`
+    /// (rounds and the stop rule at their defaults).
+    pub fn correct_options(&self, heads_threshold: f32) -> cosam::correct::CorrectOptions {
+        cosam::correct::CorrectOptions::default()
+            .with_top_k(self.top_k as usize)
+            .with_error_threshold(self.error_threshold.unwrap_or(heads_threshold))
+            .with_refine(self.refine.into())
+            .with_min_coarse_px(self.min_coarse_px)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -197,26 +244,19 @@ pub struct SegmentArgs {
     /// Most correction rounds after the coarse mask (0-32; 0: coarse mask only).
     #[arg(long, value_name = "T", default_value_t = 4, value_parser = bounded_usize(0, MAX_ROUNDS))]
     pub rounds: usize,
-    /// Error points per round (1-1024).
-    #[arg(long, value_name = "K", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub top_k: u32,
-    /// Error probability above which a pixel is predicted wrong (0-1); default: the
-    /// heads' calibrated value (heads.json `error_threshold`).
-    #[arg(long, value_name = "P", value_parser = parse_probability)]
-    pub error_threshold: Option<f32>,
-    /// Which decoder refines: task (CoSAM: error points, box and mask prompt to the task
-    /// decoder) or base-box (LiteMedSAM's own decoder with the box only).
-    #[arg(long, value_enum, default_value_t = RefineArg::Task)]
-    pub refine: RefineArg,
-    /// A coarse mask smaller than this many pixels of the 256x256 model frame is taken as
-    /// "structure absent" and not corrected (0-65536; 0: always correct).
-    #[arg(long, value_name = "PX", default_value_t = 0, value_parser = bounded_usize(0, MODEL_FRAME_PX))]
-    pub min_coarse_px: usize,
+    #[command(flatten)]
+    pub loop_flags: LoopArgs,
     /// Stop when the predicted error count stops falling and keep the mask with the fewest
     /// predicted errors, instead of running all --rounds rounds and keeping the last mask
     /// (CoSAM's fixed T, the default).
     #[arg(long)]
     pub stop_early: bool,
+    /// Clean up every mask after thresholding, per slice, comma-separated: largest (keep
+    /// the largest component), small:N (remove components under N pixels), holes (fill
+    /// holes), open:R, close:R (disk of R pixels, 1-64). Steps run in that order whatever
+    /// the order given. Default: none, the decoder's mask as it is.
+    #[arg(long, value_name = "STEPS", default_value = "none", value_parser = parse_cleanup)]
+    pub cleanup: cosam::post::Cleanup,
     /// Write each round's mask and overlay, and trace.json, per input and structure.
     #[arg(long)]
     pub trace: bool,
@@ -230,8 +270,8 @@ pub struct SegmentArgs {
     /// from a Slurm job array or a Kubernetes Indexed Job (with COSAM_SHARD_COUNT). Writes
     /// reports/shard-K-of-N.json instead of report.json; join them with
     /// `cosam report merge`.
-    #[arg(long, value_name = "K/N|auto", value_parser = super::shard::parse_shard)]
-    pub shard: Option<super::shard::ShardArg>,
+    #[arg(long, value_name = "K/N|auto", value_parser = parse_shard)]
+    pub shard: Option<ShardArg>,
     /// Skip inputs whose outputs are complete and were made with the same models and
     /// options (reports/done/ID.json); recompute the others.
     #[arg(long)]
@@ -269,21 +309,14 @@ fn bounded_f64(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clo
     }
 }
 
+fn parse_cleanup(s: &str) -> Result<cosam::post::Cleanup, String> {
+    s.parse()
+}
+
 fn parse_probability(s: &str) -> Result<f32, String> {
     match s.trim().parse::<f32>() {
         Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
         _ => Err(format!("'{s}' is not a number between 0 and 1")),
-    }
-}
-
-impl EvalArgs {
-    /// The prompt-free methods' loop from the flags (the error threshold is set per head
-    /// set).
-    pub fn correct_options(&self) -> cosam::correct::CorrectOptions {
-        let o = cosam::correct::CorrectOptions::default()
-            .with_refine(self.refine.into())
-            .with_min_coarse_px(self.min_coarse_px);
-        self.top_k.map_or(o, |k| o.with_top_k(k as usize))
     }
 }
 
@@ -307,13 +340,10 @@ impl SegmentArgs {
 
     /// The loop's options from the flags, for heads calibrated at `heads_threshold`.
     pub fn correct_options(&self, heads_threshold: f32) -> cosam::correct::CorrectOptions {
-        cosam::correct::CorrectOptions::default()
+        self.loop_flags
+            .correct_options(heads_threshold)
             .with_max_rounds(self.rounds)
-            .with_top_k(self.top_k as usize)
-            .with_error_threshold(self.error_threshold.unwrap_or(heads_threshold))
             .with_stop_early(self.stop_early)
-            .with_refine(self.refine.into())
-            .with_min_coarse_px(self.min_coarse_px)
     }
 
     /// The prompts given on the command line.
@@ -324,15 +354,11 @@ impl SegmentArgs {
         }
     }
 
-    /// The intensity mapping the flags ask for (`None`: decide per input by modality).
+    /// The intensity mapping the flags ask for: `--window`, else by each input's
+    /// modality (which `--modality` sets, see [`ModalityArg::modality`]).
     pub fn intensity(&self) -> IntensityMode {
-        match (self.window, self.modality) {
-            (Some(w), _) => IntensityMode::Window(w),
-            (None, ModalityArg::Ct) => IntensityMode::Window(WindowLevel::SOFT_TISSUE),
-            (None, ModalityArg::Mr) => IntensityMode::Percentile,
-            (None, ModalityArg::Display) => IntensityMode::MinMax,
-            (None, ModalityArg::Auto) => IntensityMode::Auto,
-        }
+        self.window
+            .map_or(IntensityMode::Auto, IntensityMode::Window)
     }
 }
 
@@ -416,19 +442,8 @@ pub struct EvalArgs {
     /// Hold out each domain in turn (train on the others, test on it).
     #[arg(long, conflicts_with_all = ["train_domains", "test_domains"])]
     pub leave_one_domain_out: bool,
-    /// Error points per round of the prompt-free methods (1-1024; default 64).
-    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub top_k: Option<u32>,
-    /// Error probability threshold of the prompt-free methods (0-1; default: the heads').
-    #[arg(long, value_name = "P", value_parser = parse_probability)]
-    pub error_threshold: Option<f32>,
-    /// Which decoder refines in the prompt-free methods: task (CoSAM: error points, box and
-    /// mask prompt to the task decoder) or base-box (LiteMedSAM's decoder with the box).
-    #[arg(long, value_enum, default_value_t = RefineArg::Task)]
-    pub refine: RefineArg,
-    /// Smallest coarse mask (model-frame pixels, 0-65536) the prompt-free methods correct.
-    #[arg(long, value_name = "PX", default_value_t = 0, value_parser = bounded_usize(0, MODEL_FRAME_PX))]
-    pub min_coarse_px: usize,
+    #[command(flatten)]
+    pub loop_flags: LoopArgs,
     /// CoSAM heads for coarse, corrected and cosam:T: a folder with heads.json, or one
     /// with a heads folder per held-out domain (models/lodo/TASK); default: the task's
     /// shipped heads.
@@ -558,6 +573,51 @@ pub fn parse_window(s: &str) -> Result<WindowLevel, String> {
     s.parse::<WindowLevel>().map_err(|e| e.to_string())
 }
 
+/// `--shard`: a fixed `K/N` or `auto` (from the job engine's environment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardArg {
+    /// Shard K of N, 0-based.
+    Fixed { index: usize, count: usize },
+    /// From Slurm's or Kubernetes' environment.
+    Auto,
+}
+
+/// Parses `K/N` (0 <= K < N) or `auto`.
+pub fn parse_shard(s: &str) -> Result<ShardArg, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(ShardArg::Auto);
+    }
+    let (k, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("'{s}' is not K/N (e.g. 0/4) or auto"))?;
+    let index: usize = k
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{k}' is not a shard index"))?;
+    let count: usize = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{n}' is not a shard count"))?;
+    if count == 0 || index >= count {
+        return Err(format!(
+            "shard {index}/{count}: K must be in 0..N and N at least 1"
+        ));
+    }
+    Ok(ShardArg::Fixed { index, count })
+}
+
+/// `--threads` when not given: SLURM_CPUS_PER_TASK when Slurm sets it.
+pub fn threads_from_env() -> Option<u16> {
+    threads_from(&|name| std::env::var(name).ok())
+}
+
+fn threads_from(env: &dyn Fn(&str) -> Option<String>) -> Option<u16> {
+    env("SLURM_CPUS_PER_TASK")
+        .and_then(|v| v.trim().parse::<u16>().ok())
+        .filter(|&t| t > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -626,5 +686,71 @@ mod tests {
             panic!()
         };
         assert_eq!(args.intensity(), IntensityMode::Window(WindowLevel::LUNG));
+    }
+
+    #[test]
+    fn cleanup_flag_takes_named_steps_and_refuses_others() {
+        let parse = |steps: &str| {
+            Cli::try_parse_from([
+                "cosam",
+                "segment",
+                "-i",
+                "x.nii",
+                "-o",
+                "out",
+                "--cleanup",
+                steps,
+            ])
+            .map(|cli| match cli.command {
+                Command::Segment(args) => args.cleanup,
+                _ => panic!(),
+            })
+        };
+        let c = parse("largest, small:20,holes,open:2,close:3").unwrap();
+        assert_eq!(
+            c,
+            cosam::post::Cleanup::default()
+                .with_keep_largest(cosam::post::Connectivity::Planar)
+                .with_remove_small(cosam::post::Connectivity::Planar, 20)
+                .with_fill_holes(true)
+                .with_open(2)
+                .with_close(3)
+        );
+        assert!(parse("none").unwrap().is_none());
+        for bad in ["blur", "open:0", "close:65", "small:x", "holes:3"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn shard_flag_takes_k_of_n_or_auto() {
+        assert_eq!(
+            parse_shard("1/3").unwrap(),
+            ShardArg::Fixed { index: 1, count: 3 }
+        );
+        assert_eq!(parse_shard("AUTO").unwrap(), ShardArg::Auto);
+        assert!(parse_shard("3/3").is_err());
+        assert!(parse_shard("0/0").is_err());
+        assert!(parse_shard("1").is_err());
+        assert!(parse_shard("-1/3").is_err());
+    }
+
+    #[test]
+    fn threads_follow_slurm_cpus_per_task() {
+        assert_eq!(
+            threads_from(&env_of(&[("SLURM_CPUS_PER_TASK", "6")])),
+            Some(6)
+        );
+        assert_eq!(threads_from(&env_of(&[("SLURM_CPUS_PER_TASK", "0")])), None);
+        assert_eq!(threads_from(&env_of(&[("SLURM_CPUS_PER_TASK", "x")])), None);
+        assert_eq!(threads_from(&env_of(&[])), None);
     }
 }

@@ -4,8 +4,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use cosam::correct::CorrectOptions;
 use cosam::eval::{
-    aggregate, evaluate_case, write_reports, Dataset, DiskCache, EvalOptions, Method,
+    aggregate, evaluate_case, plan_folds, write_reports, Dataset, EvalError, EvalOptions,
+    FoldRequest, Method,
 };
 use cosam::io::Limits;
 use cosam::metrics::MetricsOptions;
@@ -15,29 +17,7 @@ use cosam::Segmenter;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::args::EvalArgs;
-
-/// The embedding cache in `dir` (default: the user's cache folder), unless disabled.
-pub(super) fn open_cache(
-    dir: Option<&Path>,
-    disabled: bool,
-    max_bytes: u64,
-) -> anyhow::Result<Option<DiskCache>> {
-    if disabled {
-        return Ok(None);
-    }
-    let dir = dir.map_or_else(default_cache_dir, Path::to_path_buf);
-    Ok(Some(DiskCache::new(&dir, max_bytes).with_context(
-        || format!("cannot create cache folder {}", dir.display()),
-    )?))
-}
-
-fn default_cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("cosam").join("embeddings")
-}
+use super::open_cache;
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
     let dataset = Dataset::load(&args.dataset)?;
@@ -56,34 +36,13 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
         .map(|m| m.parse::<Method>().map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<_>>()?;
     let domains = dataset.domains(&args.task);
-    for d in args.test_domains.iter().chain(&args.train_domains) {
-        if !domains.contains(d) {
-            bail!(
-                "domain '{d}' is not in task '{}'; its domains: {}",
-                args.task,
-                domains.join(", ")
-            );
-        }
-    }
-    // (held-out domains, training domains) per round
-    let rounds: Vec<(Vec<String>, Vec<String>)> = if args.leave_one_domain_out {
-        domains
-            .iter()
-            .map(|d| {
-                (
-                    vec![d.clone()],
-                    domains.iter().filter(|x| *x != d).cloned().collect(),
-                )
-            })
-            .collect()
-    } else {
-        let test = if args.test_domains.is_empty() {
-            domains.clone()
-        } else {
-            args.test_domains.clone()
-        };
-        vec![(test, args.train_domains.clone())]
-    };
+    let request = FoldRequest::default()
+        .with_leave_one_domain_out(args.leave_one_domain_out)
+        .with_test_domains(args.test_domains.clone())
+        .with_train_domains(args.train_domains.clone());
+    // the domains asked for are checked before the model loads
+    plan_folds(&domains, &request, &[])
+        .map_err(|e| anyhow::anyhow!("{e} (task '{}')", args.task))?;
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create output folder {}", args.output.display()))?;
     let segmenter =
@@ -95,39 +54,21 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
     } else {
         Vec::new()
     };
-    // With leave-one-domain-out heads (several sets, or --leave-one-domain-out), each test
-    // domain is evaluated on its own with the set that never saw it, and that set's
-    // training domains are what the report records. One set (shipped heads) serves all.
-    let rounds: Vec<(Vec<String>, Vec<String>, Option<usize>)> = if head_sets.is_empty() {
-        rounds.into_iter().map(|(t, tr)| (t, tr, None)).collect()
-    } else {
-        let per_domain = args.leave_one_domain_out || head_sets.len() > 1;
-        let mut out = Vec::new();
-        for (test, _) in rounds {
-            if !per_domain {
-                out.push((test, head_sets[0].info.train_domains.clone(), Some(0)));
-                continue;
-            }
-            for d in test {
-                let Some(i) = head_sets
-                    .iter()
-                    .position(|h| h.info.held_out_domains.contains(&d))
-                else {
-                    bail!(
-                        "no heads under {} hold out domain '{d}'; train them with \
-                         models/train/train_all (leave-one-domain-out heads go to models/lodo/{})",
-                        args.heads
-                            .as_deref()
-                            .unwrap_or(Path::new("models"))
-                            .display(),
-                        args.task
-                    );
-                };
-                out.push((vec![d], head_sets[i].info.train_domains.clone(), Some(i)));
-            }
-        }
-        out
-    };
+    let folds = plan_folds(&domains, &request, &head_sets).map_err(|e| {
+        let hint = match e {
+            EvalError::NoHeadsForDomain { .. } => format!(
+                " under {}; train them with models/train/train_all (leave-one-domain-out \
+                 heads go to models/lodo/{})",
+                args.heads
+                    .as_deref()
+                    .unwrap_or(Path::new("models"))
+                    .display(),
+                args.task
+            ),
+            _ => format!(" (task '{}')", args.task),
+        };
+        anyhow::anyhow!("{e}{hint}")
+    })?;
     let metrics = MetricsOptions::default()
         .with_hd95_convention(args.hd95.convention())
         .with_nsd_tolerance_mm(args.nsd_tolerance_mm);
@@ -135,27 +76,32 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
         .with_methods(methods.clone())
         .with_metrics(metrics)
         .with_limits(Limits::default().with_max_voxels(args.max_voxels))
-        .with_loop(args.correct_options(), args.error_threshold);
+        // the error threshold is each head set's unless --error-threshold names one
+        .with_loop(
+            args.loop_flags
+                .correct_options(CorrectOptions::default().error_threshold),
+            args.loop_flags.error_threshold,
+        );
 
     let started = Instant::now();
-    let total: usize = rounds
+    let total: usize = folds
         .iter()
-        .map(|(test, _, _)| dataset.select(&args.task, Some(test)).len())
+        .map(|f| dataset.select(&args.task, Some(&f.test)).len())
         .sum();
     let bar = ProgressBar::new(total as u64).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut rows = Vec::new();
-    for (test, _train, heads) in &rounds {
-        for case in dataset.select(&args.task, Some(test)) {
+    for fold in &folds {
+        for case in dataset.select(&args.task, Some(&fold.test)) {
             bar.set_message(case.id.clone());
             let case_rows = evaluate_case(
                 &segmenter,
                 case,
                 &options,
                 cache.as_ref().map(|c| c as &dyn EmbeddingCache),
-                heads.map(|i| &head_sets[i]),
+                fold.heads.and_then(|i| head_sets.get(i)),
             );
             for r in case_rows.iter().filter(|r| r.status != "ok") {
                 bar.suspend(|| {
@@ -197,13 +143,18 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
         args.dataset.display(),
         methods.iter().map(Method::name).collect::<Vec<_>>().join(", "),
         segmenter.model().encoder_precision(),
-        rounds
+        folds
             .iter()
-            .map(|(t, tr, h)| {
-                let heads = h.map_or(String::new(), |i| {
-                    format!(" heads {}", head_sets[i].dir().display())
-                });
-                format!("test [{}] train [{}]{heads}", t.join(", "), tr.join(", "))
+            .map(|f| {
+                let heads = f
+                    .heads
+                    .and_then(|i| head_sets.get(i))
+                    .map_or(String::new(), |h| format!(" heads {}", h.dir().display()));
+                format!(
+                    "test [{}] train [{}]{heads}",
+                    f.test.join(", "),
+                    f.train.join(", ")
+                )
             })
             .collect::<Vec<_>>()
             .join("; "),

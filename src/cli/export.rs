@@ -8,7 +8,7 @@ use cosam::pipeline::EmbeddingCache;
 use cosam::Segmenter;
 
 use super::args::ExportTrainingArgs;
-use super::eval::open_cache;
+use super::open_cache;
 
 /// Cache cap when exporting: large enough for every benchmark slice.
 const CACHE_BYTES: u64 = 8 << 30;

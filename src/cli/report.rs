@@ -16,37 +16,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::args::{ReportArgs, ReportCommand};
+use super::ShardInfo;
 
 /// Exit status of `report merge` while shards or inputs are missing.
 pub(super) const EXIT_INCOMPLETE: u8 = 3;
-
-/// The `shard` object of a shard report.
-#[derive(Serialize, Deserialize, Clone)]
-pub(super) struct ShardInfo {
-    pub index: usize,
-    pub count: usize,
-    /// Where K/N came from (`--shard 1/3`, `Slurm: ...`, `Kubernetes: ...`).
-    pub source: String,
-    /// Slurm `ARRAYJOB_TASK`, or the Kubernetes pod name.
-    pub engine_job_id: Option<String>,
-    pub host: Option<String>,
-    /// Inputs of the whole batch, and the sha256 of their sorted keys (one per line).
-    pub keys_total: usize,
-    pub keys_sha256: String,
-    /// Every key of the batch, sorted, so that a merge can name the inputs of a shard
-    /// that never reported.
-    pub keys: Vec<String>,
-    /// Inputs given to this shard.
-    pub assigned: usize,
-    /// Of those, skipped by --resume because they were already done.
-    pub resumed: usize,
-}
-
-/// The path of shard K of N's report.
-pub(super) fn shard_report_path(out: &Path, index: usize, count: usize) -> PathBuf {
-    out.join("reports")
-        .join(format!("shard-{index}-of-{count}.json"))
-}
 
 #[derive(Deserialize)]
 struct ShardReport {
@@ -309,6 +282,7 @@ fn parse_name(path: &Path) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::shard_report_path;
 
     #[test]
     fn shard_report_names_round_trip() {

@@ -23,6 +23,8 @@ pub struct DiskCache {
     max_bytes: u64,
     /// Serialises eviction scans.
     evicting: Mutex<()>,
+    /// Set once a write failed and was logged.
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl DiskCache {
@@ -36,7 +38,18 @@ impl DiskCache {
             dir: dir.to_path_buf(),
             max_bytes,
             evicting: Mutex::new(()),
+            warned: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The user's cache folder for embeddings: `$XDG_CACHE_HOME/cosam/embeddings`, else
+    /// `~/.cache/cosam/embeddings`, else one under the temporary folder.
+    pub fn default_dir() -> PathBuf {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("cosam").join("embeddings")
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -97,8 +110,14 @@ impl EmbeddingCache for DiskCache {
         for v in embedding.tensor().iter() {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
-        if crate::io::write_bytes(&self.path(key), &bytes).is_ok() {
-            self.evict();
+        match crate::io::write_bytes(&self.path(key), &bytes) {
+            Ok(()) => self.evict(),
+            // a cache that cannot write costs time, never results: say so once
+            Err(e) => {
+                if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    log::warn!("embedding cache: {e}; embeddings are not cached");
+                }
+            }
         }
     }
 }

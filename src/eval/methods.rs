@@ -23,7 +23,7 @@
 
 use std::str::FromStr;
 
-use ndarray::{s, Array2, Array3, ArrayView2};
+use ndarray::{s, Array2, Array3, ArrayView2, Axis};
 
 use std::cell::OnceCell;
 
@@ -31,8 +31,8 @@ use crate::correct::{chosen_round, correct_slice, CorrectOptions, Quality, Slice
 use crate::io::Volume;
 use crate::model::{BoxXyxy, Prompts, TaskHeads};
 use crate::pipeline::{EmbeddingCache, Segmenter};
-use crate::post::{logits_to_mask, THRESHOLD_LOGIT};
-use crate::preprocess::{IntensityMap, Transform};
+use crate::post::{bounds, BACKGROUND_LOGIT};
+use crate::preprocess::{IntensityMap, Transform, MODEL_SIZE};
 use crate::Result;
 
 /// A method of `cosam eval`.
@@ -163,18 +163,13 @@ impl FromStr for Method {
     }
 }
 
-/// Bounding box `[x0, y0, x1, y1]` (inclusive pixels) of a 2-D mask.
-pub fn bounding_box(mask: ArrayView2<u8>) -> Option<[usize; 4]> {
-    let mut b: Option<[usize; 4]> = None;
-    for ((r, c), &v) in mask.indexed_iter() {
-        if v != 0 {
-            b = Some(match b {
-                None => [c, r, c, r],
-                Some([x0, y0, x1, y1]) => [x0.min(c), y0.min(r), x1.max(c), y1.max(r)],
-            });
-        }
-    }
-    b
+/// Bounding box `[x0, y0, x1, y1]` (inclusive pixels) of a 2-D mask, from [`bounds`].
+fn bounding_box(mask: ArrayView2<u8>) -> Option<[usize; 4]> {
+    bounds(mask.insert_axis(Axis(0)))
+        .first()
+        .copied()
+        .flatten()
+        .map(|b| [b.column_min, b.row_min, b.column_max, b.row_max])
 }
 
 /// splitmix64: a tiny seeded generator so jitter is identical on every run.
@@ -244,13 +239,7 @@ impl Context<'_> {
             return Ok(r);
         }
         let Some((heads, structure)) = self.heads else {
-            return Err(crate::model::ModelError::Manifest {
-                path: "heads.json".into(),
-                reason: "the prompt-free methods (coarse, corrected, cosam) need CoSAM heads: \
-                         pass --heads DIR or evaluate a task with shipped heads"
-                    .into(),
-            }
-            .into());
+            return Err(super::EvalError::NoHeads.into());
         };
         let options = self
             .loop_options
@@ -259,24 +248,26 @@ impl Context<'_> {
             .with_keep_rounds(true)
             .with_stop_early(false);
         let mut out = Vec::with_capacity(self.volume.slices());
-        for z in 0..self.volume.slices() {
-            let embedded =
-                self.segmenter
-                    .embed_slice_cached(self.volume, z, self.map, self.cache)?;
-            out.push(match embedded.embedding() {
-                Some(e) => Some(correct_slice(
-                    &self.segmenter.loop_models(heads),
-                    e,
-                    embedded.transform(),
-                    structure,
-                    &options,
-                )?),
-                None => None,
-            });
-        }
+        self.segmenter
+            .visit_slices(self.volume, None, self.map, self.cache, |_, embedded| {
+                out.push(match embedded.embedding() {
+                    Some(e) => Some(correct_slice(
+                        &self.segmenter.loop_models(heads),
+                        e,
+                        embedded.transform(),
+                        structure,
+                        &options,
+                    )?),
+                    None => None,
+                });
+                Ok(())
+            })?;
         Ok(self.rounds.get_or_init(|| out))
     }
 }
+
+/// Slices turned from logits to masks in one call (16 MiB of logits).
+const MASK_CHUNK_SLICES: usize = 64;
 
 /// Rounds the evaluation runs once per slice; `cosam:T` above this reuses the last.
 const MAX_EVAL_ROUNDS: usize = 4;
@@ -336,15 +327,31 @@ pub fn run(
             }
         }
         Method::Coarse | Method::Corrected | Method::Cosam { .. } => {
-            let transform = Transform::new(rows, cols);
+            let mut maps: Vec<Option<Array2<f32>>> = Vec::with_capacity(n);
             let mut returned = Vec::new();
-            for (z, c) in ctx.loop_rounds()?.iter().enumerate() {
-                let Some(c) = c else { continue };
-                if let Some((round, map)) = prompt_free_map(method, c) {
-                    pred.slice_mut(s![z, .., ..])
-                        .assign(&logits_to_mask(map.view(), &transform, THRESHOLD_LOGIT).0);
+            for c in ctx.loop_rounds()? {
+                let map = c.as_ref().and_then(|c| {
+                    let (round, map) = prompt_free_map(method, c)?;
                     returned.extend(round.and_then(|r| c.trace.get(r)));
+                    Some(map)
+                });
+                maps.push(map);
+            }
+            // to masks through the segmenter's one path, a bounded batch at a time
+            let transform = Transform::new(rows, cols);
+            for (i, chunk) in maps.chunks(MASK_CHUNK_SLICES).enumerate() {
+                let mut logits = Array3::<f32>::from_elem(
+                    (chunk.len(), MODEL_SIZE, MODEL_SIZE),
+                    BACKGROUND_LOGIT,
+                );
+                for (j, map) in chunk.iter().enumerate() {
+                    if let Some(map) = map {
+                        logits.slice_mut(s![j, .., ..]).assign(map);
+                    }
                 }
+                let z0 = i * MASK_CHUNK_SLICES;
+                pred.slice_mut(s![z0..z0 + chunk.len(), .., ..])
+                    .assign(&ctx.segmenter.logits_to_masks(logits.view(), &transform)?);
             }
             if method != Method::Corrected {
                 quality = Some(Quality::from_rounds(returned));

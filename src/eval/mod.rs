@@ -5,6 +5,7 @@
 
 mod cache;
 mod dataset;
+mod folds;
 mod methods;
 mod report;
 mod training;
@@ -16,7 +17,8 @@ use ndarray::{Array3, Axis};
 
 pub use cache::DiskCache;
 pub use dataset::{Case, Dataset, MANIFEST_FORMAT};
-pub use methods::{bounding_box, Method, COSAM_DEFAULT_ROUNDS, METHOD_NAMES};
+pub use folds::{plan_folds, Fold, FoldRequest};
+pub use methods::{Method, COSAM_DEFAULT_ROUNDS, METHOD_NAMES};
 pub use report::{
     aggregate, bootstrap_ci, markdown, markdown_table, review_flag, write_reports, ReviewSummary,
     Summary, REVIEW_DICE, REVIEW_THRESHOLD,
@@ -28,7 +30,7 @@ use crate::metrics::{self, MetricsOptions};
 use crate::model::TaskHeads;
 use crate::pipeline::{EmbeddingCache, Segmenter};
 
-/// Failure to load a dataset.
+/// Failure to set up an evaluation: the dataset, the folds or the heads asked for.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EvalError {
@@ -40,6 +42,27 @@ pub enum EvalError {
         /// What is wrong.
         reason: String,
     },
+    /// A domain asked for is not one of the task's.
+    #[error("domain '{domain}' is not in the task; its domains: {}", domains.join(", "))]
+    UnknownDomain {
+        /// The domain asked for.
+        domain: String,
+        /// The task's domains.
+        domains: Vec<String>,
+    },
+    /// Leave-one-domain-out heads were given, but none holds this domain out.
+    #[error("no heads hold out domain '{domain}'")]
+    NoHeadsForDomain {
+        /// The test domain.
+        domain: String,
+    },
+    /// A prompt-free method was asked for without CoSAM heads: a usage error, not a
+    /// broken manifest.
+    #[error(
+        "the prompt-free methods (coarse, corrected, cosam) need CoSAM heads: pass --heads \
+         DIR or evaluate a task with shipped heads"
+    )]
+    NoHeads,
 }
 
 /// Options of [`evaluate_case`].

@@ -74,12 +74,12 @@ pub fn export_case(
         slices: Vec::new(),
         scaled: Vec::new(),
     };
-    for z in 0..volume.slices() {
-        let embedded = segmenter
-            .embed_slice_cached(&volume, z, &map, cache)
-            .map_err(|e| format!("{}: slice {z}: {e}", case.image.display()))?;
+    // the last slice visited: an error comes from embedding the next one
+    let mut visited: Option<usize> = None;
+    let walked = segmenter.visit_slices(&volume, None, &map, cache, |z, embedded| {
+        visited = Some(z);
         let Some(embedding) = embedded.embedding() else {
-            continue;
+            return Ok(());
         };
         let t = *embedded.transform();
         let mut frame = Array2::<u8>::zeros((MODEL_SIZE, MODEL_SIZE));
@@ -103,7 +103,12 @@ pub fn export_case(
         labels.extend(frame.iter());
         meta.slices.push(z);
         meta.scaled.push([t.scaled_rows, t.scaled_cols]);
-    }
+        Ok(())
+    });
+    walked.map_err(|e| {
+        let z = visited.map_or(0, |z| z + 1);
+        format!("{}: slice {z}: {e}", case.image.display())
+    })?;
     let n = meta.slices.len();
     let [c, h, w] = crate::model::EMBEDDING_SHAPE;
     let write = |name: &str, bytes: Vec<u8>| -> Result<(), String> {

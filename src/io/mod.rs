@@ -22,7 +22,6 @@
 //! ([`write_mask_nifti`]) and DICOM SEG ([`write_dicom_seg`]).
 
 pub mod dicom;
-mod dicom_guard;
 pub mod nifti;
 mod orient;
 pub mod raster;
@@ -608,6 +607,11 @@ pub fn detect_format(path: &Path) -> Result<ImageFormat, ReadError> {
         .unwrap_or_default();
     if name.ends_with(".nii") || name.ends_with(".nii.gz") {
         return Ok(ImageFormat::Nifti);
+    }
+    // a .dcm name is DICOM whatever its bytes (a missing preamble is reported by the
+    // reader), so its first bytes are not read here: the reader reads the header once
+    if dicom::named_dcm(path) {
+        return Ok(ImageFormat::Dicom);
     }
     let head = read_head(path, 132)?;
     if dicom::is_candidate(path, &head) {

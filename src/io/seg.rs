@@ -177,7 +177,7 @@ pub fn write_dicom_seg(
     })
 }
 
-/// Builds the data set; returns it with its SOPInstanceUID.
+/// Builds the data set, one IOD module at a time; returns it with its SOPInstanceUID.
 fn build(
     mask: &Array3<u8>,
     volume: &Volume,
@@ -198,18 +198,6 @@ fn build(
     };
     let seed = uid_seed(mask, source, info);
     let sop_uid = derived_uid(&seed, "sop");
-    let series_uid = derived_uid(&seed, "series");
-    let dimension_uid = derived_uid(&seed, "dimension");
-    let frame_of_reference = if source.frame_of_reference_uid.is_empty() {
-        derived_uid(&seed, "frame-of-reference")
-    } else {
-        source.frame_of_reference_uid.clone()
-    };
-    let study_uid = if source.study_uid.is_empty() {
-        derived_uid(&seed, "study")
-    } else {
-        source.study_uid.clone()
-    };
     let (date, time) = now_utc();
 
     let mut o = InMemDicomObject::new_empty();
@@ -217,7 +205,31 @@ fn build(
     put_strs(&mut o, tags::IMAGE_TYPE, VR::CS, &["DERIVED", "PRIMARY"]);
     put_str(&mut o, tags::SOP_CLASS_UID, VR::UI, SEG_SOP_CLASS);
     put_str(&mut o, tags::SOP_INSTANCE_UID, VR::UI, &sop_uid);
-    // Patient and General Study modules, copied from the source (Type 2: empty if absent).
+    patient_and_study(&mut o, source, &seed, (&date, &time));
+    series_and_frame_of_reference(&mut o, source, info, &seed);
+    equipment(&mut o, info);
+    image_pixel_and_segmentation_image(&mut o, info, (rows, cols), frames.len());
+    multi_frame_dimension(&mut o, &derived_uid(&seed, "dimension"));
+    shared_functional_groups(&mut o, volume);
+    per_frame_functional_groups(&mut o, volume, source, &frames);
+    common_instance_reference(&mut o, source);
+    pixel_data(&mut o, mask, &frames, (rows, cols));
+    (o, sop_uid)
+}
+
+/// Patient and General Study modules, copied from the source (Type 2: empty if absent),
+/// with the content and series date and time.
+fn patient_and_study(
+    o: &mut InMemDicomObject,
+    source: &SourceSeries,
+    seed: &[u8; 32],
+    (date, time): (&str, &str),
+) {
+    let study_uid = if source.study_uid.is_empty() {
+        derived_uid(seed, "study")
+    } else {
+        source.study_uid.clone()
+    };
     for (tag, vr) in [
         (tags::PATIENT_NAME, VR::PN),
         (tags::PATIENT_ID, VR::LO),
@@ -234,89 +246,93 @@ fn build(
             .iter()
             .find(|(t, _)| *t == tag)
             .map_or("", |(_, v)| v.as_str());
-        put_str(&mut o, tag, vr, value);
+        put_str(o, tag, vr, value);
     }
     if let Some((_, d)) = source
         .copied
         .iter()
         .find(|(t, _)| *t == tags::STUDY_DESCRIPTION)
     {
-        put_str(&mut o, tags::STUDY_DESCRIPTION, VR::LO, d);
+        put_str(o, tags::STUDY_DESCRIPTION, VR::LO, d);
     }
-    put_str(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, &study_uid);
-    put_str(&mut o, tags::CONTENT_DATE, VR::DA, &date);
-    put_str(&mut o, tags::CONTENT_TIME, VR::TM, &time);
-    put_str(&mut o, tags::SERIES_DATE, VR::DA, &date);
-    put_str(&mut o, tags::SERIES_TIME, VR::TM, &time);
-    // General Series + Segmentation Series
-    put_str(&mut o, tags::MODALITY, VR::CS, "SEG");
-    put_str(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
+    put_str(o, tags::STUDY_INSTANCE_UID, VR::UI, &study_uid);
+    put_str(o, tags::CONTENT_DATE, VR::DA, date);
+    put_str(o, tags::CONTENT_TIME, VR::TM, time);
+    put_str(o, tags::SERIES_DATE, VR::DA, date);
+    put_str(o, tags::SERIES_TIME, VR::TM, time);
+}
+
+/// General Series, Segmentation Series and Frame of Reference modules.
+fn series_and_frame_of_reference(
+    o: &mut InMemDicomObject,
+    source: &SourceSeries,
+    info: &SegInfo,
+    seed: &[u8; 32],
+) {
+    let series_uid = derived_uid(seed, "series");
+    let frame_of_reference = if source.frame_of_reference_uid.is_empty() {
+        derived_uid(seed, "frame-of-reference")
+    } else {
+        source.frame_of_reference_uid.clone()
+    };
+    put_str(o, tags::MODALITY, VR::CS, "SEG");
+    put_str(o, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
     put_str(
-        &mut o,
+        o,
         tags::SERIES_NUMBER,
         VR::IS,
         &info.series_number.to_string(),
     );
     put_str(
-        &mut o,
+        o,
         tags::SERIES_DESCRIPTION,
         VR::LO,
         &info.series_description,
     );
-    put_str(&mut o, tags::INSTANCE_NUMBER, VR::IS, "1");
-    // Frame of Reference
+    put_str(o, tags::INSTANCE_NUMBER, VR::IS, "1");
+    put_str(o, tags::FRAME_OF_REFERENCE_UID, VR::UI, &frame_of_reference);
+    put_str(o, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
+}
+
+/// General and Enhanced General Equipment modules.
+fn equipment(o: &mut InMemDicomObject, info: &SegInfo) {
+    put_str(o, tags::MANUFACTURER, VR::LO, "cosam");
     put_str(
-        &mut o,
-        tags::FRAME_OF_REFERENCE_UID,
-        VR::UI,
-        &frame_of_reference,
-    );
-    put_str(&mut o, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
-    // General and Enhanced General Equipment
-    put_str(&mut o, tags::MANUFACTURER, VR::LO, "cosam");
-    put_str(
-        &mut o,
+        o,
         tags::MANUFACTURER_MODEL_NAME,
         VR::LO,
         &info.algorithm_name,
     );
-    put_str(&mut o, tags::DEVICE_SERIAL_NUMBER, VR::LO, "0");
+    put_str(o, tags::DEVICE_SERIAL_NUMBER, VR::LO, "0");
+    put_str(o, tags::SOFTWARE_VERSIONS, VR::LO, &info.algorithm_version);
+}
+
+/// Image Pixel and Segmentation Image modules, with the one segment's description.
+fn image_pixel_and_segmentation_image(
+    o: &mut InMemDicomObject,
+    info: &SegInfo,
+    (rows, cols): (u16, u16),
+    frames: usize,
+) {
+    put_u16(o, tags::SAMPLES_PER_PIXEL, 1);
+    put_str(o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    put_u16(o, tags::ROWS, rows);
+    put_u16(o, tags::COLUMNS, cols);
+    put_u16(o, tags::BITS_ALLOCATED, 1);
+    put_u16(o, tags::BITS_STORED, 1);
+    put_u16(o, tags::HIGH_BIT, 0);
+    put_u16(o, tags::PIXEL_REPRESENTATION, 0);
+    put_str(o, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
+    put_str(o, tags::CONTENT_LABEL, VR::CS, "COSAM");
     put_str(
-        &mut o,
-        tags::SOFTWARE_VERSIONS,
-        VR::LO,
-        &info.algorithm_version,
-    );
-    // Image Pixel + Segmentation Image
-    put_u16(&mut o, tags::SAMPLES_PER_PIXEL, 1);
-    put_str(
-        &mut o,
-        tags::PHOTOMETRIC_INTERPRETATION,
-        VR::CS,
-        "MONOCHROME2",
-    );
-    put_u16(&mut o, tags::ROWS, rows);
-    put_u16(&mut o, tags::COLUMNS, cols);
-    put_u16(&mut o, tags::BITS_ALLOCATED, 1);
-    put_u16(&mut o, tags::BITS_STORED, 1);
-    put_u16(&mut o, tags::HIGH_BIT, 0);
-    put_u16(&mut o, tags::PIXEL_REPRESENTATION, 0);
-    put_str(&mut o, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
-    put_str(&mut o, tags::CONTENT_LABEL, VR::CS, "COSAM");
-    put_str(
-        &mut o,
+        o,
         tags::CONTENT_DESCRIPTION,
         VR::LO,
         &info.series_description,
     );
-    put_str(&mut o, tags::CONTENT_CREATOR_NAME, VR::PN, "");
-    put_str(&mut o, tags::SEGMENTATION_TYPE, VR::CS, "BINARY");
-    put_str(
-        &mut o,
-        tags::NUMBER_OF_FRAMES,
-        VR::IS,
-        &frames.len().to_string(),
-    );
+    put_str(o, tags::CONTENT_CREATOR_NAME, VR::PN, "");
+    put_str(o, tags::SEGMENTATION_TYPE, VR::CS, "BINARY");
+    put_str(o, tags::NUMBER_OF_FRAMES, VR::IS, &frames.to_string());
 
     let mut segment = InMemDicomObject::new_empty();
     put_u16(&mut segment, tags::SEGMENT_NUMBER, 1);
@@ -366,24 +382,26 @@ fn build(
         tags::SEGMENTATION_ALGORITHM_IDENTIFICATION_SEQUENCE,
         vec![algorithm],
     );
-    put_seq(&mut o, tags::SEGMENT_SEQUENCE, vec![segment]);
+    put_seq(o, tags::SEGMENT_SEQUENCE, vec![segment]);
+}
 
-    // Multi-frame Dimension module: segment number, then position.
+/// Multi-frame Dimension module: segment number, then position.
+fn multi_frame_dimension(o: &mut InMemDicomObject, dimension_uid: &str) {
     let mut org = InMemDicomObject::new_empty();
     put_str(
         &mut org,
         tags::DIMENSION_ORGANIZATION_UID,
         VR::UI,
-        &dimension_uid,
+        dimension_uid,
     );
-    put_seq(&mut o, tags::DIMENSION_ORGANIZATION_SEQUENCE, vec![org]);
+    put_seq(o, tags::DIMENSION_ORGANIZATION_SEQUENCE, vec![org]);
     let index = |pointer: Tag, group: Tag, label: &str| {
         let mut d = InMemDicomObject::new_empty();
         put_str(
             &mut d,
             tags::DIMENSION_ORGANIZATION_UID,
             VR::UI,
-            &dimension_uid,
+            dimension_uid,
         );
         put_tag(&mut d, tags::DIMENSION_INDEX_POINTER, pointer);
         put_tag(&mut d, tags::FUNCTIONAL_GROUP_POINTER, group);
@@ -391,7 +409,7 @@ fn build(
         d
     };
     put_seq(
-        &mut o,
+        o,
         tags::DIMENSION_INDEX_SEQUENCE,
         vec![
             index(
@@ -406,15 +424,30 @@ fn build(
             ),
         ],
     );
+}
 
-    // Shared functional groups: orientation and pixel measures, in LPS.
-    let affine = volume.affine();
-    let m = &affine.0;
-    let column_vec = [m[0][0], m[1][0], m[2][0]];
-    let row_vec = [m[0][1], m[1][1], m[2][1]];
-    let slice_vec = [m[0][2], m[1][2], m[2][2]];
-    let norm = |v: [f64; 3]| (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
-    let to_lps = |v: [f64; 3]| [-v[0], -v[1], v[2]];
+/// The affine's column, row and slice axes (RAS+ mm per index step).
+fn axes(volume: &Volume) -> [[f64; 3]; 3] {
+    let m = &volume.affine().0;
+    [
+        [m[0][0], m[1][0], m[2][0]],
+        [m[0][1], m[1][1], m[2][1]],
+        [m[0][2], m[1][2], m[2][2]],
+    ]
+}
+
+fn norm(v: [f64; 3]) -> f64 {
+    (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt()
+}
+
+/// RAS+ to DICOM's LPS patient coordinates.
+fn to_lps(v: [f64; 3]) -> [f64; 3] {
+    [-v[0], -v[1], v[2]]
+}
+
+/// Shared Functional Groups: orientation and pixel measures, in LPS.
+fn shared_functional_groups(o: &mut InMemDicomObject, volume: &Volume) {
+    let [column_vec, row_vec, slice_vec] = axes(volume);
     let unit = |v: [f64; 3]| {
         let l = norm(v);
         if l > 0.0 {
@@ -453,13 +486,18 @@ fn build(
         &[norm(slice_vec).max(f64::MIN_POSITIVE)],
     );
     put_seq(&mut shared, tags::PIXEL_MEASURES_SEQUENCE, vec![measures]);
-    put_seq(
-        &mut o,
-        tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
-        vec![shared],
-    );
+    put_seq(o, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]);
+}
 
-    // Per-frame functional groups.
+/// Per-frame Functional Groups: each frame's source image, dimension index values,
+/// position (LPS) and segment.
+fn per_frame_functional_groups(
+    o: &mut InMemDicomObject,
+    volume: &Volume,
+    source: &SourceSeries,
+    frames: &[usize],
+) {
+    let affine = volume.affine();
     let per_frame: Vec<InMemDicomObject> = frames
         .iter()
         .map(|&k| {
@@ -508,13 +546,11 @@ fn build(
             item
         })
         .collect();
-    put_seq(
-        &mut o,
-        tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
-        per_frame,
-    );
+    put_seq(o, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame);
+}
 
-    // Common Instance Reference: the source series and each of its instances, once.
+/// Common Instance Reference module: the source series and each of its instances, once.
+fn common_instance_reference(o: &mut InMemDicomObject, source: &SourceSeries) {
     let mut instances: Vec<InMemDicomObject> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for s in &source.slices {
@@ -543,15 +579,22 @@ fn build(
         &source.series_uid,
     );
     put_seq(&mut series, tags::REFERENCED_INSTANCE_SEQUENCE, instances);
-    put_seq(&mut o, tags::REFERENCED_SERIES_SEQUENCE, vec![series]);
+    put_seq(o, tags::REFERENCED_SERIES_SEQUENCE, vec![series]);
+}
 
-    // Pixel data: frames back to back, 8 pixels a byte, LSB first.
+/// Pixel data: frames back to back, 8 pixels a byte, LSB first (padded to even length).
+fn pixel_data(
+    o: &mut InMemDicomObject,
+    mask: &Array3<u8>,
+    frames: &[usize],
+    (rows, cols): (u16, u16),
+) {
     let plane = usize::from(rows) * usize::from(cols);
     let total_bits = plane * frames.len();
     let mut bytes =
         vec![0u8; total_bits.div_ceil(8) + usize::from(total_bits.div_ceil(8) % 2 == 1)];
     let mut bit = 0usize;
-    for &k in &frames {
+    for &k in frames {
         for &v in mask.index_axis(Axis(0), k).iter() {
             if v != 0 {
                 bytes[bit / 8] |= 1 << (bit % 8);
@@ -564,7 +607,6 @@ fn build(
         VR::OB,
         PrimitiveValue::U8(bytes.into()),
     ));
-    (o, sop_uid)
 }
 
 fn referenced(src: &SourceImage) -> InMemDicomObject {

@@ -31,6 +31,14 @@ pub enum WriteError {
         /// What went wrong.
         reason: String,
     },
+    /// The output asked for cannot be made from this input (a DICOM SEG of a NIfTI file).
+    #[error("{path}: {reason}")]
+    Unsupported {
+        /// The input.
+        path: PathBuf,
+        /// Why, and what to write instead.
+        reason: String,
+    },
 }
 
 /// Writes through `write` to a temporary sibling of `path`, then renames it into place.

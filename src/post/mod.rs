@@ -1,7 +1,9 @@
-//! Mask post-processing: from 256x256 logits in the model frame to cleaned binary masks on
-//! the source grid, and the measurements the correction loop takes from masks (components,
-//! distance maps, interior points, top-K of an error map). Must not import `pipeline`,
-//! `correct`, `eval` or the CLI.
+//! Mask post-processing: from 256x256 logits in the model frame to binary masks on the
+//! source grid, what the correction loop takes from masks (the largest component of the
+//! corrected mask, for its box; the top-K of an error map, for its points), and the
+//! optional [`Cleanup`] of final masks (components, hole filling, opening and closing,
+//! the last two through the distance transform). Must not import `pipeline`, `correct`,
+//! `eval` or the CLI.
 //!
 //! Every operation exists twice, behind the object-safe [`MaskOps`] trait: [`CpuMaskOps`]
 //! (rayon over slices, the reference) and [`GpuMaskOps`] (WGSL compute kernels in
@@ -22,7 +24,9 @@
 //! Upsampling follows upstream LiteMedSAM: crop the padded logits to the resized slice,
 //! resize bilinearly (half-pixel centres, no antialiasing) to the source size, threshold.
 
+mod cleanup;
 mod cpu;
+mod fallback;
 mod gpu;
 
 use std::fmt;
@@ -34,11 +38,17 @@ use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3};
 use crate::io::{Mask, Spacing};
 use crate::preprocess::{resize, Kernel, Transform, MODEL_SIZE};
 
+pub use cleanup::{Cleanup, MAX_CLEANUP_RADIUS_PX};
 pub use cpu::CpuMaskOps;
+use fallback::{error_chain, WithFallback};
 pub use gpu::GpuMaskOps;
 
 /// Logit above which a pixel is foreground (probability 0.5).
 pub const THRESHOLD_LOGIT: f32 = 0.0;
+
+/// Logit of a pixel known to be background: a constant slice, the padding outside a slice
+/// in the model frame. Finite, so bilinear interpolation next to it stays exact.
+pub const BACKGROUND_LOGIT: f32 = -1e4;
 
 /// Largest relative difference allowed between the CPU and GPU paths on float outputs
 /// (upsampled logits, distances with non-unit spacing): `|gpu - cpu| <= FLOAT_TOLERANCE *
@@ -200,6 +210,12 @@ pub enum PostError {
     /// The GPU path failed.
     #[error(transparent)]
     Gpu(#[from] GpuError),
+    /// A clean-up the caller asked for cannot run where it was asked.
+    #[error("clean-up: {reason}")]
+    Cleanup {
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Which neighbours make a connected component.
@@ -247,55 +263,6 @@ pub struct Bounds {
     pub row_max: usize,
     /// Last foreground column.
     pub column_max: usize,
-}
-
-/// Clean-up of a thresholded mask, in this order: keep the largest component, remove
-/// small components, fill holes, opening, closing. The default does nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct Cleanup {
-    /// Keep only the largest component (per slice or of the volume).
-    pub keep_largest: Option<Connectivity>,
-    /// Remove components of fewer pixels than this.
-    pub remove_small: Option<(Connectivity, usize)>,
-    /// Fill holes in each slice.
-    pub fill_holes: bool,
-    /// Opening radius, pixels (0: none).
-    pub open_px: u32,
-    /// Closing radius, pixels (0: none).
-    pub close_px: u32,
-}
-
-impl Cleanup {
-    /// Keeps only the largest component.
-    pub fn with_keep_largest(mut self, connectivity: Connectivity) -> Self {
-        self.keep_largest = Some(connectivity);
-        self
-    }
-
-    /// Removes components of fewer than `min_pixels` pixels.
-    pub fn with_remove_small(mut self, connectivity: Connectivity, min_pixels: usize) -> Self {
-        self.remove_small = Some((connectivity, min_pixels));
-        self
-    }
-
-    /// Fills holes in each slice.
-    pub fn with_fill_holes(mut self, fill: bool) -> Self {
-        self.fill_holes = fill;
-        self
-    }
-
-    /// Opens with a disk of `radius_px` pixels.
-    pub fn with_open(mut self, radius_px: u32) -> Self {
-        self.open_px = radius_px;
-        self
-    }
-
-    /// Closes with a disk of `radius_px` pixels.
-    pub fn with_close(mut self, radius_px: u32) -> Self {
-        self.close_px = radius_px;
-        self
-    }
 }
 
 /// Which backend an implementation of [`MaskOps`] runs on.
@@ -458,43 +425,11 @@ pub trait MaskOps: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`PostError::Gpu`] on the GPU path.
     fn top_k(&self, values: ArrayView3<f32>, k: usize) -> Result<Vec<Peak>, PostError>;
-
-    /// Prompt points for an error mask: the components of `error` (8-connected per slice)
-    /// ranked by how deep their interior is, and for each of the first `k` the pixel
-    /// farthest from its edge ([`Border::Background`], mm with `spacing`; ties by linear
-    /// index). Points therefore sit inside error regions, never on their rims.
-    ///
-    /// # Errors
-    /// [`PostError::Gpu`] on the GPU path.
-    fn place_points(
-        &self,
-        error: ArrayView3<u8>,
-        spacing: Spacing,
-        k: usize,
-    ) -> Result<Vec<Peak>, PostError> {
-        let labels = self.label(error, Connectivity::Planar)?;
-        let distance = self.distance(error, spacing, Border::Background)?;
-        Ok(cpu::deepest_per_component(
-            labels.view(),
-            distance.view(),
-            k,
-        ))
-    }
 }
 
 /// Bounding box of each slice's foreground (`None` for an empty slice).
 pub fn bounds(mask: ArrayView3<u8>) -> Vec<Option<Bounds>> {
     cpu::bounds(mask)
-}
-
-/// The canonical sizes of the components of a label array from [`MaskOps::label`]:
-/// `(label, pixels)` in increasing label order.
-pub fn component_sizes(labels: ArrayView3<u32>) -> Vec<(u32, usize)> {
-    let mut sizes = std::collections::BTreeMap::<u32, usize>::new();
-    for &l in labels.iter().filter(|&&l| l != 0) {
-        *sizes.entry(l).or_default() += 1;
-    }
-    sizes.into_iter().collect()
 }
 
 /// Opens the post-processing backend for `device`. Never fails: when the GPU cannot be
@@ -549,187 +484,6 @@ pub fn mask_ops(device: Device) -> (Box<dyn MaskOps>, String) {
                 ),
             ),
         },
-    }
-}
-
-/// An error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
-/// The GPU path, falling back to the CPU when a GPU call fails: the first failure prints
-/// one warning, and later calls go straight to the CPU.
-#[derive(Debug)]
-struct WithFallback {
-    gpu: GpuMaskOps,
-    cpu: CpuMaskOps,
-    failed: AtomicBool,
-}
-
-impl WithFallback {
-    fn new(gpu: GpuMaskOps) -> WithFallback {
-        WithFallback {
-            gpu,
-            cpu: CpuMaskOps::new(),
-            failed: AtomicBool::new(false),
-        }
-    }
-
-    fn run<T>(
-        &self,
-        operation: &str,
-        gpu: impl FnOnce(&GpuMaskOps) -> Result<T, PostError>,
-        cpu: impl FnOnce(&CpuMaskOps) -> Result<T, PostError>,
-    ) -> Result<T, PostError> {
-        if !self.failed.load(Ordering::Relaxed) {
-            match gpu(&self.gpu) {
-                Err(PostError::Gpu(e)) => {
-                    if !self.failed.swap(true, Ordering::Relaxed) {
-                        eprintln!(
-                            "cosam: warning: GPU {operation} failed ({}); post-processing \
-                             continues on the CPU",
-                            error_chain(&e as &dyn std::error::Error)
-                        );
-                    }
-                }
-                other => return other,
-            }
-        }
-        cpu(&self.cpu)
-    }
-}
-
-impl MaskOps for WithFallback {
-    fn backend(&self) -> Backend {
-        if self.failed.load(Ordering::Relaxed) {
-            Backend::Cpu
-        } else {
-            self.gpu.backend()
-        }
-    }
-
-    fn upsample_threshold(
-        &self,
-        logits: ArrayView3<f32>,
-        transform: &Transform,
-        threshold_logit: f32,
-    ) -> Result<Array3<u8>, PostError> {
-        self.run(
-            "upsampling",
-            |g| g.upsample_threshold(logits, transform, threshold_logit),
-            |c| c.upsample_threshold(logits, transform, threshold_logit),
-        )
-    }
-
-    fn upsample(
-        &self,
-        logits: ArrayView3<f32>,
-        transform: &Transform,
-    ) -> Result<Array3<f32>, PostError> {
-        self.run(
-            "upsampling",
-            |g| g.upsample(logits, transform),
-            |c| c.upsample(logits, transform),
-        )
-    }
-
-    fn postprocess(
-        &self,
-        logits: ArrayView3<f32>,
-        transform: &Transform,
-        threshold_logit: f32,
-        cleanup: &Cleanup,
-    ) -> Result<Array3<u8>, PostError> {
-        self.run(
-            "post-processing",
-            |g| g.postprocess(logits, transform, threshold_logit, cleanup),
-            |c| c.postprocess(logits, transform, threshold_logit, cleanup),
-        )
-    }
-
-    fn label(
-        &self,
-        mask: ArrayView3<u8>,
-        connectivity: Connectivity,
-    ) -> Result<Array3<u32>, PostError> {
-        self.run(
-            "labelling",
-            |g| g.label(mask, connectivity),
-            |c| c.label(mask, connectivity),
-        )
-    }
-
-    fn keep_largest(
-        &self,
-        mask: ArrayView3<u8>,
-        connectivity: Connectivity,
-    ) -> Result<Array3<u8>, PostError> {
-        self.run(
-            "keep-largest",
-            |g| g.keep_largest(mask, connectivity),
-            |c| c.keep_largest(mask, connectivity),
-        )
-    }
-
-    fn remove_small(
-        &self,
-        mask: ArrayView3<u8>,
-        connectivity: Connectivity,
-        min_pixels: usize,
-    ) -> Result<Array3<u8>, PostError> {
-        self.run(
-            "remove-small",
-            |g| g.remove_small(mask, connectivity, min_pixels),
-            |c| c.remove_small(mask, connectivity, min_pixels),
-        )
-    }
-
-    fn fill_holes(&self, mask: ArrayView3<u8>) -> Result<Array3<u8>, PostError> {
-        self.run(
-            "hole filling",
-            |g| g.fill_holes(mask),
-            |c| c.fill_holes(mask),
-        )
-    }
-
-    fn open(&self, mask: ArrayView3<u8>, radius_px: u32) -> Result<Array3<u8>, PostError> {
-        self.run(
-            "opening",
-            |g| g.open(mask, radius_px),
-            |c| c.open(mask, radius_px),
-        )
-    }
-
-    fn close(&self, mask: ArrayView3<u8>, radius_px: u32) -> Result<Array3<u8>, PostError> {
-        self.run(
-            "closing",
-            |g| g.close(mask, radius_px),
-            |c| c.close(mask, radius_px),
-        )
-    }
-
-    fn distance(
-        &self,
-        mask: ArrayView3<u8>,
-        spacing: Spacing,
-        border: Border,
-    ) -> Result<Array3<f32>, PostError> {
-        self.run(
-            "distance transform",
-            |g| g.distance(mask, spacing, border),
-            |c| c.distance(mask, spacing, border),
-        )
-    }
-
-    fn top_k(&self, values: ArrayView3<f32>, k: usize) -> Result<Vec<Peak>, PostError> {
-        self.run("top-k", |g| g.top_k(values, k), |c| c.top_k(values, k))
     }
 }
 
@@ -909,11 +663,5 @@ mod tests {
             .map(|t| t.w0 * v[t.i0 as usize] + t.w1 * v[t.i1 as usize])
             .collect();
         assert_eq!(out, vec![0.0, 0.25, 0.75, 1.0]);
-    }
-
-    #[test]
-    fn component_sizes_count_each_label() {
-        let labels = ndarray::arr3(&[[[0u32, 2, 2], [5, 0, 2]]]);
-        assert_eq!(component_sizes(labels.view()), vec![(2, 3), (5, 1)]);
     }
 }

@@ -1,7 +1,7 @@
 //! The C ABI of cosam (`libcosam.so`, header `include/cosam.h`): opaque handles, `int`
 //! status codes, a per-thread last error, buffers owned by the caller.
 //!
-//! Thin by design (STYLE rule 18): each function checks its pointers, converts C arrays to
+//! Thin by design: each function checks its pointers, converts C arrays to
 //! the library's types, calls one library function and converts the result or error back.
 //! Behaviour (intensity mapping, prompts, refinement, threading) is the library's.
 //!

@@ -1,4 +1,4 @@
-"""Click latency from Python (issue 15): the median prompt-to-mask time of
+"""Click latency from Python: the median prompt-to-mask time of
 ``Segmenter.predict`` on the demo CT slice's 512x512 grid with a cached embedding and 2
 ONNX Runtime threads, for a box and for a refining click (box + point + the previous
 logits); compare with ``cargo bench --bench click`` for the Python overhead. Then shows

@@ -1,7 +1,7 @@
 //! The Python module `cosam._native` (re-exported by `cosam`): numpy arrays in and out,
 //! the GIL released during model calls, library errors raised as `cosam.CosamError`.
 //!
-//! Thin by design (STYLE rule 18): each method converts its arguments to the library's
+//! Thin by design: each method converts its arguments to the library's
 //! types, calls one library function with the GIL released, and converts the result or
 //! error back. Behaviour is the library's and is tested there (tests/viewer.rs); the
 //! Python tests (bindings/python/tests) smoke-test the conversions.

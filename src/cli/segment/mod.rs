@@ -6,32 +6,35 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use cosam::io::{self, OutputFormat, SegInfo};
-use cosam::pipeline::VolumeSegmentation;
-use cosam::preprocess::display_slice;
-use cosam::{Mask, Modality, PreprocessOptions, Prompts, Segmenter, Spacing, Volume};
+use cosam::io;
+use cosam::output::{formats_for, Outputs};
+use cosam::{Modality, PreprocessOptions, Prompts, Segmenter, Spacing, Volume};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use super::args::{parse_box, parse_point, ModalityArg, SegmentArgs};
-use super::report::{shard_report_path, ShardInfo};
-use super::resume::{self, Fingerprint};
-use super::shard::{self, Plan};
+use super::args::{parse_box, parse_point, SegmentArgs};
+use super::{shard_report_path, ShardInfo};
+use resume::Fingerprint;
+use shard::{hex, path_key, Plan};
+
+mod prompt_free;
+mod resume;
+mod shard;
 
 /// One input with its prompts.
-pub(super) struct Job {
-    pub(super) id: String,
-    pub(super) input: PathBuf,
+struct Job {
+    id: String,
+    input: PathBuf,
     /// Its path relative to the command-line root or the cases file, `/` separated: the
     /// sharding key (a DICOM folder's series are keyed by SeriesInstanceUID instead).
-    pub(super) key: String,
+    key: String,
     /// True when the input was found by listing a folder given with -i.
     expanded: bool,
     /// Prompt errors are per case, so a bad case does not stop the batch.
-    pub(super) prompts: Result<Prompts, String>,
-    pub(super) slices: Option<(usize, usize)>,
+    prompts: Result<Prompts, String>,
+    slices: Option<(usize, usize)>,
     /// Name of the segmented structure (DICOM SEG segment label).
-    pub(super) label: Option<String>,
+    label: Option<String>,
 }
 
 /// A case of a `--cases` file; unknown keys (reference, label, source) are ignored.
@@ -62,6 +65,8 @@ struct RunReport {
     onnxruntime: PathBuf,
     threads: usize,
     post_processing: String,
+    /// `--cleanup` as run (`none` without it).
+    cleanup: String,
     axis: String,
     started_unix_s: u64,
     seconds: f64,
@@ -76,54 +81,51 @@ struct RunReport {
 }
 
 #[derive(Serialize, Default)]
-pub(super) struct CaseReport {
-    pub(super) id: String,
+struct CaseReport {
+    id: String,
     /// The sharding key (path relative to the input root, or SeriesInstanceUID).
-    pub(super) key: String,
+    key: String,
     #[serde(serialize_with = "lossy_path")]
-    pub(super) input: PathBuf,
-    pub(super) status: &'static str,
-    pub(super) error: Option<String>,
+    input: PathBuf,
+    status: &'static str,
+    error: Option<String>,
     /// SeriesInstanceUID of a DICOM input.
-    pub(super) series_uid: Option<String>,
+    series_uid: Option<String>,
     /// SeriesDescription of a DICOM input.
-    pub(super) series_description: Option<String>,
+    series_description: Option<String>,
     /// What the reader noticed but accepted (uneven spacing, gantry tilt, ...).
-    pub(super) warnings: Vec<String>,
-    pub(super) seconds: f64,
-    pub(super) modality: Option<Modality>,
-    pub(super) spacing_mm: Option<Spacing>,
-    pub(super) slices_segmented: usize,
+    warnings: Vec<String>,
+    seconds: f64,
+    modality: Option<Modality>,
+    spacing_mm: Option<Spacing>,
+    slices_segmented: usize,
     /// Mean of the IoU head over segmented, non-constant slices.
-    pub(super) predicted_iou: Option<f32>,
-    pub(super) mask_pixels: usize,
+    predicted_iou: Option<f32>,
+    mask_pixels: usize,
     /// For single-slice inputs.
-    pub(super) mask_area_mm2: Option<f64>,
+    mask_area_mm2: Option<f64>,
     /// For multi-slice inputs.
-    pub(super) mask_volume_mm3: Option<f64>,
+    mask_volume_mm3: Option<f64>,
     #[serde(serialize_with = "lossy_paths")]
-    pub(super) outputs: Vec<PathBuf>,
+    outputs: Vec<PathBuf>,
     /// Prompt-free runs: the task and one entry per structure.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) task: Option<String>,
+    task: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub(super) structures: Vec<super::prompt_free::StructureReport>,
+    structures: Vec<prompt_free::StructureReport>,
     /// Prompt-free runs: true when any structure's quality score is below the threshold.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) needs_review: Option<bool>,
+    needs_review: Option<bool>,
 }
 
 /// A path in report.json: its text, with bytes that are not UTF-8 replaced (U+FFFD), so
 /// that a file name in another encoding cannot stop the report from being written.
-pub(super) fn lossy_path<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+fn lossy_path<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&path.to_string_lossy())
 }
 
 /// As [`lossy_path`], for a list.
-pub(super) fn lossy_paths<S: serde::Serializer>(
-    paths: &[PathBuf],
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn lossy_paths<S: serde::Serializer>(paths: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(paths.iter().map(|p| p.to_string_lossy()))
 }
 
@@ -150,13 +152,12 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
     let options = args
         .model
         .segmenter_options()
-        .with_preprocess(PreprocessOptions::default().with_intensity(args.intensity()));
+        .with_preprocess(PreprocessOptions::default().with_intensity(args.intensity()))
+        .with_cleanup(args.cleanup);
     let segmenter = Segmenter::new(options).context("cannot load the model")?;
     let limits = args.limits();
     let task = match args.heads_source() {
-        Some(source) => Some(super::prompt_free::TaskRun::load(
-            &segmenter, &source, args,
-        )?),
+        Some(source) => Some(prompt_free::TaskRun::load(&segmenter, &source, args)?),
         None => None,
     };
 
@@ -257,6 +258,7 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
             .unwrap_or_default(),
         threads: config.threads,
         post_processing: segmenter.post_processing().to_string(),
+        cleanup: args.cleanup.to_string(),
         axis: format!("{:?}", args.axis).to_lowercase(),
         started_unix_s: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -363,7 +365,7 @@ fn jobs(args: &SegmentArgs) -> anyhow::Result<Vec<Job>> {
             };
             jobs.push(Job {
                 id,
-                key: shard::path_key(&case.input),
+                key: path_key(&case.input),
                 expanded: false,
                 input,
                 prompts,
@@ -510,7 +512,7 @@ fn stem(path: &Path) -> String {
     safe_id(&name)
 }
 
-pub(super) fn unique_id(id: &str, used: &mut HashSet<String>) -> String {
+fn unique_id(id: &str, used: &mut HashSet<String>) -> String {
     let mut candidate = id.to_string();
     let mut n = 2;
     while !used.insert(candidate.clone()) {
@@ -522,31 +524,29 @@ pub(super) fn unique_id(id: &str, used: &mut HashSet<String>) -> String {
 
 fn run_volume(
     segmenter: &Segmenter,
-    task: Option<&super::prompt_free::TaskRun>,
+    task: Option<&prompt_free::TaskRun>,
     job: &Job,
     id: &str,
     mut volume: Volume,
     args: &SegmentArgs,
     bar: &ProgressBar,
 ) -> anyhow::Result<CaseReport> {
-    match args.modality {
-        ModalityArg::Ct => volume.set_modality(Modality::Ct),
-        ModalityArg::Mr => volume.set_modality(Modality::Mr),
-        ModalityArg::Display => volume.set_modality(Modality::Display),
-        ModalityArg::Auto => {}
+    if let Some(modality) = args.modality.modality() {
+        volume.set_modality(modality);
     }
-    let formats = formats(args, &volume);
-    if formats.contains(&OutputFormat::DicomSeg) && volume.series_uid().is_none() {
-        bail!(
-            "--format dicom-seg needs a DICOM input to reference; write nifti or png for this one"
-        );
-    }
+    let formats = formats_for(&args.format, &volume)?;
     for w in volume.warnings() {
         bar.suspend(|| eprintln!("cosam: warning: {}: {w}", job.input.display()));
     }
     let reoriented = io::reorient(&volume, args.axis)?;
+    let outputs = Outputs {
+        dir: &args.output,
+        formats: &formats,
+        source: &volume,
+        frame: &reoriented,
+    };
     if let Some(task) = task {
-        return task.run_volume(segmenter, job, id, &volume, &reoriented, &formats, bar);
+        return task.run_volume(segmenter, job, id, &outputs, bar);
     }
     let prompts = job
         .prompts
@@ -566,17 +566,8 @@ fn run_volume(
     let result = segmenter.segment_volume(work, &prompts, job.slices.map(|(a, b)| a..=b), |z| {
         bar.set_message(format!("{id} slice {}/{n}", z + 1));
     })?;
-    let storage_mask = reoriented.map.mask_to_storage(&result.mask);
-    let outputs = write_outputs(
-        &args.output,
-        id,
-        &formats,
-        &volume,
-        work,
-        &storage_mask,
-        &result,
-        job.label.as_deref().unwrap_or("segment"),
-    )?;
+    let outputs =
+        outputs.write_segmentation(id, &result, job.label.as_deref().unwrap_or("segment"))?;
     let spacing = volume.spacing();
     let pixels = result.voxel_count();
     let single = volume.slices() == 1;
@@ -594,7 +585,7 @@ fn run_volume(
 impl CaseReport {
     /// A successful entry for `volume` with what the input itself says; callers fill in
     /// the results.
-    pub(super) fn ok(job: &Job, id: &str, volume: &Volume) -> CaseReport {
+    fn ok(job: &Job, id: &str, volume: &Volume) -> CaseReport {
         CaseReport {
             id: id.to_string(),
             input: job.input.clone(),
@@ -607,95 +598,6 @@ impl CaseReport {
             ..CaseReport::default()
         }
     }
-}
-
-/// The formats asked for, or the default for this input.
-pub(super) fn formats(args: &SegmentArgs, volume: &Volume) -> Vec<OutputFormat> {
-    if !args.format.is_empty() {
-        let mut f = args.format.clone();
-        f.dedup();
-        return f;
-    }
-    vec![if volume.is_2d() {
-        OutputFormat::Png
-    } else {
-        OutputFormat::Nifti
-    }]
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(super) fn write_outputs(
-    dir: &Path,
-    id: &str,
-    formats: &[OutputFormat],
-    volume: &Volume,
-    work: &Volume,
-    storage_mask: &ndarray::Array3<u8>,
-    result: &VolumeSegmentation,
-    label: &str,
-) -> cosam::Result<Vec<PathBuf>> {
-    let mut outputs = Vec::new();
-    for format in formats {
-        match format {
-            OutputFormat::Png if volume.is_2d() => {
-                let path = dir.join(format!("{id}_mask.png"));
-                io::write_mask_png(
-                    &path,
-                    &Mask(storage_mask.index_axis(ndarray::Axis(0), 0).to_owned()),
-                )?;
-                outputs.push(path);
-            }
-            OutputFormat::Png => {
-                // one PNG per slice along the segmentation axis
-                let folder = dir.join(format!("{id}_mask_png"));
-                std::fs::create_dir_all(&folder).map_err(|source| io::WriteError::Io {
-                    path: folder.clone(),
-                    source,
-                })?;
-                for (z, slice) in result.mask.outer_iter().enumerate() {
-                    io::write_mask_png(
-                        &folder.join(format!("slice_{z:04}.png")),
-                        &Mask(slice.to_owned()),
-                    )?;
-                }
-                outputs.push(folder);
-            }
-            OutputFormat::Nifti => {
-                let path = dir.join(format!("{id}_mask.nii.gz"));
-                io::write_mask_nifti(&path, storage_mask, volume)?;
-                outputs.push(path);
-            }
-            OutputFormat::DicomSeg => {
-                let path = dir.join(format!("{id}_seg.dcm"));
-                io::write_dicom_seg(
-                    &path,
-                    storage_mask,
-                    volume,
-                    &SegInfo::default().with_label(label),
-                )?;
-                outputs.push(path);
-            }
-            _ => {}
-        }
-    }
-    // The quick look shows the segmented slice with the largest mask.
-    if let Some(best) = result
-        .slices
-        .iter()
-        .max_by_key(|s| (s.area_px, std::cmp::Reverse(s.slice)))
-    {
-        let path = dir.join(format!("{id}_overlay.png"));
-        let display = display_slice(work, best.slice, &result.intensity);
-        let mask = Mask(
-            result
-                .mask
-                .index_axis(ndarray::Axis(0), best.slice)
-                .to_owned(),
-        );
-        io::write_overlay_png(&path, display.view(), &mask)?;
-        outputs.push(path);
-    }
-    Ok(outputs)
 }
 
 #[cfg(test)]

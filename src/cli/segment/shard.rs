@@ -15,41 +15,8 @@ use anyhow::{bail, Context};
 use cosam::io::{self, dicom, Limits, ReadError, Volume};
 use sha2::{Digest, Sha256};
 
-use super::segment::{unique_id, Job};
-
-/// `--shard`: a fixed `K/N` or `auto` (from the job engine's environment).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ShardArg {
-    /// Shard K of N, 0-based.
-    Fixed { index: usize, count: usize },
-    /// From Slurm's or Kubernetes' environment.
-    Auto,
-}
-
-/// Parses `K/N` (0 <= K < N) or `auto`.
-pub fn parse_shard(s: &str) -> Result<ShardArg, String> {
-    let s = s.trim();
-    if s.eq_ignore_ascii_case("auto") {
-        return Ok(ShardArg::Auto);
-    }
-    let (k, n) = s
-        .split_once('/')
-        .ok_or_else(|| format!("'{s}' is not K/N (e.g. 0/4) or auto"))?;
-    let index: usize = k
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{k}' is not a shard index"))?;
-    let count: usize = n
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{n}' is not a shard count"))?;
-    if count == 0 || index >= count {
-        return Err(format!(
-            "shard {index}/{count}: K must be in 0..N and N at least 1"
-        ));
-    }
-    Ok(ShardArg::Fixed { index, count })
-}
+use super::{unique_id, Job};
+use crate::cli::args::ShardArg;
 
 /// This process's shard and where it was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,17 +300,6 @@ pub(super) fn input_key(root: &Path, input: &Path) -> String {
     }
 }
 
-/// `--threads` when not given: SLURM_CPUS_PER_TASK when Slurm sets it.
-pub fn threads_from_env() -> Option<u16> {
-    threads_from(&|name| std::env::var(name).ok())
-}
-
-fn threads_from(env: &dyn Fn(&str) -> Option<String>) -> Option<u16> {
-    env("SLURM_CPUS_PER_TASK")
-        .and_then(|v| v.trim().parse::<u16>().ok())
-        .filter(|&t| t > 0)
-}
-
 /// The host name, for the shard report.
 pub(super) fn host_name() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -376,19 +332,6 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
-    }
-
-    #[test]
-    fn shard_flag_takes_k_of_n_or_auto() {
-        assert_eq!(
-            parse_shard("1/3").unwrap(),
-            ShardArg::Fixed { index: 1, count: 3 }
-        );
-        assert_eq!(parse_shard("AUTO").unwrap(), ShardArg::Auto);
-        assert!(parse_shard("3/3").is_err());
-        assert!(parse_shard("0/0").is_err());
-        assert!(parse_shard("1").is_err());
-        assert!(parse_shard("-1/3").is_err());
     }
 
     #[test]
@@ -436,17 +379,6 @@ mod tests {
         assert!(s.source.starts_with("Kubernetes:"));
         let env = env_of(&[("JOB_COMPLETION_INDEX", "3"), ("COSAM_SHARD_COUNT", "3")]);
         assert!(ShardArg::Auto.resolve(&env).is_err());
-    }
-
-    #[test]
-    fn threads_follow_slurm_cpus_per_task() {
-        assert_eq!(
-            threads_from(&env_of(&[("SLURM_CPUS_PER_TASK", "6")])),
-            Some(6)
-        );
-        assert_eq!(threads_from(&env_of(&[("SLURM_CPUS_PER_TASK", "0")])), None);
-        assert_eq!(threads_from(&env_of(&[("SLURM_CPUS_PER_TASK", "x")])), None);
-        assert_eq!(threads_from(&env_of(&[])), None);
     }
 
     #[test]

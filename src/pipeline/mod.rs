@@ -15,9 +15,11 @@ use crate::correct::{correct_slice, CorrectOptions, LoopModels, Quality, Round};
 use crate::io::{Mask, Modality, Volume, WindowLevel};
 use crate::model::{
     CancelToken, HeadsSource, ImageEmbedding, LiteMedSam, ModelConfig, ModelError, PromptError,
-    Prompts, TaskHeads, EMBEDDING_SHAPE,
+    Prompts, TaskHeads,
 };
-use crate::post::{mask_ops, Device, MaskOps, THRESHOLD_LOGIT};
+use crate::post::{
+    mask_ops, Cleanup, Device, MaskOps, PostError, BACKGROUND_LOGIT, THRESHOLD_LOGIT,
+};
 use crate::preprocess::{
     prepare_slice, IntensityMap, Prepared, PreprocessOptions, Transform, MODEL_SIZE,
 };
@@ -25,9 +27,11 @@ use crate::preprocess::{
 /// Slices whose logits are post-processed in one call (16 MiB of logits).
 const POST_CHUNK_SLICES: usize = 64;
 
-/// Logit given to every pixel of a constant slice (finite, so interpolation stays exact).
-const CONSTANT_SLICE_LOGIT: f32 = -1e4;
 use crate::Result;
+
+mod embedded;
+
+pub use embedded::EmbeddedSlice;
 
 /// Options of a [`Segmenter`].
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -39,6 +43,8 @@ pub struct SegmenterOptions {
     pub preprocess: PreprocessOptions,
     /// Where mask post-processing runs.
     pub device: Device,
+    /// Clean-up of every mask after thresholding (per slice; none by default).
+    pub cleanup: Cleanup,
 }
 
 impl SegmenterOptions {
@@ -59,138 +65,15 @@ impl SegmenterOptions {
         self.preprocess = preprocess;
         self
     }
-}
 
-/// A slice after the encoder: what every later decoder call on it needs. A viewer can keep
-/// it in a cache as bytes ([`EmbeddedSlice::to_bytes`], about 4 MiB).
-#[derive(Debug, Clone)]
-pub struct EmbeddedSlice {
-    /// `None` when the slice is constant after intensity mapping: its masks are empty.
-    embedding: Option<ImageEmbedding>,
-    transform: Transform,
-    /// sha256 (hex) of the encoder that made the embedding.
-    encoder_sha256: String,
-}
-
-/// First bytes of [`EmbeddedSlice::to_bytes`].
-const EMBEDDING_MAGIC: &[u8; 8] = b"COSAMEMB";
-/// Version of the byte layout of [`EmbeddedSlice::to_bytes`].
-const EMBEDDING_VERSION: u32 = 1;
-/// Bytes of the header of [`EmbeddedSlice::to_bytes`]: magic, version, encoder sha256 (64
-/// hex digits), rows and columns (u64), and a flag for a constant slice.
-const EMBEDDING_HEADER: usize = 8 + 4 + 64 + 8 + 8 + 1;
-/// Largest side accepted from bytes: the readers' limits are far below it.
-const MAX_SIDE_FROM_BYTES: u64 = 1 << 20;
-
-impl EmbeddedSlice {
-    /// Where the slice sits in the model frame.
-    pub fn transform(&self) -> &Transform {
-        &self.transform
-    }
-
-    /// The embedding, unless the slice is constant.
-    pub fn embedding(&self) -> Option<&ImageEmbedding> {
-        self.embedding.as_ref()
-    }
-
-    /// sha256 (hex) of the image encoder that made the embedding.
-    pub fn encoder_sha256(&self) -> &str {
-        &self.encoder_sha256
-    }
-
-    /// The slice as bytes: a header (`COSAMEMB`, layout version, the encoder's sha256, the
-    /// source rows and columns, a constant-slice flag) and the `[1, 256, 64, 64]` embedding
-    /// as little-endian f32. [`EmbeddedSlice::from_bytes`] reads it back exactly.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let values = self.embedding.as_ref().map_or(0, |e| e.0.len());
-        let mut out = Vec::with_capacity(EMBEDDING_HEADER + 4 * values);
-        out.extend_from_slice(EMBEDDING_MAGIC);
-        out.extend_from_slice(&EMBEDDING_VERSION.to_le_bytes());
-        let mut sha = [b'0'; 64];
-        for (d, s) in sha.iter_mut().zip(self.encoder_sha256.bytes()) {
-            *d = s;
-        }
-        out.extend_from_slice(&sha);
-        out.extend_from_slice(&(self.transform.source_rows as u64).to_le_bytes());
-        out.extend_from_slice(&(self.transform.source_cols as u64).to_le_bytes());
-        out.push(u8::from(self.embedding.is_some()));
-        if let Some(e) = &self.embedding {
-            for v in e.0.iter() {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        out
-    }
-
-    /// Reads bytes written by [`EmbeddedSlice::to_bytes`]. The embedding keeps its
-    /// encoder's sha256, and [`Segmenter::predict`] refuses it under another encoder.
-    ///
-    /// # Errors
-    /// [`ModelError::EmbeddingBytes`] for a wrong magic, version, size or header field.
-    pub fn from_bytes(bytes: &[u8]) -> Result<EmbeddedSlice, ModelError> {
-        let bad = |reason: String| ModelError::EmbeddingBytes { reason };
-        let header = bytes.get(..EMBEDDING_HEADER).ok_or_else(|| {
-            bad(format!(
-                "{} bytes, shorter than the {EMBEDDING_HEADER}-byte header",
-                bytes.len()
-            ))
-        })?;
-        let (magic, rest) = header.split_at(8);
-        if magic != EMBEDDING_MAGIC {
-            return Err(bad("missing the COSAMEMB signature".into()));
-        }
-        let (version, rest) = rest.split_at(4);
-        let version = u32::from_le_bytes(version.try_into().map_err(|_| bad("header".into()))?);
-        if version != EMBEDDING_VERSION {
-            return Err(bad(format!(
-                "layout version {version}, this cosam reads {EMBEDDING_VERSION}"
-            )));
-        }
-        let (sha, rest) = rest.split_at(64);
-        if !sha.iter().all(u8::is_ascii_hexdigit) {
-            return Err(bad("encoder sha256 is not hexadecimal".into()));
-        }
-        let encoder_sha256 = String::from_utf8_lossy(sha).into_owned();
-        let (rows, rest) = rest.split_at(8);
-        let (cols, flag) = rest.split_at(8);
-        let side = |b: &[u8], what: &str| -> Result<usize, ModelError> {
-            let v = u64::from_le_bytes(b.try_into().map_err(|_| bad("header".into()))?);
-            if v == 0 || v > MAX_SIDE_FROM_BYTES {
-                return Err(bad(format!(
-                    "{what} {v} is not in 1..={MAX_SIDE_FROM_BYTES}"
-                )));
-            }
-            usize::try_from(v).map_err(|_| bad(format!("{what} {v} does not fit this machine")))
-        };
-        let (rows, cols) = (side(rows, "rows")?, side(cols, "columns")?);
-        let values: usize = EMBEDDING_SHAPE.iter().product();
-        let body = &bytes[EMBEDDING_HEADER..];
-        let embedding = match flag {
-            [0] if body.is_empty() => None,
-            [1] if body.len() == 4 * values => {
-                let data: Vec<f32> = body
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                let [c, h, w] = EMBEDDING_SHAPE;
-                let tensor = ndarray::Array4::from_shape_vec((1, c, h, w), data)
-                    .map_err(|e| bad(e.to_string()))?;
-                Some(ImageEmbedding::from_tensor(tensor)?)
-            }
-            [f] if *f > 1 => return Err(bad(format!("constant-slice flag is {f}"))),
-            _ => {
-                return Err(bad(format!(
-                    "{} bytes of embedding, expected {}",
-                    body.len(),
-                    if flag == [0] { 0 } else { 4 * values }
-                )))
-            }
-        };
-        Ok(EmbeddedSlice {
-            embedding,
-            transform: Transform::new(rows, cols),
-            encoder_sha256,
-        })
+    /// Options with a clean-up of every mask the segmenter returns, on the source grid
+    /// after thresholding: [`Segmenter::predict`], the volume paths, the evaluation and
+    /// the loop's trace all apply it. The loop itself works on the raw decoder output.
+    /// Steps must be per slice ([`crate::post::Connectivity::Planar`]): masks are
+    /// post-processed in chunks of slices.
+    pub fn with_cleanup(mut self, cleanup: Cleanup) -> Self {
+        self.cleanup = cleanup;
+        self
     }
 }
 
@@ -253,6 +136,15 @@ impl VolumeSegmentation {
         let ious: Vec<f32> = self.slices.iter().filter_map(|s| s.iou).collect();
         (!ious.is_empty()).then(|| ious.iter().sum::<f32>() / ious.len() as f32)
     }
+
+    /// The slice a quick look shows: the segmented slice with the largest mask (the first
+    /// of equals), `None` when no slice was segmented.
+    pub fn quick_look_slice(&self) -> Option<usize> {
+        self.slices
+            .iter()
+            .max_by_key(|s| (s.area_px, std::cmp::Reverse(s.slice)))
+            .map(|s| s.slice)
+    }
 }
 
 /// The loop's record of one slice of a prompt-free segmentation.
@@ -304,6 +196,14 @@ impl Segmenter {
     /// # Errors
     /// Setup errors of [`LiteMedSam::load`].
     pub fn new(options: SegmenterOptions) -> Result<Segmenter> {
+        if options.cleanup.is_volumetric() {
+            return Err(PostError::Cleanup {
+                reason: "steps across slices (volumetric connectivity) cannot run on chunks \
+                         of slices; use planar connectivity"
+                    .into(),
+            }
+            .into());
+        }
         let sam = LiteMedSam::load(&options.model)?;
         let (post, post_note) = mask_ops(options.device);
         Ok(Segmenter {
@@ -319,12 +219,34 @@ impl Segmenter {
         &self.post_note
     }
 
-    fn logits_to_masks(
+    /// Model-frame logits (`[n, 256, 256]`) of slices of one size to their masks on the
+    /// source grid of `t`: cropped, upsampled and thresholded at [`THRESHOLD_LOGIT`] where
+    /// post-processing runs, then cleaned up as [`SegmenterOptions::cleanup`] says. The
+    /// one path from logits to masks: the decoder calls, the slice loop, the evaluation
+    /// and the loop's trace all go through it.
+    ///
+    /// # Errors
+    /// [`crate::post::PostError`] for logits that are not 256x256, or a GPU failure.
+    pub fn logits_to_masks(
         &self,
         logits: ndarray::ArrayView3<f32>,
         t: &Transform,
     ) -> Result<Array3<u8>> {
-        Ok(self.post.upsample_threshold(logits, t, THRESHOLD_LOGIT)?)
+        let cleanup = &self.options.cleanup;
+        Ok(if cleanup.is_none() {
+            self.post.upsample_threshold(logits, t, THRESHOLD_LOGIT)?
+        } else {
+            self.post.postprocess(logits, t, THRESHOLD_LOGIT, cleanup)?
+        })
+    }
+
+    /// As [`Segmenter::logits_to_masks`] for one slice's `[256, 256]` logits.
+    ///
+    /// # Errors
+    /// As [`Segmenter::logits_to_masks`].
+    pub fn logits_to_mask(&self, logits: ArrayView2<f32>, t: &Transform) -> Result<Mask> {
+        let masks = self.logits_to_masks(logits.insert_axis(ndarray::Axis(0)), t)?;
+        Ok(Mask(masks.index_axis_move(ndarray::Axis(0), 0)))
     }
 
     /// Loads the CoSAM heads of a task or folder (see [`LiteMedSam::load_heads`]).
@@ -554,16 +476,15 @@ impl Segmenter {
             return Ok(SlicePrediction {
                 mask: Mask(Array2::zeros((t.source_rows, t.source_cols))),
                 iou: 0.0,
-                logits: Array2::from_elem((MODEL_SIZE, MODEL_SIZE), CONSTANT_SLICE_LOGIT),
+                logits: Array2::from_elem((MODEL_SIZE, MODEL_SIZE), BACKGROUND_LOGIT),
             });
         };
         let out = self
             .sam
             .decoder
             .predict(embedding, &prompts.to_model(&t), mask_input)?;
-        let mask = self.logits_to_masks(out.logits.view().insert_axis(ndarray::Axis(0)), &t)?;
         Ok(SlicePrediction {
-            mask: Mask(mask.index_axis_move(ndarray::Axis(0), 0)),
+            mask: self.logits_to_mask(out.logits.view(), &t)?,
             iou: out.iou,
             logits: out.logits,
         })
@@ -596,7 +517,7 @@ impl Segmenter {
                 prediction: SlicePrediction {
                     mask: Mask(Array2::zeros((t.source_rows, t.source_cols))),
                     iou: 0.0,
-                    logits: Array2::from_elem((MODEL_SIZE, MODEL_SIZE), CONSTANT_SLICE_LOGIT),
+                    logits: Array2::from_elem((MODEL_SIZE, MODEL_SIZE), BACKGROUND_LOGIT),
                 },
                 quality: Quality::from_rounds([]),
                 trace: Vec::new(),
@@ -612,10 +533,9 @@ impl Segmenter {
         )?;
         let quality = Quality::from_rounds([c.final_round()]);
         let iou = c.final_round().iou.unwrap_or(0.0);
-        let mask = self.logits_to_masks(c.logits.view().insert_axis(ndarray::Axis(0)), &t)?;
         Ok(PromptFreePrediction {
             prediction: SlicePrediction {
-                mask: Mask(mask.index_axis_move(ndarray::Axis(0), 0)),
+                mask: self.logits_to_mask(c.logits.view(), &t)?,
                 iou,
                 logits: c.logits,
             },
@@ -701,16 +621,21 @@ impl Segmenter {
         })
     }
 
-    /// The slice loop shared by the prompted and prompt-free paths: embed each slice once,
-    /// `decode` it (slice index, embedding, its place in the model frame) to model-frame
-    /// logits, post-process in chunks.
-    fn segment_slices(
+    /// The one slice loop: checks `slices` (all of `volume` when `None`) against the
+    /// volume, embeds each slice once, through `cache` when given, and hands it to `visit`
+    /// with its index, in order. The prompted and prompt-free volume paths and the
+    /// evaluation's methods all walk slices through it.
+    ///
+    /// # Errors
+    /// A slice range past the end or reversed, an encoder failure, or what `visit` returns.
+    pub fn visit_slices(
         &self,
         volume: &Volume,
         slices: Option<RangeInclusive<usize>>,
-        mut decode: impl FnMut(usize, &ImageEmbedding, &Transform) -> Result<(Array2<f32>, f32)>,
-        mut progress: impl FnMut(usize),
-    ) -> Result<VolumeSegmentation> {
+        map: &IntensityMap,
+        cache: Option<&dyn EmbeddingCache>,
+        mut visit: impl FnMut(usize, &EmbeddedSlice) -> Result<()>,
+    ) -> Result<()> {
         let n = volume.slices();
         let range = slices.unwrap_or(0..=n.saturating_sub(1));
         if *range.end() >= n || range.start() > range.end() {
@@ -720,48 +645,75 @@ impl Segmenter {
             }
             .into());
         }
-        let (rows, cols) = volume.slice_size();
+        for z in range {
+            let embedded = self.embed(volume, z, map, cache, None)?;
+            visit(z, &embedded)?;
+        }
+        Ok(())
+    }
+
+    /// [`Segmenter::visit_slices`] for the volume paths: `decode` turns each slice's
+    /// embedding (with its index and place in the model frame) into model-frame logits,
+    /// which go to masks through [`Segmenter::logits_to_masks`] in chunks.
+    fn segment_slices(
+        &self,
+        volume: &Volume,
+        slices: Option<RangeInclusive<usize>>,
+        mut decode: impl FnMut(usize, &ImageEmbedding, &Transform) -> Result<(Array2<f32>, f32)>,
+        mut progress: impl FnMut(usize),
+    ) -> Result<VolumeSegmentation> {
+        let (n, (rows, cols)) = (volume.slices(), volume.slice_size());
         let map = self.intensity_map(volume)?;
         let transform = Transform::new(rows, cols);
         let mut mask = Array3::<u8>::zeros((n, rows, cols));
-        let mut results = Vec::with_capacity(range.clone().count());
+        let mut results = Vec::new();
         // Logits are upsampled in chunks: one post-processing call per chunk (a GPU batch)
         // while memory stays bounded whatever the number of slices.
-        let slices: Vec<usize> = range.collect();
-        for chunk in slices.chunks(POST_CHUNK_SLICES) {
-            let mut logits = Array3::<f32>::zeros((chunk.len(), MODEL_SIZE, MODEL_SIZE));
-            let mut chunk_results = Vec::with_capacity(chunk.len());
-            for (i, &z) in chunk.iter().enumerate() {
+        let mut logits = Array3::<f32>::zeros((POST_CHUNK_SLICES, MODEL_SIZE, MODEL_SIZE));
+        let mut pending: Vec<(usize, Option<f32>, f64)> = Vec::with_capacity(POST_CHUNK_SLICES);
+        let mut flush =
+            |logits: &Array3<f32>, pending: &mut Vec<(usize, Option<f32>, f64)>| -> Result<()> {
+                if pending.is_empty() {
+                    return Ok(());
+                }
                 let started = Instant::now();
-                let embedded = self.embed_slice_with(volume, z, &map)?;
-                let iou = match &embedded.embedding {
-                    Some(embedding) => {
-                        let (slice_logits, iou) = decode(z, embedding, &embedded.transform)?;
-                        logits.slice_mut(s![i, .., ..]).assign(&slice_logits);
-                        Some(iou)
-                    }
-                    None => {
-                        logits.slice_mut(s![i, .., ..]).fill(CONSTANT_SLICE_LOGIT);
-                        None
-                    }
-                };
-                chunk_results.push((z, iou, started.elapsed().as_secs_f64()));
-                progress(z);
-            }
+                let masks =
+                    self.logits_to_masks(logits.slice(s![..pending.len(), .., ..]), &transform)?;
+                let post_share = started.elapsed().as_secs_f64() / pending.len() as f64;
+                for (i, (z, iou, seconds)) in pending.drain(..).enumerate() {
+                    let m = masks.index_axis(ndarray::Axis(0), i);
+                    mask.slice_mut(s![z, .., ..]).assign(&m);
+                    results.push(SliceResult {
+                        slice: z,
+                        iou,
+                        area_px: m.iter().filter(|&&v| v != 0).count(),
+                        seconds: seconds + post_share,
+                    });
+                }
+                Ok(())
+            };
+        self.visit_slices(volume, slices, &map, None, |z, embedded| {
             let started = Instant::now();
-            let masks = self.logits_to_masks(logits.view(), &transform)?;
-            let post_share = started.elapsed().as_secs_f64() / chunk.len() as f64;
-            for (i, (z, iou, seconds)) in chunk_results.into_iter().enumerate() {
-                let m = masks.index_axis(ndarray::Axis(0), i);
-                mask.slice_mut(s![z, .., ..]).assign(&m);
-                results.push(SliceResult {
-                    slice: z,
-                    iou,
-                    area_px: m.iter().filter(|&&v| v != 0).count(),
-                    seconds: seconds + post_share,
-                });
+            let i = pending.len();
+            let iou = match &embedded.embedding {
+                Some(embedding) => {
+                    let (slice_logits, iou) = decode(z, embedding, &embedded.transform)?;
+                    logits.slice_mut(s![i, .., ..]).assign(&slice_logits);
+                    Some(iou)
+                }
+                None => {
+                    logits.slice_mut(s![i, .., ..]).fill(BACKGROUND_LOGIT);
+                    None
+                }
+            };
+            pending.push((z, iou, started.elapsed().as_secs_f64()));
+            progress(z);
+            if pending.len() == POST_CHUNK_SLICES {
+                flush(&logits, &mut pending)?;
             }
-        }
+            Ok(())
+        })?;
+        flush(&logits, &mut pending)?;
         Ok(VolumeSegmentation {
             mask,
             slices: results,

@@ -19,9 +19,8 @@ use sha2::{Digest, Sha256};
 use cosam::model::HeadsSource;
 use cosam::Segmenter;
 
-use super::args::SegmentArgs;
-use super::segment::Job;
-use super::shard::hex;
+use super::{hex, path_key, Job};
+use crate::cli::args::SegmentArgs;
 
 const SIDECAR_FORMAT: &str = "cosam-done/1";
 
@@ -104,7 +103,7 @@ pub(super) fn models_sha256(segmenter: &Segmenter, args: &SegmentArgs) -> anyhow
 /// The options' fingerprint for one input: everything that changes what is written for
 /// it (not threads, device or paths).
 pub(super) fn options_sha256(args: &SegmentArgs, job: &Job) -> String {
-    let text = format!(
+    let mut text = format!(
         "prompts {:?}\nslices {:?}\nlabel {:?}\naxis {:?}\nformat {:?}\nwindow {:?}\n\
          modality {:?}\ntask {:?}\nheads {:?}\nstructures {:?}\nrounds {}\ntop_k {}\n\
          error_threshold {:?}\nrefine {:?}\nmin_coarse_px {}\nstop_early {}\ntrace {}\n\
@@ -120,14 +119,18 @@ pub(super) fn options_sha256(args: &SegmentArgs, job: &Job) -> String {
         args.heads,
         args.structures,
         args.rounds,
-        args.top_k,
-        args.error_threshold,
-        args.refine,
-        args.min_coarse_px,
+        args.loop_flags.top_k,
+        args.loop_flags.error_threshold,
+        args.loop_flags.refine,
+        args.loop_flags.min_coarse_px,
         args.stop_early,
         args.trace,
         args.review_threshold,
     );
+    // only when given, so that the sidecars of runs without it stay valid
+    if !args.cleanup.is_none() {
+        text.push_str(&format!("cleanup {:?}\n", args.cleanup));
+    }
     sha256_text(&text)
 }
 
@@ -225,7 +228,7 @@ fn collect_outputs(value: &Value, out: &mut Vec<PathBuf>) {
 /// `/`-separated paths relative to `out`.
 fn files_below(out: &Path, rel: &Path) -> anyhow::Result<Vec<String>> {
     let full = out.join(rel);
-    let key = super::shard::path_key(rel);
+    let key = path_key(rel);
     if !full.is_dir() {
         return Ok(vec![key]);
     }

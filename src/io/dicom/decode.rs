@@ -1,0 +1,154 @@
+//! Pixel data decoding: the transfer syntax check, the decoder run behind a panic
+//! guard, and salvage of files with trailing data.
+
+use super::*;
+
+/// Refuses transfer syntaxes whose pixel data this build cannot decode, naming them.
+pub(super) fn check_transfer_syntax(path: &Path, uid: &str) -> Result<(), ReadError> {
+    match TransferSyntaxRegistry.get(uid) {
+        Some(ts) if ts.can_decode_all() && !ts.is_unsupported_pixel_encapsulation() => Ok(()),
+        Some(ts) => Err(ReadError::Unsupported {
+            path: path.to_path_buf(),
+            reason: format!(
+                "unsupported transfer syntax {uid} ({}) in {}{}",
+                ts.name(),
+                path.display(),
+                if uid.starts_with("1.2.840.10008.1.2.4.8") {
+                    "; JPEG-LS needs cosam built with --features jpeg-ls"
+                } else {
+                    ""
+                }
+            ),
+        }),
+        None => Err(ReadError::Unsupported {
+            path: path.to_path_buf(),
+            reason: format!(
+                "unsupported transfer syntax {uid} (unknown) in {}",
+                path.display()
+            ),
+        }),
+    }
+}
+
+/// Decodes all frames of a file: `[frame, row, column, sample]`, modality LUT applied,
+/// MONOCHROME1 inverted.
+pub(super) fn decode(p: &DicomProbe) -> Result<Array4<f32>, ReadError> {
+    let path = p.path.as_path();
+    let corrupt = |reason: String| ReadError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let obj: DefaultDicomObject = match super::guard::check_lengths(&bytes, false) {
+        Ok(()) => match guard(path, || dicom_object::open_file(path))? {
+            Ok(obj) => obj,
+            Err(e) => salvage_before_trailing_data(&bytes, path, p)
+                .ok_or_else(|| corrupt(format!("not a readable DICOM file: {e}")))?,
+        },
+        // The header up to the pixel data passed the probe: whatever is broken lies
+        // after it, and elements after the pixel data are of no use to cosam.
+        Err(e) => salvage_before_trailing_data(&bytes, path, p)
+            .ok_or_else(|| corrupt(format!("malformed DICOM: {e}")))?,
+    };
+    drop(bytes);
+    if obj.get(tags::PIXEL_DATA).is_none() {
+        return Err(corrupt("no PixelData (not an image)".into()));
+    }
+    let foreign = guard(path, || {
+        let decoded = obj
+            .decode_pixel_data()
+            .map_err(|e| ReadError::Unsupported {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "cannot decode pixel data in transfer syntax {} ({}): {e}",
+                    p.transfer_syntax,
+                    TransferSyntaxRegistry
+                        .get(&p.transfer_syntax)
+                        .map_or("unknown", |t| t.name())
+                ),
+            })?;
+        decoded
+            .to_ndarray::<f32>()
+            .map_err(|e| corrupt(format!("cannot convert pixel data: {e}")))
+    })??;
+    // dicom-pixeldata builds on another ndarray major version: move the data across.
+    let shape = foreign.dim();
+    let data = if foreign.is_standard_layout() {
+        match foreign.into_raw_vec_and_offset() {
+            (data, None | Some(0)) => data,
+            (data, Some(offset)) => data.get(offset..).map(<[f32]>::to_vec).unwrap_or_default(),
+        }
+    } else {
+        foreign.iter().copied().collect()
+    };
+    let mut pixels = Array4::from_shape_vec(shape, data)
+        .map_err(|e| corrupt(format!("pixel data shape: {e}")))?;
+    if let Some(sum) = p.invert_sum {
+        pixels.mapv_inplace(|v| sum - v);
+    }
+    if p.ybr_full && pixels.dim().3 == 3 {
+        for mut px in pixels.lanes_mut(ndarray::Axis(3)) {
+            let (y, cb, cr) = (px[0], px[1] - 128.0, px[2] - 128.0);
+            // ITU-R BT.601 full range (PS3.3 C.7.6.3.1.2)
+            px[0] = (y + 1.402 * cr).clamp(0.0, 255.0);
+            px[1] = (y - 0.344_136 * cb - 0.714_136 * cr).clamp(0.0, 255.0);
+            px[2] = (y + 1.772 * cb).clamp(0.0, 255.0);
+        }
+    }
+    Ok(pixels)
+}
+
+/// Re-reads a native little-endian file cut right after its PixelData element.
+pub(super) fn salvage_before_trailing_data(
+    bytes: &[u8],
+    path: &Path,
+    p: &DicomProbe,
+) -> Option<DefaultDicomObject> {
+    let explicit = match p.transfer_syntax.as_str() {
+        "1.2.840.10008.1.2.1" => true,
+        "1.2.840.10008.1.2" => false,
+        _ => return None,
+    };
+    let min_len =
+        u64::from(p.rows) * u64::from(p.columns) * u64::from(p.samples) * u64::from(p.frames) / 8;
+    let tag = [0xE0u8, 0x7F, 0x10, 0x00];
+    let mut from = 132;
+    while let Some(at) = bytes
+        .get(from..)?
+        .windows(4)
+        .position(|w| w == tag)
+        .map(|i| i + from)
+    {
+        from = at + 4;
+        let field = |o: usize| -> Option<u64> {
+            let b = bytes.get(at + o..at + o + 4)?;
+            Some(u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+        };
+        let (len, header) = if explicit {
+            match bytes.get(at + 4..at + 6) {
+                Some(b"OW") | Some(b"OB") => (field(8)?, 12),
+                _ => continue,
+            }
+        } else {
+            (field(4)?, 8)
+        };
+        let end = usize::try_from(len).ok()?.checked_add(at + header)?;
+        if len >= min_len && end <= bytes.len() {
+            let cut = bytes.get(128..end)?;
+            super::guard::check_lengths(bytes.get(..end)?, false).ok()?;
+            return guard(path, || dicom_object::from_reader(cut)).ok()?.ok();
+        }
+    }
+    None
+}
+
+/// Runs a third-party decoder, turning a panic inside it into an error naming the file.
+pub(super) fn guard<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T, ReadError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| ReadError::Corrupt {
+        path: path.to_path_buf(),
+        reason: "the DICOM decoder failed on malformed data".into(),
+    })
+}
