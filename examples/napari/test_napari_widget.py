@@ -85,12 +85,14 @@ def click(viewer, layer, zyx):
     mouse_release_callbacks(layer, event("mouse_release", layer, zyx))
 
 
-def wait_until(condition, timeout_s=300.0):
+def wait_until(condition, widget=None, timeout_s=300.0):
     """Runs the Qt event loop (the worker's results arrive through it) until ``condition``
-    holds."""
+    holds; fails at once when the widget reports an error."""
     t0 = time.perf_counter()
     while not condition():
         QApplication.processEvents()
+        if widget is not None and widget.last_error:
+            raise AssertionError(f"the widget reports: {widget.last_error}")
         if time.perf_counter() - t0 > timeout_s:
             raise AssertionError(f"timed out after {timeout_s:.0f} s")
         time.sleep(0.01)
@@ -155,7 +157,8 @@ def test_box_then_clicks_segment_the_liver_and_refine(viewer, widget, segmenter)
     assert widget.prompts_on(SLICE).box == (x0, y0, x1, y1)
 
     # The embed runs in a worker; the box waits for it, then the mask appears.
-    waited = wait_until(lambda: widget.embedding_ready(SLICE) and len(widget.history) >= 1)
+    waited = wait_until(lambda: widget.embedding_ready(SLICE) and len(widget.history) >= 1,
+                        widget)
     assert widget.last_error is None
     first = labels.data[SLICE] == 1
     assert first.sum() > 500, f"box mask has {first.sum()} px"
@@ -216,7 +219,7 @@ def test_a_negative_click_reaches_the_decoder_as_label_0(viewer, widget, segment
     # A box typed in (layer data are slice, row, column): the layer's programmatic path.
     viewer.layers[cn.BOX_LAYER].add_rectangles(
         np.array([[SLICE, y0, x0], [SLICE, y0, x1], [SLICE, y1, x1], [SLICE, y1, x0]], float))
-    wait_until(lambda: len(widget.history) >= 1)
+    wait_until(lambda: len(widget.history) >= 1, widget)
     assert widget.history[-1].prompts.box == (x0, y0, x1, y1)
     labels = viewer.layers[cn.MASK_LAYER]
     before = labels.data[SLICE] == 1
