@@ -11,6 +11,7 @@ CI sets so that the canvas path really runs there.
 
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -236,3 +237,30 @@ def test_a_negative_click_reaches_the_decoder_as_label_0(viewer, widget, segment
                             mask_input=logits)
     assert np.array_equal(after, neg.mask > 0)
     assert not np.array_equal(neg.logits, pos.logits)
+
+
+def test_a_dicom_folder_opens_in_hu_with_the_file_window(viewer, widget, segmenter, tmp_path):
+    """The DICOM path: a folder holding the demo CT slice opens as one slice in HU with
+    the file's first window (as the CLI uses it), and a box gives the module's mask."""
+    import pydicom
+    from PIL import Image
+
+    shutil.copy(DEMO / "ct_abdomen_slice.dcm", tmp_path / "IM0001")
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    widget.open_path(tmp_path)
+    ds = pydicom.dcmread(DEMO / "ct_abdomen_slice.dcm")
+    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    window = (float(ds.WindowCenter[0]), float(ds.WindowWidth[0]))
+    assert widget.volume.pixels.shape == (1, 512, 512)
+    assert np.array_equal(widget.volume.pixels[0], hu)
+    assert widget.volume.modality == "ct" and widget.volume.window == window
+
+    cases = json.loads((DEMO / "cases.json").read_text())["cases"]
+    x0, y0, x1, y1 = next(c for c in cases if c["id"] == "ct_liver")["box"]
+    drag(viewer.layers[cn.BOX_LAYER], (0, y0, x0), (0, y1, x1))
+    wait_until(lambda: len(widget.history) >= 1, widget)
+    mask = viewer.layers[cn.MASK_LAYER].data[0] == 1
+    emb = segmenter.embed(hu.astype(np.int16), modality="ct", window=window)
+    assert np.array_equal(mask, segmenter.predict(emb, box=(x0, y0, x1, y1)).mask > 0)
+    ref = np.array(Image.open(DEMO / "ct_liver_ref.png")) > 0
+    assert dice(mask, ref) >= MIN_DICE, f"Dice {dice(mask, ref):.3f}"
