@@ -27,6 +27,7 @@ Coordinates: napari layer data are ``(slice, row, column)``; cosam prompts are `
 
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -43,7 +44,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-import cosam
+# cosam probes for a GPU (post-processing) when a Segmenter is made. wgpu's OpenGL probe
+# opens EGL on the X display Qt's OpenGL uses; on the UI thread, once napari has its
+# OpenGL context, it panics there (wgpu-hal gles/egl.rs: BadAccess; seen every time under
+# Xvfb). Vulkan only (a GPU driver or Mesa's lavapipe) skips that probe; with no Vulkan
+# driver cosam falls back to the CPU. Set WGPU_BACKEND yourself to choose otherwise.
+os.environ.setdefault("WGPU_BACKEND", "vulkan")
+
+import cosam  # noqa: E402
 
 #: Layer names the widget creates and reads.
 IMAGE_LAYER = "cosam image"

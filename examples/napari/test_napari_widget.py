@@ -122,7 +122,7 @@ def viewer():
         pytest.fail("COSAM_TEST_NAPARI_CANVAS=1 but no X display: run under xvfb-run")
     get_qapp()  # the widget is a QWidget and the worker a QRunnable, with or without canvas
     if with_canvas:
-        v = napari.Viewer(show=False)
+        v = napari.Viewer(show=True)  # shown, as a user has it (offscreen: no real window)
     else:
         from napari.components import ViewerModel
 
