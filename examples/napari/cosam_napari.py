@@ -197,6 +197,7 @@ class PredictionRecord:
     area_px: int
     iou: float
     predict_ms: float  # prompt to mask in the labels layer, on the UI thread
+    decode_ms: float  # of which the module's predict call
     logits: np.ndarray = field(repr=False)
 
 
@@ -399,10 +400,11 @@ class CosamWidget(QWidget):
         except cosam.CosamError as e:
             self._error(f"slice {z}: {e}")
             return None
+        decode_ms = (time.perf_counter() - t0) * 1000
         self._write_mask(z, p.mask)
         ms = (time.perf_counter() - t0) * 1000
         record = PredictionRecord(z, prompts, refine, int(p.mask.sum()), float(p.iou), ms,
-                                  p.logits)
+                                  decode_ms, p.logits)
         self._last[z] = record
         self.history.append(record)
         self._set_status(

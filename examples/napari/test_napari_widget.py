@@ -207,7 +207,8 @@ def test_box_then_clicks_segment_the_liver_and_refine(viewer, widget, segmenter)
     ms = [h.predict_ms for h in widget.history]
     print(f"\nembed wait {waited:.1f} s (embed {widget.embed_seconds[SLICE]:.2f} s); "
           f"Dice box {d_box:.3f}, 1 click {d_one:.3f}, 2 clicks {d_two:.3f}; "
-          f"click-to-labels ms {', '.join(f'{m:.0f}' for m in ms)}")
+          f"click-to-labels ms {', '.join(f'{m:.0f}' for m in ms)} (predict "
+          f"{', '.join(f'{h.decode_ms:.0f}' for h in widget.history)})")
 
 
 def test_a_negative_click_reaches_the_decoder_as_label_0(viewer, widget, segmenter):
