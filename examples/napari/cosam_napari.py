@@ -60,6 +60,9 @@ POSITIVE_LAYER = "cosam positive"
 NEGATIVE_LAYER = "cosam negative"
 MASK_LAYER = "cosam mask"
 
+#: Held during a click in the positive layer, they make it a negative click.
+NEGATIVE_MODIFIERS = {"Control", "Alt"}
+
 #: Modalities cosam's ``embed`` accepts.
 MODALITIES = ("auto", "ct", "mr", "display")
 
@@ -234,6 +237,7 @@ class CosamWidget(QWidget):
         self._worker = None
         self._embedding_slice: int | None = None
         self._generation = 0  # bumped on open / modality change; stale results dropped
+        self._negative_click = False  # the last press in the positive layer held Control
 
         self._open_file = QPushButton("Open NIfTI…")
         self._open_dir = QPushButton("Open DICOM folder…")
@@ -258,8 +262,9 @@ class CosamWidget(QWidget):
         layout.addLayout(row)
         layout.addWidget(self._new_object)
         layout.addWidget(QLabel(
-            "Draw a rectangle in 'cosam box', click in 'cosam positive' (inside) or "
-            "'cosam negative' (outside). Each click refines the mask."
+            "Draw a rectangle in 'cosam box', click in 'cosam positive' (inside; "
+            "Control-click: outside) or 'cosam negative' (outside). Each click refines "
+            "the mask."
         ))
         layout.addWidget(self._status)
         layout.addStretch()
@@ -304,6 +309,8 @@ class CosamWidget(QWidget):
         neg = self.viewer.add_points(ndim=3, name=NEGATIVE_LAYER, scale=scale,
                                      face_color="red", size=4)
         boxes.events.data.connect(self._prompts_changed)
+        # Control-click (or Alt-click) in the positive layer makes a negative click.
+        pos.mouse_drag_callbacks.insert(0, self._note_modifiers)
         pos.events.data.connect(self._prompts_changed)
         neg.events.data.connect(self._prompts_changed)
         # A rectangle drawn with the mouse is added on press and grows while dragging
@@ -492,6 +499,9 @@ class CosamWidget(QWidget):
         self._embed_queue = [s for s in self._embed_queue if s in self._pending]
         self.request_embed(z)
 
+    def _note_modifiers(self, layer, event) -> None:
+        self._negative_click = bool(NEGATIVE_MODIFIERS & set(event.modifiers))
+
     def _prompts_changed(self, event) -> None:
         action = str(getattr(event, "action", "") or "")
         if action.endswith("ing"):  # adding / removing / changing: the data is not there yet
@@ -499,6 +509,10 @@ class CosamWidget(QWidget):
         if self.volume is None:
             return
         layer = event.source
+        if layer.name == POSITIVE_LAYER and action == "added" and self._negative_click:
+            self._negative_click = False
+            self._move_to_negative(layer, list(event.data_indices))
+            return
         touched = set()
         for i in getattr(event, "data_indices", ()) or ():
             if layer.name == BOX_LAYER and action != "removed" and i < len(layer.data):
@@ -510,6 +524,15 @@ class CosamWidget(QWidget):
         for z in sorted(touched):
             if 0 <= z < self.volume.pixels.shape[0]:
                 self.segment(z)
+
+    def _move_to_negative(self, positives, indices) -> None:
+        """Moves points just added to the positive layer to the negative layer (whose data
+        event then segments)."""
+        data = np.asarray(positives.data).reshape(-1, 3)
+        moved = data[indices]
+        with positives.events.data.blocker():
+            positives.data = np.delete(data, indices, axis=0)
+        self.viewer.layers[NEGATIVE_LAYER].add(moved)
 
     def _box_drag(self, layer, event):
         yield  # press

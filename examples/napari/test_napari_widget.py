@@ -79,11 +79,12 @@ def drag(layer, start_zyx, end_zyx):
     mouse_release_callbacks(layer, event("mouse_release", layer, end_zyx))
 
 
-def click(viewer, layer, zyx):
+def click(viewer, layer, zyx, modifiers=()):
     viewer.layers.selection.active = layer
     layer.mode = "add"
-    mouse_press_callbacks(layer, event("mouse_press", layer, zyx))
-    mouse_release_callbacks(layer, event("mouse_release", layer, zyx))
+    mods = list(modifiers)
+    mouse_press_callbacks(layer, event("mouse_press", layer, zyx, modifiers=mods))
+    mouse_release_callbacks(layer, event("mouse_release", layer, zyx, modifiers=mods))
 
 
 def wait_until(condition, widget=None, timeout_s=300.0):
@@ -238,6 +239,14 @@ def test_a_negative_click_reaches_the_decoder_as_label_0(viewer, widget, segment
                             mask_input=logits)
     assert np.array_equal(after, neg.mask > 0)
     assert not np.array_equal(neg.logits, pos.logits)
+
+    # Control-click in the positive layer: a negative click too.
+    r2, c2 = int(np.median(rows)), int(cols.min()) + 2
+    click(viewer, viewer.layers[cn.POSITIVE_LAYER], (SLICE, r2, c2), modifiers=["Control"])
+    assert len(viewer.layers[cn.POSITIVE_LAYER].data) == 0
+    rec = widget.history[-1]
+    assert rec.refined and rec.prompts.negative == ((c, r), (c2, r2))
+    assert rec.prompts.positive == ()
 
 
 def test_a_dicom_folder_opens_in_hu_with_the_file_window(viewer, widget, segmenter, tmp_path):
