@@ -235,7 +235,7 @@ class CosamWidget(QWidget):
         self._embed_queue: list[int] = []
         self._pending: set[int] = set()  # slices whose prompts wait for their embedding
         self._worker = None
-        self._embedding_slice: int | None = None
+        self._embedding: tuple[int, int] | None = None  # (generation, slice) running
         self._generation = 0  # bumped on open / modality change; stale results dropped
         self._negative_click = False  # the last press in the positive layer held Control
 
@@ -341,7 +341,9 @@ class CosamWidget(QWidget):
 
     def request_embed(self, z: int, front: bool = True) -> None:
         """Queues slice ``z`` for embedding (first in line unless ``front`` is False)."""
-        if self.volume is None or z in self.embeddings or z == self._embedding_slice:
+        if self.volume is None or z in self.embeddings:
+            return
+        if self._embedding == (self._generation, z):  # running for this volume already
             return
         if z in self._embed_queue:
             self._embed_queue.remove(z)
@@ -560,7 +562,7 @@ class CosamWidget(QWidget):
             emb = seg.embed(pixels, modality=modality, window=window)
             return z, emb, time.perf_counter() - t0
 
-        self._embedding_slice = z
+        self._embedding = (generation, z)
         worker = create_worker(embed, _start_thread=False)
         worker.returned.connect(lambda r: self._embedded(generation, *r))
         worker.errored.connect(lambda e: self._embed_failed(z, e))
@@ -587,7 +589,7 @@ class CosamWidget(QWidget):
 
     def _embed_finished(self) -> None:
         self._worker = None
-        self._embedding_slice = None
+        self._embedding = None
         self._start_next_embed()
 
 

@@ -215,8 +215,12 @@ def test_box_then_clicks_segment_the_liver_and_refine(viewer, widget, segmenter)
 def test_a_negative_click_reaches_the_decoder_as_label_0(viewer, widget, segmenter):
     """LiteMedSAM (box-trained) moves little for a negative click inside a box, so this
     checks the wiring: the widget's mask is the module's prediction with label 0 and the
-    previous logits, and not the one with label 1."""
+    previous logits, and not the one with label 1. It first opens the volume twice in a row,
+    the second while the first open's embed runs: the shown slice must still get embedded."""
     widget.open_path(DEMO / "ct_abdomen.nii.gz")
+    widget.open_path(DEMO / "ct_abdomen.nii.gz")
+    shown = widget.current_slice()
+    wait_until(lambda: widget.embedding_ready(shown), widget, timeout_s=120)
     viewer.dims.set_current_step(0, SLICE)
     x0, y0, x1, y1 = liver_box()
     # A box typed in (layer data are slice, row, column): the layer's programmatic path.
