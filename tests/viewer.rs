@@ -279,6 +279,48 @@ fn prompt_free_on_one_slice_matches_the_volume_loop() {
     assert!(one.prediction.mask.area() > 1000);
 }
 
+#[test]
+fn every_structure_in_one_walk_matches_each_structure_alone() {
+    let seg = segmenter();
+    let heads = abdomen_heads(seg);
+    let volume = cosam::io::read(&demo("ct_abdomen.nii.gz")).unwrap();
+    let options =
+        cosam::correct::CorrectOptions::default().with_error_threshold(heads.info.error_threshold);
+    let all: Vec<usize> = (0..heads.info.structures.len()).collect();
+    assert!(
+        all.len() >= 2,
+        "the abdomen heads segment several structures"
+    );
+    // three slices through the liver, kidneys and spleen of the 30-slice demo CT
+    let slices = 20..=22;
+    let mut visited = Vec::new();
+    let together = seg
+        .segment_volume_structures(&volume, &heads, &all, &options, Some(slices.clone()), |z| {
+            visited.push(z)
+        })
+        .unwrap();
+    // the progress callback sees each slice once, not once per structure
+    assert_eq!(visited, slices.clone().collect::<Vec<_>>());
+    assert_eq!(together.len(), all.len());
+    let mut foreground = 0;
+    for (&k, joint) in all.iter().zip(&together) {
+        let alone = seg
+            .segment_volume_prompt_free(&volume, &heads, k, &options, Some(slices.clone()), |_| {})
+            .unwrap();
+        assert_eq!(
+            joint.segmentation.mask, alone.segmentation.mask,
+            "structure {k}"
+        );
+        assert_eq!(joint.quality, alone.quality, "structure {k}");
+        assert_eq!(joint.traces.len(), alone.traces.len(), "structure {k}");
+        foreground += joint.segmentation.voxel_count();
+    }
+    assert!(
+        foreground > 1000,
+        "the demo CT shows organs: {foreground} voxels"
+    );
+}
+
 /// The shipped abdomen heads.
 fn abdomen_heads(seg: &Segmenter) -> cosam::model::TaskHeads {
     seg.load_heads(&cosam::model::HeadsSource::Task("abdomen".into()))

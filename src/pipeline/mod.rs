@@ -563,21 +563,26 @@ impl Segmenter {
         }
         prompts.check_inside(rows, cols)?;
         let model_prompts = prompts.to_model(&Transform::new(rows, cols));
-        self.segment_slices(
+        let mut volume_out = [VolumeAssembler::new(volume)];
+        let map = self.segment_slices(
             volume,
             slices,
-            |_, embedding, _| {
+            &mut volume_out,
+            |_, embedding, _, _| {
                 let out = self.sam.decoder.predict(embedding, &model_prompts, None)?;
                 Ok((out.logits, out.iou))
             },
             progress,
-        )
+        )?;
+        let [assembler] = volume_out;
+        assembler.finish(self, map)
     }
 
     /// Segments structure `structure` of `heads` on `slices` of `volume` (all when `None`)
     /// without prompts: CoSAM's coarse mask and self-correcting loop on every slice, with
     /// each slice's trace (and every round's map with `options.keep_rounds`) and a quality
-    /// score for the volume.
+    /// score for the volume. For several structures of one volume use
+    /// [`Segmenter::segment_volume_structures`], which embeds each slice once for all.
     ///
     /// # Errors
     /// A constant volume, a slice range past the end, or a model failure.
@@ -590,35 +595,85 @@ impl Segmenter {
         slices: Option<RangeInclusive<usize>>,
         progress: impl FnMut(usize),
     ) -> Result<PromptFreeSegmentation> {
-        let mut traces = Vec::new();
-        let segmentation = self.segment_slices(
+        let models = self.loop_models(heads);
+        let mut volume_out = [VolumeAssembler::new(volume)];
+        let mut traces = [Vec::new()];
+        let map = self.segment_slices(
             volume,
             slices,
-            |z, embedding, transform| {
-                let c = correct_slice(
-                    &self.loop_models(heads),
+            &mut volume_out,
+            |z, embedding, transform, k| {
+                prompt_free_slice(
+                    &models,
                     embedding,
                     transform,
                     structure,
                     options,
-                )?;
-                let iou = c.final_round().iou.unwrap_or(0.0);
-                traces.push(SliceTrace {
-                    slice: z,
-                    trace: c.trace,
-                    chosen: c.chosen,
-                    maps: c.maps,
-                });
-                Ok((c.logits, iou))
+                    z,
+                    &mut traces[k],
+                )
             },
             progress,
         )?;
-        let quality = Quality::from_rounds(traces.iter().map(|t| &t.trace[t.chosen]));
-        Ok(PromptFreeSegmentation {
-            segmentation,
+        let ([assembler], [traces]) = (volume_out, traces);
+        Ok(PromptFreeSegmentation::new(
+            assembler.finish(self, map)?,
             traces,
-            quality,
-        })
+        ))
+    }
+
+    /// Segments every structure in `structures` (indices into `heads`) on `slices` of
+    /// `volume` (all when `None`) without prompts, as
+    /// [`Segmenter::segment_volume_prompt_free`] does for one, in one walk over the
+    /// slices: each slice is embedded once and the loop runs for every structure on that
+    /// embedding. The encoder is most of a slice's time, so this is what makes several
+    /// structures cost little more than one. Results are in the order of `structures`.
+    ///
+    /// # Errors
+    /// A constant volume, a slice range past the end, a structure index out of range, or
+    /// a model failure.
+    pub fn segment_volume_structures(
+        &self,
+        volume: &Volume,
+        heads: &TaskHeads,
+        structures: &[usize],
+        options: &CorrectOptions,
+        slices: Option<RangeInclusive<usize>>,
+        progress: impl FnMut(usize),
+    ) -> Result<Vec<PromptFreeSegmentation>> {
+        let models = self.loop_models(heads);
+        let mut volume_out: Vec<VolumeAssembler> = structures
+            .iter()
+            .map(|_| VolumeAssembler::new(volume))
+            .collect();
+        let mut traces: Vec<Vec<SliceTrace>> = vec![Vec::new(); structures.len()];
+        let map = self.segment_slices(
+            volume,
+            slices,
+            &mut volume_out,
+            |z, embedding, transform, k| {
+                prompt_free_slice(
+                    &models,
+                    embedding,
+                    transform,
+                    structures[k],
+                    options,
+                    z,
+                    &mut traces[k],
+                )
+            },
+            progress,
+        )?;
+        volume_out
+            .into_iter()
+            .zip(traces)
+            .map(|(assembler, traces)| {
+                Ok(PromptFreeSegmentation::new(
+                    assembler.finish(self, map)?,
+                    traces,
+                ))
+            })
+            .collect()
     }
 
     /// The one slice loop: checks `slices` (all of `volume` when `None`) against the
@@ -653,71 +708,154 @@ impl Segmenter {
     }
 
     /// [`Segmenter::visit_slices`] for the volume paths: `decode` turns each slice's
-    /// embedding (with its index and place in the model frame) into model-frame logits,
-    /// which go to masks through [`Segmenter::logits_to_masks`] in chunks.
+    /// embedding (with its index, place in the model frame and output number) into
+    /// model-frame logits for every output volume in `assemblers`, which turn them into
+    /// masks in chunks. The encoder's time is shared among the outputs. Returns the
+    /// intensity mapping the slices were embedded with.
     fn segment_slices(
         &self,
         volume: &Volume,
         slices: Option<RangeInclusive<usize>>,
-        mut decode: impl FnMut(usize, &ImageEmbedding, &Transform) -> Result<(Array2<f32>, f32)>,
+        assemblers: &mut [VolumeAssembler],
+        mut decode: impl FnMut(usize, &ImageEmbedding, &Transform, usize) -> Result<(Array2<f32>, f32)>,
         mut progress: impl FnMut(usize),
-    ) -> Result<VolumeSegmentation> {
-        let (n, (rows, cols)) = (volume.slices(), volume.slice_size());
+    ) -> Result<IntensityMap> {
         let map = self.intensity_map(volume)?;
-        let transform = Transform::new(rows, cols);
-        let mut mask = Array3::<u8>::zeros((n, rows, cols));
-        let mut results = Vec::new();
-        // Logits are upsampled in chunks: one post-processing call per chunk (a GPU batch)
-        // while memory stays bounded whatever the number of slices.
-        let mut logits = Array3::<f32>::zeros((POST_CHUNK_SLICES, MODEL_SIZE, MODEL_SIZE));
-        let mut pending: Vec<(usize, Option<f32>, f64)> = Vec::with_capacity(POST_CHUNK_SLICES);
-        let mut flush =
-            |logits: &Array3<f32>, pending: &mut Vec<(usize, Option<f32>, f64)>| -> Result<()> {
-                if pending.is_empty() {
-                    return Ok(());
-                }
-                let started = Instant::now();
-                let masks =
-                    self.logits_to_masks(logits.slice(s![..pending.len(), .., ..]), &transform)?;
-                let post_share = started.elapsed().as_secs_f64() / pending.len() as f64;
-                for (i, (z, iou, seconds)) in pending.drain(..).enumerate() {
-                    let m = masks.index_axis(ndarray::Axis(0), i);
-                    mask.slice_mut(s![z, .., ..]).assign(&m);
-                    results.push(SliceResult {
-                        slice: z,
-                        iou,
-                        area_px: m.iter().filter(|&&v| v != 0).count(),
-                        seconds: seconds + post_share,
-                    });
-                }
-                Ok(())
-            };
+        let outputs = assemblers.len();
+        let mut embedded_at = Instant::now();
         self.visit_slices(volume, slices, &map, None, |z, embedded| {
-            let started = Instant::now();
-            let i = pending.len();
-            let iou = match &embedded.embedding {
-                Some(embedding) => {
-                    let (slice_logits, iou) = decode(z, embedding, &embedded.transform)?;
-                    logits.slice_mut(s![i, .., ..]).assign(&slice_logits);
-                    Some(iou)
-                }
-                None => {
-                    logits.slice_mut(s![i, .., ..]).fill(BACKGROUND_LOGIT);
-                    None
-                }
-            };
-            pending.push((z, iou, started.elapsed().as_secs_f64()));
-            progress(z);
-            if pending.len() == POST_CHUNK_SLICES {
-                flush(&logits, &mut pending)?;
+            let encoder_share = embedded_at.elapsed().as_secs_f64() / outputs.max(1) as f64;
+            for (k, assembler) in assemblers.iter_mut().enumerate() {
+                let started = Instant::now();
+                let decoded = match &embedded.embedding {
+                    Some(embedding) => Some(decode(z, embedding, &embedded.transform, k)?),
+                    None => None,
+                };
+                let seconds = encoder_share + started.elapsed().as_secs_f64();
+                assembler.push(self, z, decoded, seconds)?;
             }
+            progress(z);
+            embedded_at = Instant::now();
             Ok(())
         })?;
-        flush(&logits, &mut pending)?;
+        Ok(map)
+    }
+}
+
+/// One output volume of [`Segmenter::segment_slices`] as it fills: logits wait in a chunk
+/// and are upsampled one post-processing call per chunk (a GPU batch), so memory stays
+/// bounded whatever the number of slices.
+struct VolumeAssembler {
+    transform: Transform,
+    mask: Array3<u8>,
+    results: Vec<SliceResult>,
+    logits: Array3<f32>,
+    /// Slice, IoU estimate (`None` for a constant slice) and seconds of each chunk entry.
+    pending: Vec<(usize, Option<f32>, f64)>,
+}
+
+impl VolumeAssembler {
+    fn new(volume: &Volume) -> Self {
+        let (n, (rows, cols)) = (volume.slices(), volume.slice_size());
+        VolumeAssembler {
+            transform: Transform::new(rows, cols),
+            mask: Array3::zeros((n, rows, cols)),
+            results: Vec::new(),
+            logits: Array3::zeros((POST_CHUNK_SLICES, MODEL_SIZE, MODEL_SIZE)),
+            pending: Vec::with_capacity(POST_CHUNK_SLICES),
+        }
+    }
+
+    /// Adds slice `z`'s logits and IoU estimate (`None`: a constant slice, left empty).
+    fn push(
+        &mut self,
+        segmenter: &Segmenter,
+        z: usize,
+        decoded: Option<(Array2<f32>, f32)>,
+        seconds: f64,
+    ) -> Result<()> {
+        let i = self.pending.len();
+        let iou = match decoded {
+            Some((logits, iou)) => {
+                self.logits.slice_mut(s![i, .., ..]).assign(&logits);
+                Some(iou)
+            }
+            None => {
+                self.logits.slice_mut(s![i, .., ..]).fill(BACKGROUND_LOGIT);
+                None
+            }
+        };
+        self.pending.push((z, iou, seconds));
+        if self.pending.len() == POST_CHUNK_SLICES {
+            self.flush(segmenter)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, segmenter: &Segmenter) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let masks = segmenter.logits_to_masks(
+            self.logits.slice(s![..self.pending.len(), .., ..]),
+            &self.transform,
+        )?;
+        let post_share = started.elapsed().as_secs_f64() / self.pending.len() as f64;
+        for (i, (z, iou, seconds)) in self.pending.drain(..).enumerate() {
+            let m = masks.index_axis(ndarray::Axis(0), i);
+            self.mask.slice_mut(s![z, .., ..]).assign(&m);
+            self.results.push(SliceResult {
+                slice: z,
+                iou,
+                area_px: m.iter().filter(|&&v| v != 0).count(),
+                seconds: seconds + post_share,
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(
+        mut self,
+        segmenter: &Segmenter,
+        intensity: IntensityMap,
+    ) -> Result<VolumeSegmentation> {
+        self.flush(segmenter)?;
         Ok(VolumeSegmentation {
-            mask,
-            slices: results,
-            intensity: map,
+            mask: self.mask,
+            slices: self.results,
+            intensity,
         })
+    }
+}
+
+/// One slice of one structure without prompts: the loop, its trace kept in `traces`.
+fn prompt_free_slice(
+    models: &LoopModels<'_>,
+    embedding: &ImageEmbedding,
+    transform: &Transform,
+    structure: usize,
+    options: &CorrectOptions,
+    z: usize,
+    traces: &mut Vec<SliceTrace>,
+) -> Result<(Array2<f32>, f32)> {
+    let c = correct_slice(models, embedding, transform, structure, options)?;
+    let iou = c.final_round().iou.unwrap_or(0.0);
+    traces.push(SliceTrace {
+        slice: z,
+        trace: c.trace,
+        chosen: c.chosen,
+        maps: c.maps,
+    });
+    Ok((c.logits, iou))
+}
+
+impl PromptFreeSegmentation {
+    fn new(segmentation: VolumeSegmentation, traces: Vec<SliceTrace>) -> Self {
+        PromptFreeSegmentation {
+            quality: Quality::from_rounds(traces.iter().map(|t| &t.trace[t.chosen])),
+            segmentation,
+            traces,
+        }
     }
 }

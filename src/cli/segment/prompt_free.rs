@@ -98,15 +98,17 @@ impl TaskRun {
         let mut structures = Vec::new();
         let mut written_all = Vec::new();
         let options = self.options.with_keep_rounds(self.trace);
-        for (index, name) in &self.structures {
-            let result = segmenter.segment_volume_prompt_free(
-                work,
-                &self.heads,
-                *index,
-                &options,
-                job.slices.map(|(a, b)| a..=b),
-                |z| bar.set_message(format!("{id} {name} slice {}/{n}", z + 1)),
-            )?;
+        let indices: Vec<usize> = self.structures.iter().map(|(i, _)| *i).collect();
+        // one walk over the slices: each is embedded once for every structure
+        let results = segmenter.segment_volume_structures(
+            work,
+            &self.heads,
+            &indices,
+            &options,
+            job.slices.map(|(a, b)| a..=b),
+            |z| bar.set_message(format!("{id} slice {}/{n}", z + 1)),
+        )?;
+        for ((index, name), result) in self.structures.iter().zip(results) {
             // a voxel claimed by two structures keeps the first one's label
             labels.zip_mut_with(&result.segmentation.mask, |l, &m| {
                 if *l == 0 && m != 0 {

@@ -80,15 +80,32 @@ pub(super) fn boxed(
 
 impl GpuContext {
     pub(super) fn open() -> Result<GpuContext, GpuError> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference: wgpu::PowerPreference::HighPerformance,
-            force_fallback_adapter: false,
-            compatible_surface: None,
-            ..Default::default()
-        }))
-        .map_err(|e| GpuError::NoAdapter { source: boxed(e) })?;
+        // A driver's probe can panic (EGL on the UI thread of a Qt host that holds the X
+        // display answers BadAccess): that is "no adapter" too, never a panic in the host.
+        let probe = std::panic::catch_unwind(|| {
+            let instance = wgpu::Instance::new(
+                wgpu::InstanceDescriptor::new_without_display_handle_from_env(),
+            );
+            pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                ..Default::default()
+            }))
+        });
+        let adapter = match probe {
+            Ok(found) => found.map_err(|e| GpuError::NoAdapter { source: boxed(e) })?,
+            Err(panic) => {
+                let reason = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                return Err(GpuError::NoAdapter {
+                    source: format!("the GPU driver's probe failed: {reason}").into(),
+                });
+            }
+        };
         let info = adapter.get_info();
         let description = format!("{}, {:?}", info.name, info.backend);
         let software = info.device_type == wgpu::DeviceType::Cpu;
