@@ -596,7 +596,7 @@ fn extras(
                 });
                 (r.map(|r| r.segmentation), ms)
             }
-            None => timed(|| segmenter.segment_volume(&synthetic, &prompts, None, |_| {})),
+            None => timed(|| segmenter.segment_volume(&synthetic, prompts, None, |_| {})),
         };
         let result = result?;
         println!();

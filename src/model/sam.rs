@@ -181,10 +181,10 @@ impl ModelConfig {
 
     /// True when this configuration asks for the OpenVINO runtime (see [`runtime`]).
     fn wants_openvino(&self) -> bool {
-        match (self.provider, self.encoder) {
-            (Provider::Cpu, _) | (Provider::Auto, Some(EncoderPrecision::Int8)) => false,
-            _ => true,
-        }
+        !matches!(
+            (self.provider, self.encoder),
+            (Provider::Cpu, _) | (Provider::Auto, Some(EncoderPrecision::Int8))
+        )
     }
 
     /// Sets intra-op threads (at least 1).
