@@ -106,10 +106,15 @@ impl ImageEncoder {
                 provider: Provider::OpenVino,
                 notice: None,
             }),
-            _ if !runtime.has_openvino() => cpu(Some(format!(
-                "the encoder runs on ONNX Runtime's CPU provider: no OpenVINO provider beside {} \
-                 (scripts/fetch-onnxruntime fetches it on x86_64 Linux)",
-                runtime.library().display()
+            _ if !runtime.has_openvino() => cpu(Some(runtime.notice().map_or_else(
+                || {
+                    format!(
+                        "the encoder runs on ONNX Runtime's CPU provider: no OpenVINO provider \
+                         beside {} (scripts/fetch-onnxruntime fetches it on x86_64 Linux)",
+                        runtime.library().display()
+                    )
+                },
+                str::to_string,
             ))),
             _ => match load(openvino) {
                 Ok(engine) => Ok(ImageEncoder {

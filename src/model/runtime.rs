@@ -45,12 +45,18 @@ const OPENVINO_DIR: &str = "onnxruntime-openvino";
 pub struct Runtime {
     pub(crate) environment: ort::environment::Environment,
     library: PathBuf,
+    notice: Option<String>,
 }
 
 impl Runtime {
     /// The library that was loaded.
     pub fn library(&self) -> &Path {
         &self.library
+    }
+
+    /// Why `auto` loaded the plain library though an OpenVINO build exists, if it did.
+    pub fn notice(&self) -> Option<&str> {
+        self.notice.as_deref()
     }
 
     /// True when the OpenVINO provider's library lies beside the loaded runtime (whether it
@@ -143,31 +149,54 @@ pub fn init_for(
         return Ok(rt);
     }
     let tried = candidates_for(explicit, provider);
-    let found = tried.iter().find(|p| p.is_file()).cloned();
-    let library = match found {
-        Some(library) => library,
-        None if provider == Provider::OpenVino => {
-            return Err(ModelError::OpenVinoNotFound {
+    let mut existing = tried.iter().filter(|p| p.is_file()).peekable();
+    if existing.peek().is_none() {
+        return Err(match provider {
+            Provider::OpenVino => ModelError::OpenVinoNotFound {
                 tried: tried
                     .into_iter()
                     .map(|p| p.with_file_name(OPENVINO_PROVIDER_LIBRARY))
                     .collect(),
-            })
+            },
+            _ => ModelError::RuntimeNotFound { tried },
+        });
+    }
+    // With `auto`, an OpenVINO build that does not load (an older glibc than its
+    // manylinux_2_28) gives way to the next candidate, the plain library, with a notice.
+    let mut notice = None;
+    let (library, builder) = loop {
+        let Some(library) = existing.next() else {
+            // unreachable: the loop returns on the last candidate's failure
+            return Err(ModelError::RuntimeNotFound { tried });
+        };
+        match ort::init_from(library) {
+            Ok(builder) => break (library.clone(), builder),
+            Err(e) if provider == Provider::Auto && existing.peek().is_some() => {
+                notice = Some(format!(
+                    "the encoder runs on ONNX Runtime's CPU provider: the OpenVINO runtime at {} \
+                     does not load ({e})",
+                    library.display()
+                ));
+            }
+            Err(e) => {
+                return Err(ModelError::RuntimeLoad {
+                    path: library.clone(),
+                    reason: e.to_string(),
+                })
+            }
         }
-        None => return Err(ModelError::RuntimeNotFound { tried }),
     };
-    let load_error = |reason: String| ModelError::RuntimeLoad {
-        path: library.clone(),
-        reason,
-    };
-    let environment = ort::init_from(&library)
-        .map_err(|e| load_error(e.to_string()))?
+    let environment = builder
         .with_name("cosam")
         .build()
-        .map_err(|e| load_error(e.to_string()))?;
+        .map_err(|e| ModelError::RuntimeLoad {
+            path: library.clone(),
+            reason: e.to_string(),
+        })?;
     Ok(RUNTIME.get_or_init(|| Runtime {
         environment,
         library,
+        notice,
     }))
 }
 
