@@ -138,6 +138,11 @@ impl Engine {
             Some(token) if token.is_cancelled() => cancelled(),
             _ => self.error(e.to_string()),
         })?;
+        // ONNX Runtime checks the token between nodes; OpenVINO runs the whole graph as
+        // one node, so a run cancelled meanwhile completes: it still reports Cancelled.
+        if cancel.is_some_and(CancelToken::is_cancelled) {
+            return Err(cancelled());
+        }
         read(&outputs).map_err(|reason| self.error(reason))
     }
 
