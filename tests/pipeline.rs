@@ -1,19 +1,43 @@
 //! The model path end to end: parity with PyTorch and Dice on the demo cases.
 
-use cosam::model::{EncoderPrecision, ModelPrompts};
+use cosam::model::{EncoderPrecision, ModelPrompts, Provider};
 use cosam::{BoxXyxy, Prompts, Segmenter};
 use ndarray::{s, Array2, ArrayD, Axis};
 use serde_json::Value;
 
-use crate::util::{demo, fixture, int8_segmenter, read_mask_png, read_npy_f32, segmenter};
+use crate::util::{
+    demo, fixture, int8_segmenter, openvino_required_or_present, read_mask_png, read_npy_f32,
+    segmenter, segmenter_on,
+};
 
-/// The export's parity fixture: ONNX Runtime from Rust must reproduce PyTorch's logits.
+/// The export's parity fixture: ONNX Runtime from Rust must reproduce PyTorch's logits
+/// (the encoder on the default provider: OpenVINO where fetched).
 #[test]
 fn decoder_logits_match_pytorch_within_1e3_and_flip_no_pixel() {
+    parity(segmenter());
+}
+
+/// The same with the encoder on ONNX Runtime's CPU provider.
+#[test]
+fn decoder_logits_match_pytorch_on_the_cpu_provider() {
+    parity(segmenter_on(Provider::Cpu));
+}
+
+/// The same with the encoder on OpenVINO (skipped where it is not fetched, unless
+/// `COSAM_TEST_OPENVINO=1`).
+#[test]
+fn decoder_logits_match_pytorch_through_openvino() {
+    if openvino_required_or_present("decoder_logits_match_pytorch_through_openvino") {
+        let seg = segmenter_on(Provider::OpenVino);
+        assert_eq!(seg.model().provider(), Provider::OpenVino);
+        parity(seg);
+    }
+}
+
+fn parity(seg: &Segmenter) {
     let dir = fixture("parity");
     let index: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("parity.json")).unwrap()).unwrap();
-    let seg = segmenter();
     let cases = index["cases"].as_array().unwrap();
     assert!(cases.len() >= 4, "parity fixture has {} cases", cases.len());
     for case in cases {
@@ -52,7 +76,7 @@ fn decoder_logits_match_pytorch_within_1e3_and_flip_no_pixel() {
             flipped += usize::from((*a > 0.0) != (*b > 0.0));
         }
         let iou_diff = (out.iou - case["iou"].as_f64().unwrap() as f32).abs();
-        println!("parity {id}: max |logit diff| {worst:.2e}, flipped {flipped}, |iou diff| {iou_diff:.1e}");
+        println!("parity {id} ({}): max |logit diff| {worst:.2e}, flipped {flipped}, |iou diff| {iou_diff:.1e}", seg.model().provider());
         assert!(worst <= 1e-3, "{id}: max |logit diff| {worst}");
         assert_eq!(flipped, 0, "{id}: {flipped} mask pixels flipped");
         assert!(iou_diff <= 1e-3, "{id}: iou differs by {iou_diff}");

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use cosam::model::{EncoderPrecision, ModelConfig};
+use cosam::model::{EncoderPrecision, ModelConfig, Provider};
 use cosam::{Segmenter, SegmenterOptions};
 
 /// The repository root.
@@ -33,10 +33,52 @@ pub fn int8_segmenter() -> &'static Segmenter {
     SEGMENTER.get_or_init(|| load(EncoderPrecision::Int8))
 }
 
+/// The OpenVINO build of ONNX Runtime from `scripts/fetch-onnxruntime`, when fetched.
+pub fn openvino_fetched() -> bool {
+    root()
+        .join("third_party/onnxruntime-openvino/libonnxruntime_providers_openvino.so")
+        .is_file()
+}
+
+/// True when OpenVINO tests must run: the library is fetched, or `COSAM_TEST_OPENVINO=1`
+/// (CI on x86_64) makes its absence a failure instead of a skip.
+pub fn openvino_required_or_present(test: &str) -> bool {
+    let required = std::env::var("COSAM_TEST_OPENVINO").is_ok_and(|v| v == "1");
+    if !required && !openvino_fetched() {
+        eprintln!("notice: OpenVINO runtime not fetched; {test} skipped");
+        return false;
+    }
+    true
+}
+
+/// The fp32 encoder on `provider`, in this process's runtime.
+pub fn segmenter_on(provider: Provider) -> &'static Segmenter {
+    static CPU: OnceLock<Segmenter> = OnceLock::new();
+    static OPENVINO: OnceLock<Segmenter> = OnceLock::new();
+    let cell = match provider {
+        Provider::Cpu => &CPU,
+        _ => &OPENVINO,
+    };
+    cell.get_or_init(|| load_on(EncoderPrecision::Fp32, provider))
+}
+
 fn load(encoder: EncoderPrecision) -> Segmenter {
-    let model = ModelConfig::lite_medsam().with_encoder(encoder);
+    load_on(encoder, Provider::Auto)
+}
+
+fn load_on(encoder: EncoderPrecision, provider: Provider) -> Segmenter {
+    // The process loads one ONNX Runtime: the OpenVINO build when fetched, whichever
+    // segmenter a test asks for first, so that results do not depend on test order.
+    cosam::model::runtime::init_for(None, Provider::Auto).unwrap_or_else(|e| {
+        panic!("cannot load ONNX Runtime (run scripts/fetch-onnxruntime): {e}")
+    });
+    let model = ModelConfig::lite_medsam()
+        .with_encoder(encoder)
+        .with_provider(provider);
     Segmenter::new(SegmenterOptions::default().with_model(model)).unwrap_or_else(|e| {
-        panic!("cannot load the {encoder} models (run scripts/fetch-onnxruntime): {e}")
+        panic!(
+            "cannot load the {encoder} models on {provider} (run scripts/fetch-onnxruntime): {e}"
+        )
     })
 }
 

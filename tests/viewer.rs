@@ -4,11 +4,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use cosam::model::{CancelToken, ModelError};
+use cosam::model::{CancelToken, ModelError, Provider};
 use cosam::{BoxXyxy, EmbeddedSlice, Error, Point, PointLabel, Prompts, Segmenter};
 use ndarray::Array2;
 
-use crate::util::{demo, int8_segmenter, segmenter};
+use crate::util::{demo, int8_segmenter, openvino_required_or_present, segmenter, segmenter_on};
 
 /// The liver box of case ct_liver in data/demo/cases.json.
 const LIVER_BOX: [f64; 4] = [102.0, 194.0, 283.0, 379.0];
@@ -199,9 +199,12 @@ fn the_decoder_runs_while_another_thread_embeds() {
     assert!(n >= 3, "only {n} predictions ran during the embeds");
 }
 
+/// On the CPU provider, which checks the token between nodes: OpenVINO runs the encoder
+/// as one node, so there a cancelled embed returns Cancelled only when it completes
+/// (`a_cancelled_openvino_embed_returns_cancelled`).
 #[test]
 fn a_cancelled_embed_stops_with_cancelled() {
-    let seg = segmenter();
+    let seg = segmenter_on(Provider::Cpu);
     let volume = ct_slice();
     let map = seg.intensity_map(&volume).unwrap();
     let token = CancelToken::new().unwrap();
@@ -325,4 +328,25 @@ fn every_structure_in_one_walk_matches_each_structure_alone() {
 fn abdomen_heads(seg: &Segmenter) -> cosam::model::TaskHeads {
     seg.load_heads(&cosam::model::HeadsSource::Task("abdomen".into()))
         .unwrap_or_else(|e| panic!("shipped abdomen heads: {e}"))
+}
+
+#[test]
+fn a_cancelled_openvino_embed_returns_cancelled() {
+    if !openvino_required_or_present("a_cancelled_openvino_embed_returns_cancelled") {
+        return;
+    }
+    let seg = segmenter_on(Provider::OpenVino);
+    let volume = ct_slice();
+    let map = seg.intensity_map(&volume).unwrap();
+    let token = CancelToken::new().unwrap();
+    let result = std::thread::scope(|scope| {
+        let run = scope.spawn(|| seg.embed_slice_cancellable(&volume, 0, &map, &token));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        token.cancel();
+        run.join().unwrap()
+    });
+    assert!(
+        matches!(result, Err(Error::Model(ModelError::Cancelled { .. }))),
+        "{result:?}"
+    );
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use cosam::model::EncoderPrecision;
+use cosam::model::{EncoderPrecision, Provider};
 use cosam::{BoxXyxy, IntensityMode, ModelConfig, Point, PointLabel, Prompts, WindowLevel};
 
 /// Segment medical images with LiteMedSAM on ONNX Runtime.
@@ -74,21 +74,40 @@ pub struct ModelArgs {
     /// notice when none opens), cpu.
     #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = parse_device)]
     pub device: cosam::post::Device,
-    /// Image encoder: auto (int8 where the CPU has int8 dot-product instructions, x86 VNNI
-    /// or Arm dotprod, else fp32; the default), fp32 (the exported graph, checked against
-    /// PyTorch) or int8 (faster, as accurate on the benchmark; README Performance).
+    /// Image encoder: auto (the default: fp32 on OpenVINO; on the CPU provider int8 where
+    /// the CPU has int8 dot-product instructions, x86 VNNI or Arm dotprod, else fp32), fp32
+    /// (the exported graph, checked against PyTorch) or int8 (validated on the CPU provider,
+    /// which it selects under --provider auto; README Performance).
     #[arg(long, value_name = "PRECISION", value_parser = parse_encoder)]
-    pub encoder: Option<EncoderPrecision>,
+    pub encoder: Option<EncoderArg>,
+    /// Execution provider of the image encoder: auto (OpenVINO when its runtime from
+    /// scripts/fetch-onnxruntime loads and accepts the model, else the CPU provider with a
+    /// notice; the default), openvino, or cpu. Also picks the ONNX Runtime library.
+    #[arg(long, value_name = "PROVIDER", default_value = "auto", value_parser = parse_provider)]
+    pub provider: Provider,
+}
+
+/// `--encoder`: a precision, or `auto` (the library picks one for the provider).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderArg {
+    /// Picked by the provider.
+    Auto,
+    /// This precision.
+    Fixed(EncoderPrecision),
 }
 
 impl ModelArgs {
     pub fn config(&self) -> ModelConfig {
-        self.config_or(EncoderPrecision::for_this_cpu())
+        self.config_or(EncoderArg::Auto)
     }
 
     /// The configuration, with `encoder` unless `--encoder` names one.
-    fn config_or(&self, encoder: EncoderPrecision) -> ModelConfig {
-        let mut config = ModelConfig::lite_medsam().with_encoder(self.encoder.unwrap_or(encoder));
+    fn config_or(&self, encoder: EncoderArg) -> ModelConfig {
+        let config = ModelConfig::lite_medsam().with_provider(self.provider);
+        let mut config = match self.encoder.unwrap_or(encoder) {
+            EncoderArg::Auto => config.with_auto_encoder(),
+            EncoderArg::Fixed(e) => config.with_encoder(e),
+        };
         if let Some(p) = &self.ort_lib {
             config = config.with_ort_library(p);
         }
@@ -102,11 +121,11 @@ impl ModelArgs {
     }
 
     pub fn segmenter_options(&self) -> cosam::SegmenterOptions {
-        self.segmenter_options_or(EncoderPrecision::for_this_cpu())
+        self.segmenter_options_or(EncoderArg::Auto)
     }
 
     /// The options, with `encoder` unless `--encoder` names one.
-    pub fn segmenter_options_or(&self, encoder: EncoderPrecision) -> cosam::SegmenterOptions {
+    pub fn segmenter_options_or(&self, encoder: EncoderArg) -> cosam::SegmenterOptions {
         cosam::SegmenterOptions::default()
             .with_model(self.config_or(encoder))
             .with_device(self.device)
@@ -384,9 +403,22 @@ pub struct BenchArgs {
     /// Folder with manifest.json and the ONNX models.
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
-    /// Image encoder: auto (the default), fp32 or int8, as for `cosam segment`.
+    /// Image encoder: auto (the default), fp32 or int8, as for `cosam segment`; with
+    /// --provider all, the rows are fixed (CPU fp32 and int8, OpenVINO fp32) and this
+    /// applies to --task and --volume-slices.
     #[arg(long, value_name = "PRECISION", default_value = "auto", value_parser = parse_encoder)]
-    pub encoder: EncoderPrecision,
+    pub encoder: EncoderArg,
+    /// Execution provider: all (the default: rows for the CPU provider with the fp32 and
+    /// int8 encoders and for OpenVINO with fp32, each in its own process and runtime
+    /// library; --task and --volume-slices then run with auto), auto, openvino or cpu.
+    #[arg(long, value_name = "PROVIDER", default_value = "all", value_parser = parse_bench_provider)]
+    pub provider: BenchProvider,
+    /// Internal: print only the table rows (a child of --provider all).
+    #[arg(long, hide = true)]
+    pub rows_only: bool,
+    /// Internal: skip the table (a child of --provider all running --task or --volume-slices).
+    #[arg(long, hide = true)]
+    pub no_table: bool,
     /// Also time CoSAM's prompt-free loop with this task's heads (its first structure)
     /// against one box-prompted pass on the same slice; with --volume-slices, the volume
     /// is segmented prompt-free.
@@ -553,8 +585,33 @@ pub fn parse_slices(s: &str) -> Result<(usize, usize), String> {
     Ok((first, last))
 }
 
-pub fn parse_encoder(s: &str) -> Result<EncoderPrecision, String> {
+pub fn parse_encoder(s: &str) -> Result<EncoderArg, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(EncoderArg::Auto);
+    }
+    s.parse().map(EncoderArg::Fixed)
+}
+
+pub fn parse_provider(s: &str) -> Result<Provider, String> {
     s.parse()
+}
+
+/// `cosam bench --provider`: every provider, or one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchProvider {
+    /// Rows for each provider, each in its own process.
+    All,
+    /// This provider only.
+    One(Provider),
+}
+
+pub fn parse_bench_provider(s: &str) -> Result<BenchProvider, String> {
+    if s.eq_ignore_ascii_case("all") {
+        return Ok(BenchProvider::All);
+    }
+    s.parse()
+        .map(BenchProvider::One)
+        .map_err(|e: String| e.replace("expected auto", "expected all, auto"))
 }
 
 pub fn parse_device(s: &str) -> Result<cosam::post::Device, String> {

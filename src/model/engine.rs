@@ -8,8 +8,19 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputs, SessionOutputs};
 
 use super::cancel::CancelToken;
+use super::provider::openvino_ep;
 use super::runtime::Runtime;
 use super::ModelError;
+
+/// The execution provider a session is built for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Backend<'a> {
+    /// ONNX Runtime's CPU provider.
+    Cpu,
+    /// OpenVINO's CPU plugin, caching compiled models in `cache` when given. Registration
+    /// fails instead of silently falling back, so the caller knows what runs.
+    OpenVino { cache: Option<&'a Path> },
+}
 
 /// How often a cancellable run waiting for its session looks at its token.
 const CANCEL_POLL: Duration = Duration::from_millis(2);
@@ -28,13 +39,14 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Creates a session for `path` and checks that the graph has exactly the named
-    /// inputs and at least the named outputs.
+    /// Creates a session for `path` on `backend` and checks that the graph has exactly the
+    /// named inputs and at least the named outputs.
     pub(crate) fn load(
         runtime: &Runtime,
         name: &'static str,
         path: &Path,
         threads: usize,
+        backend: Backend<'_>,
         inputs: &[&str],
         outputs: &[&str],
     ) -> Result<Engine, ModelError> {
@@ -43,7 +55,14 @@ impl Engine {
             reason,
         };
         let build = || -> ort::Result<Session> {
-            Session::builder(&runtime.environment)?
+            let builder = Session::builder(&runtime.environment)?;
+            let builder = match backend {
+                Backend::Cpu => builder,
+                Backend::OpenVino { cache } => {
+                    builder.with_execution_providers([openvino_ep(threads, cache)])?
+                }
+            };
+            builder
                 .with_optimization_level(GraphOptimizationLevel::Level3)?
                 .with_intra_threads(threads.max(1))?
                 .with_inter_threads(1)?
@@ -119,6 +138,11 @@ impl Engine {
             Some(token) if token.is_cancelled() => cancelled(),
             _ => self.error(e.to_string()),
         })?;
+        // ONNX Runtime checks the token between nodes; OpenVINO runs the whole graph as
+        // one node, so a run cancelled meanwhile completes: it still reports Cancelled.
+        if cancel.is_some_and(CancelToken::is_cancelled) {
+            return Err(cancelled());
+        }
         read(&outputs).map_err(|reason| self.error(reason))
     }
 

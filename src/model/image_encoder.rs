@@ -6,7 +6,8 @@ use ndarray::{Array4, Ix4};
 use ort::value::TensorRef;
 
 use super::cancel::CancelToken;
-use super::engine::Engine;
+use super::engine::{Backend, Engine};
+use super::provider::Provider;
 use super::runtime::Runtime;
 use super::ModelError;
 use crate::preprocess::MODEL_SIZE;
@@ -45,10 +46,16 @@ impl ImageEmbedding {
 #[derive(Debug)]
 pub struct ImageEncoder {
     engine: Engine,
+    provider: Provider,
+    notice: Option<String>,
 }
 
+/// The graph's input and output names.
+const INPUTS: [&str; 1] = ["image"];
+const OUTPUTS: [&str; 1] = ["image_embeddings"];
+
 impl ImageEncoder {
-    /// Loads `encoder.onnx` (input `image`, output `image_embeddings`).
+    /// Loads `encoder.onnx` (input `image`, output `image_embeddings`) on the CPU provider.
     ///
     /// # Errors
     /// [`ModelError::Session`] or [`ModelError::Signature`].
@@ -57,16 +64,86 @@ impl ImageEncoder {
         path: &Path,
         threads: usize,
     ) -> Result<ImageEncoder, ModelError> {
-        Ok(ImageEncoder {
-            engine: Engine::load(
-                runtime,
-                "encoder",
-                path,
-                threads,
-                &["image"],
-                &["image_embeddings"],
-            )?,
-        })
+        Self::load_on(runtime, path, threads, Provider::Cpu, None)
+    }
+
+    /// Loads the encoder on `provider`, OpenVINO caching its compiled model in
+    /// `openvino_cache`. With [`Provider::Auto`], a runtime without OpenVINO or a model
+    /// OpenVINO refuses gives the CPU provider and a notice ([`ImageEncoder::notice`]).
+    ///
+    /// # Errors
+    /// [`ModelError::Session`] or [`ModelError::Signature`]; with [`Provider::OpenVino`],
+    /// [`ModelError::OpenVinoUnavailable`] when the runtime has no OpenVINO provider.
+    pub fn load_on(
+        runtime: &Runtime,
+        path: &Path,
+        threads: usize,
+        provider: Provider,
+        openvino_cache: Option<&Path>,
+    ) -> Result<ImageEncoder, ModelError> {
+        let load = |backend| {
+            Engine::load(
+                runtime, "encoder", path, threads, backend, &INPUTS, &OUTPUTS,
+            )
+        };
+        let openvino = Backend::OpenVino {
+            cache: openvino_cache,
+        };
+        let cpu = |notice: Option<String>| {
+            Ok(ImageEncoder {
+                engine: load(Backend::Cpu)?,
+                provider: Provider::Cpu,
+                notice,
+            })
+        };
+        match provider {
+            Provider::Cpu => cpu(None),
+            Provider::OpenVino if !runtime.has_openvino() => Err(ModelError::OpenVinoUnavailable {
+                library: runtime.library().to_path_buf(),
+            }),
+            Provider::OpenVino => Ok(ImageEncoder {
+                engine: load(openvino)?,
+                provider: Provider::OpenVino,
+                notice: None,
+            }),
+            _ if !runtime.has_openvino() => cpu(Some(runtime.notice().map_or_else(
+                || {
+                    format!(
+                        "the encoder runs on ONNX Runtime's CPU provider: no OpenVINO provider \
+                         beside {} (scripts/fetch-onnxruntime fetches it on x86_64 Linux)",
+                        runtime.library().display()
+                    )
+                },
+                str::to_string,
+            ))),
+            _ => match load(openvino) {
+                Ok(engine) => Ok(ImageEncoder {
+                    engine,
+                    provider: Provider::OpenVino,
+                    notice: None,
+                }),
+                Err(ModelError::Session { reason, .. }) => cpu(Some(format!(
+                    "the encoder runs on ONNX Runtime's CPU provider: OpenVINO refused it ({})",
+                    reason.lines().next().unwrap_or_default()
+                ))),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// The provider that runs the encoder: [`Provider::OpenVino`] or [`Provider::Cpu`].
+    pub fn provider(&self) -> Provider {
+        self.provider
+    }
+
+    /// Why [`Provider::Auto`] fell back to the CPU provider, if it did.
+    pub fn notice(&self) -> Option<&str> {
+        self.notice.as_deref()
+    }
+
+    pub(crate) fn with_notice(mut self, notice: Option<String>) -> Self {
+        self.notice = notice;
+        self
     }
 
     /// Embeds a `[1, 3, 256, 256]` tensor with values in [0, 1].

@@ -5,7 +5,7 @@ use std::path::Path;
 use ndarray::{Array1, Array2, Array3, Array4, ArrayView2, Ix2};
 use ort::value::TensorRef;
 
-use super::engine::Engine;
+use super::engine::{Backend, Engine};
 use super::image_encoder::ImageEmbedding;
 use super::prompt::ModelPrompts;
 use super::runtime::Runtime;
@@ -49,6 +49,7 @@ impl MaskDecoder {
                 "decoder",
                 path,
                 threads,
+                Backend::Cpu,
                 &INPUTS,
                 &["low_res_masks", "iou_predictions"],
             )?,
@@ -74,6 +75,7 @@ impl MaskDecoder {
                 "task decoder",
                 path,
                 threads,
+                Backend::Cpu,
                 &inputs,
                 &["low_res_masks", "iou_predictions"],
             )?,

@@ -15,6 +15,7 @@ mod image_encoder;
 mod manifest;
 mod mask_decoder;
 mod prompt;
+mod provider;
 pub mod runtime;
 mod sam;
 
@@ -26,6 +27,7 @@ pub use image_encoder::{ImageEmbedding, ImageEncoder, EMBEDDING_SHAPE};
 pub use manifest::{Manifest, ModelEntry, TaskEntry};
 pub use mask_decoder::{DecoderOutput, MaskDecoder};
 pub use prompt::{BoxXyxy, ModelPrompts, Point, PointLabel, PromptError, Prompts};
+pub use provider::{default_openvino_cache, Provider, OPENVINO_CACHE_ENV};
 pub use sam::{EncoderPrecision, HeadsSource, LiteMedSam, ModelConfig};
 
 /// Failure to load or run a model.
@@ -41,6 +43,28 @@ pub enum ModelError {
     RuntimeNotFound {
         /// Every path that was tried, in order.
         tried: Vec<PathBuf>,
+    },
+    /// `--provider openvino` and no OpenVINO build of ONNX Runtime in any searched place.
+    #[error(
+        "OpenVINO execution provider not found; looked for {}\n  hint: run scripts/fetch-onnxruntime \
+         (x86_64 Linux; it unpacks the onnxruntime-openvino wheel into third_party/onnxruntime-openvino/), \
+         or use --provider cpu",
+        tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    OpenVinoNotFound {
+        /// Every provider library path that was looked for, in order.
+        tried: Vec<PathBuf>,
+    },
+    /// `--provider openvino`, but the loaded ONNX Runtime has no OpenVINO provider beside it
+    /// (an explicit `--ort-lib`/`ORT_DYLIB_PATH`, or a runtime loaded earlier in the process).
+    #[error(
+        "the ONNX Runtime at {library} has no OpenVINO execution provider ({} missing beside it)\n  \
+         hint: point --ort-lib at third_party/onnxruntime-openvino/ (scripts/fetch-onnxruntime), or use --provider cpu",
+        provider::OPENVINO_PROVIDER_LIBRARY
+    )]
+    OpenVinoUnavailable {
+        /// The loaded runtime library.
+        library: PathBuf,
     },
     /// The runtime library exists but could not be loaded.
     #[error("cannot load ONNX Runtime from {path}: {reason}")]

@@ -6,6 +6,7 @@ use super::heads::TaskHeads;
 use super::image_encoder::ImageEncoder;
 use super::manifest::Manifest;
 use super::mask_decoder::MaskDecoder;
+use super::provider::{default_openvino_cache, Provider};
 use super::{runtime, ModelError};
 use crate::preprocess::MODEL_SIZE;
 
@@ -109,8 +110,16 @@ pub struct ModelConfig {
     pub ort_library: Option<PathBuf>,
     /// ONNX Runtime intra-op threads per session.
     pub threads: usize,
-    /// Which image encoder to load.
-    pub encoder: EncoderPrecision,
+    /// Which image encoder to load; `None` (the default) picks one for the provider: fp32
+    /// on OpenVINO (faster there than the int8 graph, and exact), else
+    /// [`EncoderPrecision::for_this_cpu`].
+    pub encoder: Option<EncoderPrecision>,
+    /// Which execution provider runs the image encoder; it also picks the runtime library
+    /// (see [`runtime`]).
+    pub provider: Provider,
+    /// Where OpenVINO caches compiled models; `None`: no cache. Default:
+    /// [`default_openvino_cache`].
+    pub openvino_cache: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -120,15 +129,29 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
-    /// LiteMedSAM from `models/` with one thread per core and the encoder
-    /// [`EncoderPrecision::for_this_cpu`] picks.
+    /// LiteMedSAM from `models/` with one thread per core, the OpenVINO provider where it
+    /// loads ([`Provider::Auto`]) and the encoder picked for the provider.
     pub fn lite_medsam() -> ModelConfig {
         ModelConfig {
             model_dir: None,
             ort_library: None,
             threads: default_threads(),
-            encoder: EncoderPrecision::for_this_cpu(),
+            encoder: None,
+            provider: Provider::default(),
+            openvino_cache: default_openvino_cache(),
         }
+    }
+
+    /// Runs the image encoder on `provider`.
+    pub fn with_provider(mut self, provider: Provider) -> Self {
+        self.provider = provider;
+        self
+    }
+
+    /// Caches OpenVINO's compiled models in `dir` (`None`: compile in every process).
+    pub fn with_openvino_cache(mut self, dir: Option<PathBuf>) -> Self {
+        self.openvino_cache = dir;
+        self
     }
 
     /// Uses the models in `dir`.
@@ -143,10 +166,25 @@ impl ModelConfig {
         self
     }
 
-    /// Loads the `encoder` image encoder.
+    /// Loads the `encoder` image encoder. With [`Provider::Auto`], int8 runs on the CPU
+    /// provider: it was validated there, and OpenVINO runs it slower than the fp32 graph.
     pub fn with_encoder(mut self, encoder: EncoderPrecision) -> Self {
-        self.encoder = encoder;
+        self.encoder = Some(encoder);
         self
+    }
+
+    /// Lets the provider pick the encoder (the default; see [`ModelConfig::encoder`]).
+    pub fn with_auto_encoder(mut self) -> Self {
+        self.encoder = None;
+        self
+    }
+
+    /// True when this configuration asks for the OpenVINO runtime (see [`runtime`]).
+    fn wants_openvino(&self) -> bool {
+        !matches!(
+            (self.provider, self.encoder),
+            (Provider::Cpu, _) | (Provider::Auto, Some(EncoderPrecision::Int8))
+        )
     }
 
     /// Sets intra-op threads (at least 1).
@@ -205,6 +243,12 @@ pub struct LiteMedSam {
     encoder_precision: EncoderPrecision,
 }
 
+/// Prints a provider fallback once per process: every later load would repeat it.
+fn print_notice_once(notice: &str) {
+    static PRINTED: std::sync::Once = std::sync::Once::new();
+    PRINTED.call_once(|| eprintln!("cosam: notice: {notice}"));
+}
+
 /// Where CoSAM heads come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeadsSource {
@@ -215,13 +259,22 @@ pub enum HeadsSource {
 }
 
 impl LiteMedSam {
-    /// Loads ONNX Runtime, verifies the manifest's checksums and creates both sessions.
+    /// Loads ONNX Runtime for the configured provider, verifies the manifest's checksums
+    /// and creates both sessions. When [`Provider::Auto`] falls back to the CPU provider,
+    /// prints one notice on stderr (once per process) and keeps it in
+    /// [`LiteMedSam::provider_notice`].
     ///
     /// # Errors
     /// Any [`ModelError`] of setup: runtime missing, manifest missing, checksum mismatch,
-    /// session or signature failure.
+    /// session or signature failure; with [`Provider::OpenVino`],
+    /// [`ModelError::OpenVinoNotFound`] or [`ModelError::OpenVinoUnavailable`].
     pub fn load(config: &ModelConfig) -> Result<LiteMedSam, ModelError> {
-        let runtime = runtime::init(config.ort_library.as_deref())?;
+        let provider = if config.wants_openvino() {
+            config.provider
+        } else {
+            Provider::Cpu
+        };
+        let runtime = runtime::init_for(config.ort_library.as_deref(), provider)?;
         let dir = config.resolve_model_dir()?;
         let manifest = Manifest::load(&dir)?;
         if manifest.image_size != MODEL_SIZE {
@@ -233,11 +286,35 @@ impl LiteMedSam {
                 ),
             });
         }
-        let encoder = ImageEncoder::load(
-            runtime,
-            &manifest.verified_path(config.encoder.manifest_name())?,
-            config.threads,
-        )?;
+        let on_cpu = EncoderPrecision::for_this_cpu();
+        let precision =
+            config
+                .encoder
+                .unwrap_or(if provider != Provider::Cpu && runtime.has_openvino() {
+                    EncoderPrecision::Fp32
+                } else {
+                    on_cpu
+                });
+        let load_encoder = |precision: EncoderPrecision, provider| {
+            ImageEncoder::load_on(
+                runtime,
+                &manifest.verified_path(precision.manifest_name())?,
+                config.threads,
+                provider,
+                config.openvino_cache.as_deref(),
+            )
+        };
+        let mut encoder = load_encoder(precision, provider)?;
+        let mut precision = precision;
+        if config.encoder.is_none() && encoder.provider() == Provider::Cpu && precision != on_cpu {
+            // OpenVINO refused the fp32 graph: the CPU provider's own pick, same notice
+            let notice = encoder.notice().map(str::to_string);
+            encoder = load_encoder(on_cpu, Provider::Cpu)?.with_notice(notice);
+            precision = on_cpu;
+        }
+        if let Some(notice) = encoder.notice() {
+            print_notice_once(notice);
+        }
         let decoder =
             MaskDecoder::load(runtime, &manifest.verified_path("decoder")?, config.threads)?;
         Ok(LiteMedSam {
@@ -246,7 +323,7 @@ impl LiteMedSam {
             manifest,
             runtime,
             threads: config.threads,
-            encoder_precision: config.encoder,
+            encoder_precision: precision,
         })
     }
 
@@ -261,6 +338,22 @@ impl LiteMedSam {
             HeadsSource::Dir(dir) => dir.clone(),
         };
         TaskHeads::load(self.runtime, &dir, self.threads)
+    }
+
+    /// The execution provider that runs the image encoder: [`Provider::OpenVino`] or
+    /// [`Provider::Cpu`], never `Auto`. The decoders and heads run on the CPU provider.
+    pub fn provider(&self) -> Provider {
+        self.encoder.provider()
+    }
+
+    /// Why [`Provider::Auto`] fell back to the CPU provider, if it did.
+    pub fn provider_notice(&self) -> Option<&str> {
+        self.encoder.notice()
+    }
+
+    /// The ONNX Runtime library the sessions run in.
+    pub fn runtime_library(&self) -> &Path {
+        self.runtime.library()
     }
 
     /// Which image encoder was loaded.

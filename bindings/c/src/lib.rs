@@ -149,7 +149,8 @@ pub extern "C" fn cosam_last_error() -> *const c_char {
 /// checkout the library was built from). `ort_lib`: the ONNX Runtime library (a file or
 /// its folder), or NULL to search (`ORT_DYLIB_PATH`, the executable's folder,
 /// `third_party/onnxruntime/`). `threads`: ONNX Runtime threads per model, or <= 0 for
-/// one per core. The encoder is int8 where the CPU has int8 dot products, else fp32.
+/// one per core. The encoder runs on OpenVINO (fp32) where its runtime loads, else on the
+/// CPU provider (int8 where the CPU has int8 dot products, else fp32).
 /// On success `*out` owns the models: release them with [`cosam_segmenter_free`].
 ///
 /// # Safety

@@ -222,8 +222,9 @@ impl Embedding {
 impl Segmenter {
     /// Loads the models. `models`: the folder holding manifest.json (None searches);
     /// `ort_lib`: the ONNX Runtime library or its folder (None searches); `threads`:
-    /// ONNX Runtime threads per model (None: one per core); `encoder`: "auto", "fp32"
-    /// or "int8".
+    /// ONNX Runtime threads per model (None: one per core); `encoder`: "auto" (fp32 on
+    /// the OpenVINO provider, which runs where its runtime is fetched; else int8 on CPUs
+    /// with int8 dot products), "fp32" or "int8".
     #[new]
     #[pyo3(signature = (models=None, ort_lib=None, threads=None, encoder="auto"))]
     fn new(
@@ -233,8 +234,11 @@ impl Segmenter {
         threads: Option<usize>,
         encoder: &str,
     ) -> PyResult<Segmenter> {
-        let encoder: EncoderPrecision = encoder.parse().map_err(PyValueError::new_err)?;
-        let mut config = ModelConfig::lite_medsam().with_encoder(encoder);
+        let mut config = ModelConfig::lite_medsam();
+        if encoder != "auto" {
+            let encoder: EncoderPrecision = encoder.parse().map_err(PyValueError::new_err)?;
+            config = config.with_encoder(encoder);
+        }
         if let Some(dir) = models {
             config = config.with_model_dir(dir);
         }

@@ -61,6 +61,8 @@ struct RunReport {
     model: String,
     /// Which image encoder ran: fp32 or int8.
     encoder: String,
+    /// Which execution provider ran the image encoder: openvino or cpu.
+    provider: &'static str,
     #[serde(serialize_with = "lossy_path")]
     onnxruntime: PathBuf,
     threads: usize,
@@ -253,6 +255,7 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<bool> {
         cosam_version: env!("CARGO_PKG_VERSION"),
         model: segmenter.model().manifest().model.clone(),
         encoder: segmenter.model().encoder_precision().to_string(),
+        provider: segmenter.model().provider().name(),
         onnxruntime: cosam::model::runtime::init(None)
             .map(|r| r.library().to_path_buf())
             .unwrap_or_default(),

@@ -61,7 +61,7 @@ pub(super) fn sha256_text(text: &str) -> String {
 }
 
 /// The models' fingerprint: every model file's sha256 from the manifest, the encoder that
-/// runs, and with `--task`/`--heads` the digest of the heads' `heads.json` (which holds
+/// runs (and its provider when OpenVINO), and with `--task`/`--heads` the digest of the heads' `heads.json` (which holds
 /// the heads' own digests).
 ///
 /// # Errors
@@ -74,6 +74,11 @@ pub(super) fn models_sha256(segmenter: &Segmenter, args: &SegmentArgs) -> anyhow
         manifest.model,
         model.encoder_precision()
     );
+    // OpenVINO's embeddings differ from the CPU provider's in the 6th digit; CPU-provider
+    // fingerprints stay those written before the provider existed
+    if model.provider() == cosam::model::Provider::OpenVino {
+        text.push_str("provider openvino\n");
+    }
     let mut entries: Vec<String> = manifest
         .models
         .iter()
