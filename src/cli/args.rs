@@ -424,6 +424,12 @@ pub struct BenchArgs {
     /// is segmented prompt-free.
     #[arg(long, value_name = "TASK")]
     pub task: Option<String>,
+    /// With --task: also time a real volume (NIfTI file or DICOM folder), every slice
+    /// box-prompted, then prompt-free for all the task's structures in one walk (each
+    /// slice embedded once) and one structure at a time (one walk per structure), and print
+    /// the median per-slice times side by side.
+    #[arg(long, value_name = "PATH", requires = "task")]
+    pub volume: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -511,6 +511,9 @@ fn run_all(args: &BenchArgs, slice_path: &Path, volume: &Volume) -> anyhow::Resu
     if let Some(task) = &args.task {
         extra.extend(["--task".to_string(), task.clone()]);
     }
+    if let Some(volume) = &args.volume {
+        extra.extend(["--volume".to_string(), volume.display().to_string()]);
+    }
     println!();
     if !run_child(args, &extra)? {
         bail!("cosam bench --provider auto failed (the error is above)");
@@ -552,6 +555,9 @@ fn extras(
             };
             let heads = segmenter.load_heads(&HeadsSource::Task(name.clone()))?;
             measure_loop(segmenter, &heads, volume, prompts, args.reps)?;
+            if let Some(path) = &args.volume {
+                measure_volume(segmenter, &heads, path)?;
+            }
             Some(heads)
         }
         None => None,
@@ -609,5 +615,63 @@ fn extras(
             peak_rss_mb().unwrap_or(f64::NAN)
         );
     }
+    Ok(())
+}
+
+/// Per-slice medians over a real volume: box-prompted, prompt-free for every structure in
+/// one walk, and prompt-free one structure at a time (the walk per structure that `segment
+/// --task` made before), all in this process on the same slices.
+fn measure_volume(segmenter: &Segmenter, heads: &TaskHeads, path: &Path) -> anyhow::Result<()> {
+    let volume = cosam::io::read(path).with_context(|| format!("{}", path.display()))?;
+    let (rows, cols) = volume.slice_size();
+    // a box over the middle of the slice: the cost of a prompted pass does not depend on it
+    let prompts = Prompts::from_box(BoxXyxy::new(
+        cols as f64 * 0.25,
+        rows as f64 * 0.25,
+        cols as f64 * 0.75,
+        rows as f64 * 0.75,
+    )?);
+    let options = CorrectOptions::default().with_error_threshold(heads.info.error_threshold);
+    let all: Vec<usize> = (0..heads.info.structures.len()).collect();
+    let per_slice = |slices: &[&[cosam::pipeline::SliceResult]]| -> f64 {
+        let n = slices.first().map_or(0, |s| s.len());
+        median(
+            (0..n)
+                .map(|i| slices.iter().map(|s| s[i].seconds).sum::<f64>() * 1e3)
+                .collect(),
+        )
+    };
+    let boxed = segmenter.segment_volume(&volume, &prompts, None, |_| {})?;
+    let box_ms = per_slice(&[&boxed.slices]);
+    let joint =
+        segmenter.segment_volume_structures(&volume, heads, &all, &options, None, |_| {})?;
+    let joint_ms = per_slice(
+        &joint
+            .iter()
+            .map(|r| &r.segmentation.slices[..])
+            .collect::<Vec<_>>(),
+    );
+    let alone: Vec<_> = all
+        .iter()
+        .map(|&k| segmenter.segment_volume_prompt_free(&volume, heads, k, &options, None, |_| {}))
+        .collect::<Result<_, _>>()?;
+    let alone_ms = per_slice(
+        &alone
+            .iter()
+            .map(|r| &r.segmentation.slices[..])
+            .collect::<Vec<_>>(),
+    );
+    println!();
+    println!(
+        "volume {} ({rows}x{cols}x{} slices), median ms per slice: box-prompted {box_ms:.0}; \
+         prompt-free, {} structures of {} in one walk {joint_ms:.0} ({:.2}x the box); \
+         one structure at a time {alone_ms:.0} ({:.2}x)",
+        path.display(),
+        volume.slices(),
+        all.len(),
+        heads.info.task,
+        joint_ms / box_ms,
+        alone_ms / box_ms
+    );
     Ok(())
 }
