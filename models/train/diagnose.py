@@ -72,15 +72,20 @@ class Heads:
         self.err = ort.InferenceSession(os.path.join(heads_dir, "error.onnx"), so)
 
     def decode(self, e, s, coords=None, labels=None, mask_prompt=None):
+        return self.decode_with_iou(e, s, coords, labels, mask_prompt)[0]
+
+    def decode_with_iou(self, e, s, coords=None, labels=None, mask_prompt=None):
+        """Logits [256, 256] and the IoU head's estimate."""
         has_mask = mask_prompt is not None
-        return self.dec.run(None, {
+        out = self.dec.run(None, {
             "image_embeddings": e,
             "point_coords": np.zeros((1, 0, 2), np.float32) if coords is None else coords,
             "point_labels": np.zeros((1, 0), np.float32) if labels is None else labels,
             "mask_input": (mask_prompt[None, None].astype(np.float32) if has_mask
                            else np.zeros((1, 1, 256, 256), np.float32)),
             "has_mask_input": np.full(1, float(has_mask), np.float32),
-            "structure": np.array([s], np.int64)})[0][0, 0]
+            "structure": np.array([s], np.int64)})
+        return out[0][0, 0], float(out[1][0, 0])
 
     def error_prob(self, e, s, mask, rows, cols):
         p = 1 / (1 + np.exp(-self.err.run(None, {

@@ -39,16 +39,7 @@ LOWER_IS_BETTER = {"error_frac"}
 
 
 def decode(h, e, s, coords=None, labels=None, mask_prompt=None):
-    has_mask = mask_prompt is not None
-    out = h.dec.run(None, {
-        "image_embeddings": e,
-        "point_coords": np.zeros((1, 0, 2), np.float32) if coords is None else coords,
-        "point_labels": np.zeros((1, 0), np.float32) if labels is None else labels,
-        "mask_input": (mask_prompt[None, None].astype(np.float32) if has_mask
-                       else np.zeros((1, 1, 256, 256), np.float32)),
-        "has_mask_input": np.full(1, float(has_mask), np.float32),
-        "structure": np.array([s], np.int64)})
-    return out[0][0, 0], float(out[1][0, 0])
+    return h.decode_with_iou(e, s, coords, labels, mask_prompt)
 
 
 def slice_rounds(h, e, s, rows, cols, threshold, label_threshold):
