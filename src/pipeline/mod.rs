@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use ndarray::{s, Array2, Array3, ArrayView2};
 
-use crate::correct::{correct_slice, CorrectOptions, LoopModels, Quality, Round};
+use crate::correct::{correct_slice, CorrectError, CorrectOptions, LoopModels, Quality, Round};
 
 use crate::io::{Mask, Modality, Volume, WindowLevel};
 use crate::model::{
@@ -595,31 +595,22 @@ impl Segmenter {
         slices: Option<RangeInclusive<usize>>,
         progress: impl FnMut(usize),
     ) -> Result<PromptFreeSegmentation> {
-        let models = self.loop_models(heads);
-        let mut volume_out = [VolumeAssembler::new(volume)];
-        let mut traces = [Vec::new()];
-        let map = self.segment_slices(
+        let mut one = self.segment_volume_structures(
             volume,
+            heads,
+            std::slice::from_ref(&structure),
+            options,
             slices,
-            &mut volume_out,
-            |z, embedding, transform, k| {
-                prompt_free_slice(
-                    &models,
-                    embedding,
-                    transform,
-                    structure,
-                    options,
-                    z,
-                    &mut traces[k],
-                )
-            },
             progress,
         )?;
-        let ([assembler], [traces]) = (volume_out, traces);
-        Ok(PromptFreeSegmentation::new(
-            assembler.finish(self, map)?,
-            traces,
-        ))
+        // one structure in, one result out; the error only names the impossible case
+        one.pop().ok_or_else(|| {
+            CorrectError::Structure {
+                index: structure,
+                count: heads.info.structures.len(),
+            }
+            .into()
+        })
     }
 
     /// Segments every structure in `structures` (indices into `heads`) on `slices` of
