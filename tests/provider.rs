@@ -132,3 +132,49 @@ fn openvino_not_found_lists_the_places_and_the_fix() {
     assert!(e.is_setup());
     let _ = openvino_fetched();
 }
+
+/// Processes started together on an empty OpenVINO cache (shards of one batch): each one
+/// runs OpenVINO, none reads another's half-written compiled model and falls back to the
+/// CPU provider, and all write the same mask. Before the cache lock, 1 to 2 of 8 processes
+/// started 0.1 s apart fell back in most trials.
+#[test]
+fn processes_sharing_a_cold_openvino_cache_all_run_openvino() {
+    if !openvino_required_or_present("processes_sharing_a_cold_openvino_cache") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("openvino-cache");
+    let children: Vec<_> = (0..10)
+        .map(|i| {
+            let child = crate::util::cosam_command(&[
+                "segment",
+                "-i",
+                &text(&demo("brain_t1.png")),
+                "--box",
+                "20,23,158,189",
+                "--threads",
+                "1",
+                "-o",
+                &text(&tmp.path().join(format!("o{i}"))),
+            ])
+            .env("COSAM_OPENVINO_CACHE", &cache)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            child
+        })
+        .collect();
+    let mut masks = Vec::new();
+    for (i, child) in children.into_iter().enumerate() {
+        let o = child.wait_with_output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "process {i}: {e}");
+        assert!(!e.contains("notice:"), "process {i}: {e}");
+        let dir = tmp.path().join(format!("o{i}"));
+        assert_eq!(report(&dir)["provider"], "openvino", "process {i}");
+        masks.push(std::fs::read(dir.join("brain_t1_mask.png")).unwrap());
+    }
+    assert!(masks.windows(2).all(|w| w[0] == w[1]), "masks differ");
+}

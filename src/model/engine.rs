@@ -38,6 +38,21 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// Takes an exclusive advisory lock on `cosam.lock` in an OpenVINO cache folder, held
+/// until the returned file is dropped (or the process dies). `None` (no lock, the load goes
+/// ahead) when the folder cannot be made or the file system has no locks.
+fn lock_cache(dir: &Path) -> Option<std::fs::File> {
+    std::fs::create_dir_all(dir).ok()?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("cosam.lock"))
+        .ok()?;
+    file.lock().ok()?;
+    Some(file)
+}
+
 impl Engine {
     /// Creates a session for `path` on `backend` and checks that the graph has exactly the
     /// named inputs and at least the named outputs.
@@ -54,7 +69,7 @@ impl Engine {
             path: path.to_path_buf(),
             reason,
         };
-        let build = || -> ort::Result<Session> {
+        let build = |backend: Backend<'_>| -> ort::Result<Session> {
             let builder = Session::builder(&runtime.environment)?;
             let builder = match backend {
                 Backend::Cpu => builder,
@@ -72,7 +87,19 @@ impl Engine {
                 .with_config_entry("session.force_spinning_stop", "1")?
                 .commit_from_file(path)
         };
-        let session = build().map_err(|e| session_error(e.to_string()))?;
+        let session = match backend {
+            Backend::OpenVino { cache: Some(dir) } => {
+                // OpenVINO writes a compiled blob in place, and a second process that opens
+                // it half-written fails to load the model (issue 19: shards started together
+                // on a cold cache fell back to the CPU provider and wrote other masks). One
+                // process at a time compiles or reads the cache; a cache that still fails
+                // (unwritable, corrupt) costs a compile, not the provider.
+                let _lock = lock_cache(dir);
+                build(backend).or_else(|_| build(Backend::OpenVino { cache: None }))
+            }
+            _ => build(backend),
+        }
+        .map_err(|e| session_error(e.to_string()))?;
         let found_in: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
         let found_out: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
         let mut sorted_in = found_in.clone();
