@@ -111,6 +111,10 @@ pub struct CorrectOptions {
     /// correct). Off by default because on unseen domains the loop's gain comes largely
     /// from structures the coarse pass nearly missed (README, Results with CoSAM).
     pub min_coarse_px: usize,
+    /// Run the rounds after a mask came back unchanged instead of copying its result. The
+    /// masks, IoUs and error counts are the same either way (a round depends on the binary
+    /// mask alone); on for timing every round as the paper runs them, or to check that.
+    pub run_converged_rounds: bool,
 }
 
 impl Default for CorrectOptions {
@@ -124,6 +128,7 @@ impl Default for CorrectOptions {
             refine: Refine::Task,
             keep_rounds: false,
             min_coarse_px: 0,
+            run_converged_rounds: false,
         }
     }
 }
@@ -174,6 +179,13 @@ impl CorrectOptions {
     /// Smallest coarse mask, in model-frame pixels, that the loop corrects.
     pub fn with_min_coarse_px(mut self, px: usize) -> Self {
         self.min_coarse_px = px;
+        self
+    }
+
+    /// Run (`true`) or copy (`false`, the default) the rounds after a mask came back
+    /// unchanged.
+    pub fn with_run_converged_rounds(mut self, run: bool) -> Self {
+        self.run_converged_rounds = run;
         self
     }
 
@@ -389,7 +401,7 @@ pub fn correct_slice(
             }
         };
         maps.push(inside(out.logits, rows, cols));
-        mask = binary(maps[maps.len() - 1].view());
+        let previous = std::mem::replace(&mut mask, binary(maps[maps.len() - 1].view()));
         trace.push(Round {
             round,
             area_px: count_on(mask.view()),
@@ -398,6 +410,27 @@ pub fn correct_slice(
             seconds: started.elapsed().as_secs_f64(),
         });
         pending_check = true;
+        if mask == previous && !options.run_converged_rounds {
+            // A round is a function of the binary mask alone (error map, points, box and
+            // mask prompt all come from it), so a mask that came back unchanged comes back
+            // unchanged from every later round, with the same logits, IoU and error count.
+            // The rounds left are copies, not model calls (issue 18).
+            let last = trace.len() - 1;
+            trace[last].error_px = trace[last - 1].error_px;
+            pending_check = false;
+            if !options.stop_early {
+                let (repeat, map) = (trace[last], maps[last].clone());
+                for later in round + 1..=rounds {
+                    trace.push(Round {
+                        round: later,
+                        seconds: 0.0,
+                        ..repeat
+                    });
+                    maps.push(map.clone());
+                }
+            }
+            break;
+        }
     }
     if pending_check {
         // the last mask is checked too, so the trace and the quality score have its count

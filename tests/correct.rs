@@ -212,3 +212,51 @@ fn coarse_mask_under_the_gate_is_not_corrected() {
     // at the coarse mask's own size the loop runs
     assert_eq!(run(coarse_px).trace.len(), 5);
 }
+
+/// Once a round gives back the mask it was prompted from, the loop copies the rounds left
+/// instead of running them: on every structure of the demo MR volume's slices, masks, IoUs,
+/// error counts and the chosen round equal those of running every round, and some rounds
+/// were copied (so the shortcut is exercised).
+#[test]
+fn converged_rounds_are_copied_with_the_results_of_running_them() {
+    let seg = segmenter();
+    let heads = abdomen();
+    let volume = io::read(&demo("mr_abdomen.nii.gz")).unwrap();
+    let models = seg.loop_models(&heads);
+    let copy = CorrectOptions::default()
+        .with_error_threshold(heads.info.error_threshold)
+        .with_keep_rounds(true);
+    let run = copy.clone().with_run_converged_rounds(true);
+    let mut copied = 0;
+    for z in 0..volume.slices() {
+        let embedded = seg.embed_slice(&volume, z).unwrap();
+        let Some(embedding) = embedded.embedding() else {
+            continue;
+        };
+        for s in 0..heads.info.structures.len() {
+            let t = embedded.transform();
+            let a = correct_slice(&models, embedding, t, s, &copy).unwrap();
+            let b = correct_slice(&models, embedding, t, s, &run).unwrap();
+            assert_eq!(a.chosen, b.chosen, "slice {z} structure {s}");
+            assert_eq!(a.trace.len(), b.trace.len());
+            for (x, y) in a.trace.iter().zip(&b.trace) {
+                assert_eq!(
+                    (x.round, x.area_px, x.error_px, x.iou),
+                    (y.round, y.area_px, y.error_px, y.iou),
+                    "slice {z} structure {s}"
+                );
+            }
+            assert!(
+                a.maps == b.maps && a.logits == b.logits,
+                "slice {z} structure {s}"
+            );
+            copied += a.trace.iter().filter(|r| r.seconds == 0.0).count();
+            assert!(b.trace.iter().all(|r| r.seconds > 0.0));
+        }
+    }
+    assert!(
+        copied > 0,
+        "no round converged: the shortcut was not exercised"
+    );
+    println!("{copied} rounds copied");
+}
