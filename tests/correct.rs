@@ -226,7 +226,7 @@ fn converged_rounds_are_copied_with_the_results_of_running_them() {
     let copy = CorrectOptions::default()
         .with_error_threshold(heads.info.error_threshold)
         .with_keep_rounds(true);
-    let run = copy.clone().with_run_converged_rounds(true);
+    let run = copy.with_run_converged_rounds(true);
     let mut copied = 0;
     for z in 0..volume.slices() {
         let embedded = seg.embed_slice(&volume, z).unwrap();
