@@ -111,6 +111,12 @@ pub struct CorrectOptions {
     /// correct). Off by default because on unseen domains the loop's gain comes largely
     /// from structures the coarse pass nearly missed (README, Results with CoSAM).
     pub min_coarse_px: usize,
+    /// A slice whose coarse mask is empty and whose largest coarse logit is below this is
+    /// taken as "structure absent": its empty mask is returned with no rounds and no error
+    /// check. `None`: every slice gets rounds. The default, [`DEFAULT_ABSENT_LOGIT`], was
+    /// chosen on the leave-one-domain-out folds to keep every slice that holds the
+    /// structure (docs/performance.md, "Skipping absent structures").
+    pub absent_logit: Option<f32>,
     /// Run the rounds after a mask came back unchanged instead of copying its result. The
     /// masks, IoUs and error counts are the same either way (a round depends on the binary
     /// mask alone); on for timing every round as the paper runs them, or to check that.
@@ -128,6 +134,7 @@ impl Default for CorrectOptions {
             refine: Refine::Task,
             keep_rounds: false,
             min_coarse_px: 0,
+            absent_logit: Some(DEFAULT_ABSENT_LOGIT),
             run_converged_rounds: false,
         }
     }
@@ -179,6 +186,12 @@ impl CorrectOptions {
     /// Smallest coarse mask, in model-frame pixels, that the loop corrects.
     pub fn with_min_coarse_px(mut self, px: usize) -> Self {
         self.min_coarse_px = px;
+        self
+    }
+
+    /// Skip the rounds on slices whose coarse logits all stay below `logit` (`None`: never).
+    pub fn with_absent_logit(mut self, logit: Option<f32>) -> Self {
+        self.absent_logit = logit;
         self
     }
 
@@ -240,6 +253,10 @@ impl SliceCorrection {
         &self.trace[self.chosen]
     }
 }
+
+/// Largest coarse logit under which an empty coarse mask skips the loop
+/// ([`CorrectOptions::absent_logit`]).
+pub const DEFAULT_ABSENT_LOGIT: f32 = -2.0;
 
 /// Quality score below which a mask is flagged for review (`--review-threshold`).
 pub const DEFAULT_REVIEW_THRESHOLD: f64 = 0.5;
@@ -334,12 +351,16 @@ pub fn correct_slice(
         seconds: started.elapsed().as_secs_f64(),
     }];
     let mut first_correction = None;
-    let mut pending_check = true;
-    let rounds = if trace[0].area_px < options.min_coarse_px {
+    let absent = trace[0].area_px == 0
+        && options
+            .absent_logit
+            .is_some_and(|below| maps[0].iter().all(|&v| v < below));
+    let rounds = if absent || trace[0].area_px < options.min_coarse_px {
         0
     } else {
         options.max_rounds
     };
+    let mut pending_check = !absent;
     for round in 1..=rounds {
         let (error, wrong, seconds) = check(&mask)?;
         let last = trace.len() - 1;

@@ -260,3 +260,48 @@ fn converged_rounds_are_copied_with_the_results_of_running_them() {
     );
     println!("{copied} rounds copied");
 }
+
+/// On the demo CT volume, the slices where the coarse pass calls a kidney absent (empty
+/// mask, every coarse logit below the default `absent_logit`) skip the loop, and running
+/// the loop there anyway finds nothing either: the skip saves work without losing voxels.
+#[test]
+fn slices_called_absent_skip_the_loop_and_the_loop_finds_nothing_there() {
+    let seg = segmenter();
+    let heads = abdomen();
+    let volume = io::read(&demo("ct_abdomen.nii.gz")).unwrap();
+    let models = seg.loop_models(&heads);
+    let skip = CorrectOptions::default().with_error_threshold(heads.info.error_threshold);
+    let run_all = skip.with_absent_logit(None);
+    let mut skipped = 0;
+    // the kidneys end within the last slices of this crop (the rest is time)
+    for z in volume.slices().saturating_sub(12)..volume.slices() {
+        let embedded = seg.embed_slice(&volume, z).unwrap();
+        let Some(embedding) = embedded.embedding() else {
+            continue;
+        };
+        for name in ["kidney_left", "kidney_right"] {
+            let s = heads.structure_index(name).unwrap();
+            let t = embedded.transform();
+            let a = correct_slice(&models, embedding, t, s, &skip).unwrap();
+            if a.trace.len() > 1 {
+                continue;
+            }
+            skipped += 1;
+            assert_eq!(a.trace[0].area_px, 0);
+            assert_eq!(a.trace[0].error_px, None, "a skipped slice is not checked");
+            let b = correct_slice(&models, embedding, t, s, &run_all).unwrap();
+            assert_eq!(
+                b.trace.len(),
+                5,
+                "slice {z} {name}: four rounds without the skip"
+            );
+            assert_eq!(
+                b.final_round().area_px,
+                0,
+                "slice {z} {name}: the loop finds a structure the skip would lose"
+            );
+        }
+    }
+    assert!(skipped > 0, "no slice skipped: the rule was not exercised");
+    println!("{skipped} slice-structure pairs skipped");
+}

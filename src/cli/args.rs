@@ -197,6 +197,34 @@ pub struct LoopArgs {
     /// "structure absent" and not corrected (0-65536; 0: always correct).
     #[arg(long, value_name = "PX", default_value_t = 0, value_parser = bounded_usize(0, MODEL_FRAME_PX))]
     pub min_coarse_px: usize,
+    /// A slice whose coarse mask is empty and whose coarse logits all stay below this is
+    /// taken as "structure absent" and gets no rounds (-100 to 0, or off: every slice gets
+    /// rounds).
+    #[arg(long, value_name = "LOGIT", default_value_t = AbsentLogit(Some(cosam::correct::DEFAULT_ABSENT_LOGIT)), value_parser = parse_absent_logit)]
+    pub absent_logit: AbsentLogit,
+}
+
+/// `--absent-logit`: a logit in -100..=0, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AbsentLogit(pub Option<f32>);
+
+impl std::fmt::Display for AbsentLogit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(v) => write!(f, "{v}"),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+fn parse_absent_logit(s: &str) -> Result<AbsentLogit, String> {
+    if s.trim() == "off" {
+        return Ok(AbsentLogit(None));
+    }
+    match s.trim().parse::<f32>() {
+        Ok(v) if (-100.0..=0.0).contains(&v) => Ok(AbsentLogit(Some(v))),
+        _ => Err(format!("'{s}' is not a logit from -100 to 0, or off")),
+    }
 }
 
 impl LoopArgs {
@@ -208,6 +236,7 @@ impl LoopArgs {
             .with_error_threshold(self.error_threshold.unwrap_or(heads_threshold))
             .with_refine(self.refine.into())
             .with_min_coarse_px(self.min_coarse_px)
+            .with_absent_logit(self.absent_logit.0)
     }
 }
 
@@ -426,8 +455,8 @@ pub struct BenchArgs {
     pub task: Option<String>,
     /// With --task: also time a real volume (NIfTI file or DICOM folder), every slice
     /// box-prompted, then prompt-free for all the task's structures in one walk (each
-    /// slice embedded once) and one structure at a time (one walk per structure), and print
-    /// the median per-slice times side by side.
+    /// slice embedded once), and the same walk running every round on every slice (no
+    /// absent-slice skips, no copied rounds), and print the per-slice times side by side.
     #[arg(long, value_name = "PATH", requires = "task")]
     pub volume: Option<PathBuf>,
 }

@@ -619,8 +619,8 @@ fn extras(
 }
 
 /// Per-slice medians over a real volume: box-prompted, prompt-free for every structure in
-/// one walk, and prompt-free one structure at a time (the walk per structure that `segment
-/// --task` made before), all in this process on the same slices.
+/// one walk, and the same walk running every round on every slice (no absent-slice skips,
+/// no copied rounds: the loop before issue 18), all in this process on the same slices.
 fn measure_volume(segmenter: &Segmenter, heads: &TaskHeads, path: &Path) -> anyhow::Result<()> {
     let volume = cosam::io::read(path).with_context(|| format!("{}", path.display()))?;
     let (rows, cols) = volume.slice_size();
@@ -632,46 +632,45 @@ fn measure_volume(segmenter: &Segmenter, heads: &TaskHeads, path: &Path) -> anyh
         rows as f64 * 0.75,
     )?);
     let options = CorrectOptions::default().with_error_threshold(heads.info.error_threshold);
+    let every_round = options
+        .with_absent_logit(None)
+        .with_run_converged_rounds(true);
     let all: Vec<usize> = (0..heads.info.structures.len()).collect();
-    let per_slice = |slices: &[&[cosam::pipeline::SliceResult]]| -> f64 {
+    // (median ms per slice, total s) over the slices of one or more walks
+    let per_slice = |slices: &[&[cosam::pipeline::SliceResult]]| -> (f64, f64) {
         let n = slices.first().map_or(0, |s| s.len());
-        median(
-            (0..n)
-                .map(|i| slices.iter().map(|s| s[i].seconds).sum::<f64>() * 1e3)
-                .collect(),
-        )
+        let each: Vec<f64> = (0..n)
+            .map(|i| slices.iter().map(|s| s[i].seconds).sum::<f64>() * 1e3)
+            .collect();
+        let total = each.iter().sum::<f64>() / 1e3;
+        (median(each), total)
+    };
+    let walk = |options: &CorrectOptions| -> anyhow::Result<(f64, f64)> {
+        let results =
+            segmenter.segment_volume_structures(&volume, heads, &all, options, None, |_| {})?;
+        Ok(per_slice(
+            &results
+                .iter()
+                .map(|r| &r.segmentation.slices[..])
+                .collect::<Vec<_>>(),
+        ))
     };
     let boxed = segmenter.segment_volume(&volume, &prompts, None, |_| {})?;
-    let box_ms = per_slice(&[&boxed.slices]);
-    let joint =
-        segmenter.segment_volume_structures(&volume, heads, &all, &options, None, |_| {})?;
-    let joint_ms = per_slice(
-        &joint
-            .iter()
-            .map(|r| &r.segmentation.slices[..])
-            .collect::<Vec<_>>(),
-    );
-    let alone: Vec<_> = all
-        .iter()
-        .map(|&k| segmenter.segment_volume_prompt_free(&volume, heads, k, &options, None, |_| {}))
-        .collect::<Result<_, _>>()?;
-    let alone_ms = per_slice(
-        &alone
-            .iter()
-            .map(|r| &r.segmentation.slices[..])
-            .collect::<Vec<_>>(),
-    );
+    let (box_ms, box_s) = per_slice(&[&boxed.slices]);
+    let (joint_ms, joint_s) = walk(&options)?;
+    let (every_ms, every_s) = walk(&every_round)?;
     println!();
     println!(
-        "volume {} ({rows}x{cols}x{} slices), median ms per slice: box-prompted {box_ms:.0}; \
-         prompt-free, {} structures of {} in one walk {joint_ms:.0} ({:.2}x the box); \
-         one structure at a time {alone_ms:.0} ({:.2}x)",
+        "volume {} ({rows}x{cols}x{} slices), median ms per slice (total s): box-prompted \
+         {box_ms:.0} ({box_s:.1}); prompt-free, {} structures of {} in one walk {joint_ms:.0} \
+         ({joint_s:.1}), {:.2}x the box; the same walk running every round on every slice \
+         {every_ms:.0} ({every_s:.1}), {:.2}x",
         path.display(),
         volume.slices(),
         all.len(),
         heads.info.task,
         joint_ms / box_ms,
-        alone_ms / box_ms
+        every_ms / box_ms
     );
     Ok(())
 }
