@@ -691,11 +691,26 @@ impl Segmenter {
             }
             .into());
         }
-        for z in range {
-            let embedded = self.embed(volume, z, map, cache, None)?;
-            visit(z, &embedded)?;
-        }
-        Ok(())
+        // The encoder embeds the next slice on a thread of its own while `visit` decodes
+        // this one: where cores allow, a slice costs the longer of the two, not their sum.
+        // The channel holds one embedding, so at most three exist at once (issue 18).
+        std::thread::scope(|scope| {
+            let (next, embedded) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(move || {
+                for z in range {
+                    let slice = self.embed(volume, z, map, cache, None);
+                    let failed = slice.is_err();
+                    // a send fails once `visit` has failed and the receiver is gone
+                    if next.send((z, slice)).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            for (z, slice) in embedded {
+                visit(z, &slice?)?;
+            }
+            Ok(())
+        })
     }
 
     /// [`Segmenter::visit_slices`] for the volume paths: `decode` turns each slice's
