@@ -305,3 +305,23 @@ fn slices_called_absent_skip_the_loop_and_the_loop_finds_nothing_there() {
     assert!(skipped > 0, "no slice skipped: the rule was not exercised");
     println!("{skipped} slice-structure pairs skipped");
 }
+
+/// `cosam::model::calls` counts each completed run per model: one round on the demo CT
+/// slice's liver is a coarse pass, an error check, a refinement and a final check. (Other
+/// tests of this process run models meanwhile, so the counts can only be lower bounds.)
+#[test]
+fn model_calls_count_every_run_of_the_loop() {
+    let count =
+        |calls: &std::collections::BTreeMap<&str, u64>, name| *calls.get(name).unwrap_or(&0);
+    let before = cosam::model::calls();
+    let (run, _) = correct_demo_liver(segmenter(), &CorrectOptions::default().with_max_rounds(1));
+    let after = cosam::model::calls();
+    assert!(
+        run.trace.len() == 2 && run.trace[1].seconds > 0.0,
+        "{:?}",
+        run.trace
+    );
+    assert!(count(&after, "task decoder") >= count(&before, "task decoder") + 2);
+    assert!(count(&after, "error decoder") >= count(&before, "error decoder") + 2);
+    assert!(count(&after, "encoder") > count(&before, "encoder"));
+}

@@ -645,26 +645,36 @@ fn measure_volume(segmenter: &Segmenter, heads: &TaskHeads, path: &Path) -> anyh
         let total = each.iter().sum::<f64>() / 1e3;
         (median(each), total)
     };
-    let walk = |options: &CorrectOptions| -> anyhow::Result<(f64, f64)> {
+    // head calls per slice: the work, whatever the machine's load does to the times
+    let head_calls = |before: &std::collections::BTreeMap<&str, u64>| -> f64 {
+        let after = cosam::model::calls();
+        let made = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
+        (made("task decoder") + made("error decoder")) as f64 / volume.slices().max(1) as f64
+    };
+    let walk = |options: &CorrectOptions| -> anyhow::Result<(f64, f64, f64)> {
+        let before = cosam::model::calls();
         let results =
             segmenter.segment_volume_structures(&volume, heads, &all, options, None, |_| {})?;
-        Ok(per_slice(
+        let calls = head_calls(&before);
+        let (ms, s) = per_slice(
             &results
                 .iter()
                 .map(|r| &r.segmentation.slices[..])
                 .collect::<Vec<_>>(),
-        ))
+        );
+        Ok((ms, s, calls))
     };
     let boxed = segmenter.segment_volume(&volume, &prompts, None, |_| {})?;
     let (box_ms, box_s) = per_slice(&[&boxed.slices]);
-    let (joint_ms, joint_s) = walk(&options)?;
-    let (every_ms, every_s) = walk(&every_round)?;
+    let (every_ms, every_s, every_calls) = walk(&every_round)?;
+    let (joint_ms, joint_s, joint_calls) = walk(&options)?;
     println!();
     println!(
         "volume {} ({rows}x{cols}x{} slices), median ms per slice (total s): box-prompted \
          {box_ms:.0} ({box_s:.1}); prompt-free, {} structures of {} in one walk {joint_ms:.0} \
-         ({joint_s:.1}), {:.2}x the box; the same walk running every round on every slice \
-         {every_ms:.0} ({every_s:.1}), {:.2}x",
+         ({joint_s:.1}), {:.2}x the box, {joint_calls:.1} head calls per slice; the same walk \
+         running every round on every slice {every_ms:.0} ({every_s:.1}), {:.2}x, \
+         {every_calls:.1} head calls per slice",
         path.display(),
         volume.slices(),
         all.len(),

@@ -1,5 +1,6 @@
 //! One ONNX Runtime session, its graph signature checked when it loads.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, TryLockError};
 use std::time::Duration;
@@ -20,6 +21,20 @@ pub(crate) enum Backend<'a> {
     /// OpenVINO's CPU plugin, caching compiled models in `cache` when given. Registration
     /// fails instead of silently falling back, so the caller knows what runs.
     OpenVino { cache: Option<&'a Path> },
+}
+
+/// Runs that completed in this process, per model name: work counted, not timed, for
+/// benchmarks on machines whose speed swings.
+static CALLS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
+
+/// The model runs this process has completed so far, per model (`encoder`, `decoder`,
+/// `task decoder`, `error decoder`). Take it before and after a piece of work to count
+/// the calls the work made.
+pub fn calls() -> BTreeMap<&'static str, u64> {
+    CALLS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
 }
 
 /// How often a cancellable run waiting for its session looks at its token.
@@ -170,6 +185,11 @@ impl Engine {
         if cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(cancelled());
         }
+        *CALLS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(self.name)
+            .or_default() += 1;
         read(&outputs).map_err(|reason| self.error(reason))
     }
 

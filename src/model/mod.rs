@@ -22,6 +22,7 @@ mod sam;
 use std::path::PathBuf;
 
 pub use cancel::CancelToken;
+pub use engine::calls;
 pub use heads::{ErrorDecoder, HeadsInfo, TaskHeads, HEADS_FORMAT};
 pub use image_encoder::{ImageEmbedding, ImageEncoder, EMBEDDING_SHAPE};
 pub use manifest::{Manifest, ModelEntry, TaskEntry};
