@@ -115,7 +115,7 @@ pub struct CorrectOptions {
     /// taken as "structure absent": its empty mask is returned with no rounds and no error
     /// check. `None`: every slice gets rounds. The default, [`DEFAULT_ABSENT_LOGIT`], was
     /// chosen on the leave-one-domain-out folds to keep every slice that holds the
-    /// structure (docs/performance.md, "Skipping absent structures").
+    /// structure (docs/performance.md, "Prompt-free volumes: less work per slice").
     pub absent_logit: Option<f32>,
     /// Run the rounds after a mask came back unchanged instead of copying its result. The
     /// masks, IoUs and error counts are the same either way (a round depends on the binary
