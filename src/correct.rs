@@ -121,6 +121,10 @@ pub struct CorrectOptions {
     /// masks, IoUs and error counts are the same either way (a round depends on the binary
     /// mask alone); on for timing every round as the paper runs them, or to check that.
     pub run_converged_rounds: bool,
+    /// With the fixed T (no `stop_early`): a round that changes at most this fraction of
+    /// its mask's pixels ends the loop too, and its mask stands for the rounds left. 0
+    /// (the default) stops only on an unchanged mask, which loses nothing.
+    pub converged_fraction: f32,
 }
 
 impl Default for CorrectOptions {
@@ -136,6 +140,7 @@ impl Default for CorrectOptions {
             min_coarse_px: 0,
             absent_logit: Some(DEFAULT_ABSENT_LOGIT),
             run_converged_rounds: false,
+            converged_fraction: 0.0,
         }
     }
 }
@@ -199,6 +204,12 @@ impl CorrectOptions {
     /// unchanged.
     pub fn with_run_converged_rounds(mut self, run: bool) -> Self {
         self.run_converged_rounds = run;
+        self
+    }
+
+    /// End the fixed-T loop once a round changes at most `fraction` of its mask's pixels.
+    pub fn with_converged_fraction(mut self, fraction: f32) -> Self {
+        self.converged_fraction = fraction;
         self
     }
 
@@ -431,13 +442,29 @@ pub fn correct_slice(
             seconds: started.elapsed().as_secs_f64(),
         });
         pending_check = true;
-        if mask == previous && !options.run_converged_rounds {
-            // A round is a function of the binary mask alone (error map, points, box and
-            // mask prompt all come from it), so a mask that came back unchanged comes back
-            // unchanged from every later round, with the same logits, IoU and error count.
-            // The rounds left are copies, not model calls (issue 18).
+        let changed = if options.run_converged_rounds {
+            usize::MAX
+        } else {
+            count_on((&mask ^ &previous).view())
+        };
+        let tolerated = if options.stop_early {
+            0.0
+        } else {
+            f64::from(options.converged_fraction) * trace[trace.len() - 1].area_px as f64
+        };
+        if changed == 0 || changed as f64 <= tolerated {
             let last = trace.len() - 1;
-            trace[last].error_px = trace[last - 1].error_px;
+            if changed == 0 {
+                // A round is a function of the binary mask alone (error map, points, box
+                // and mask prompt all come from it), so a mask that came back unchanged
+                // comes back unchanged from every later round, with the same logits, IoU
+                // and error count. The rounds left are copies, not model calls (issue 18).
+                trace[last].error_px = trace[last - 1].error_px;
+            } else {
+                let (_, wrong, seconds) = check(&mask)?;
+                trace[last].error_px = Some(count_on(wrong.view()));
+                trace[last].seconds += seconds;
+            }
             pending_check = false;
             if !options.stop_early {
                 let (repeat, map) = (trace[last], maps[last].clone());

@@ -325,3 +325,26 @@ fn model_calls_count_every_run_of_the_loop() {
     assert!(count(&after, "error decoder") >= count(&before, "error decoder") + 2);
     assert!(count(&after, "encoder") > count(&before, "encoder"));
 }
+
+/// `converged_fraction`: a round that changes at most that share of its mask ends the
+/// fixed-T loop, and its mask stands for the rounds left (checked, not copied, error count).
+/// With a share no round can exceed, four rounds give round 1's mask, as one round does.
+#[test]
+fn a_round_within_the_converged_fraction_stands_for_the_rounds_left() {
+    let (one, _) = correct_demo_liver(segmenter(), &CorrectOptions::default().with_max_rounds(1));
+    let tolerant = CorrectOptions::default()
+        .with_converged_fraction(1e6)
+        .with_keep_rounds(true);
+    let (four, _) = correct_demo_liver(segmenter(), &tolerant);
+    assert_eq!(four.trace.len(), 5);
+    assert_eq!(four.chosen, 4);
+    assert_eq!(four.logits, one.logits);
+    assert_eq!(four.trace[1].error_px, one.trace[1].error_px);
+    for r in &four.trace[2..] {
+        assert_eq!(r.seconds, 0.0, "round {} was run", r.round);
+        assert_eq!(
+            (r.area_px, r.error_px),
+            (four.trace[1].area_px, four.trace[1].error_px)
+        );
+    }
+}

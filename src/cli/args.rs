@@ -202,6 +202,11 @@ pub struct LoopArgs {
     /// rounds).
     #[arg(long, value_name = "LOGIT", default_value_t = AbsentLogit(Some(cosam::correct::DEFAULT_ABSENT_LOGIT)), value_parser = parse_absent_logit)]
     pub absent_logit: AbsentLogit,
+    /// With the fixed rounds (no --stop-early), a round that changes at most this fraction
+    /// of its mask's pixels ends the loop, its mask standing for the rounds left (0-1; 0:
+    /// only an unchanged mask ends it early, which changes nothing).
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_probability)]
+    pub converged_fraction: f32,
 }
 
 /// `--absent-logit`: a logit in -100..=0, or `off`.
@@ -237,6 +242,7 @@ impl LoopArgs {
             .with_refine(self.refine.into())
             .with_min_coarse_px(self.min_coarse_px)
             .with_absent_logit(self.absent_logit.0)
+            .with_converged_fraction(self.converged_fraction)
     }
 }
 

@@ -111,7 +111,7 @@ pub(super) fn options_sha256(args: &SegmentArgs, job: &Job) -> String {
     let mut text = format!(
         "prompts {:?}\nslices {:?}\nlabel {:?}\naxis {:?}\nformat {:?}\nwindow {:?}\n\
          modality {:?}\ntask {:?}\nheads {:?}\nstructures {:?}\nrounds {}\ntop_k {}\n\
-         error_threshold {:?}\nrefine {:?}\nmin_coarse_px {}\nabsent_logit {:?}\nstop_early {}\ntrace {}\n\
+         error_threshold {:?}\nrefine {:?}\nmin_coarse_px {}\nabsent_logit {:?}\nconverged_fraction {}\nstop_early {}\ntrace {}\n\
          review_threshold {}\n",
         job.prompts,
         job.slices,
@@ -129,6 +129,7 @@ pub(super) fn options_sha256(args: &SegmentArgs, job: &Job) -> String {
         args.loop_flags.refine,
         args.loop_flags.min_coarse_px,
         args.loop_flags.absent_logit,
+        args.loop_flags.converged_fraction,
         args.stop_early,
         args.trace,
         args.review_threshold,
