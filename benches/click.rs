@@ -4,6 +4,10 @@
 //! for a refining click (box + point + the previous logits as mask prompt). Then the same
 //! click while another thread embeds: the encoder and decoder hold separate locks.
 //!
+//! Each figure is a median wall time with the median CPU time of the whole process over
+//! the same calls beside it (both ONNX Runtime threads): on a shared machine the wall time
+//! swings with the load, the CPU time much less.
+//!
 //! Prints figures; asserts nothing about time. Run: `cargo bench --bench click`
 //! (`COSAM_BENCH_RUNS=n` sets the clicks per figure, default 30). Skips without models.
 
@@ -17,6 +21,26 @@ const LIVER_BOX: [f64; 4] = [102.0, 194.0, 283.0, 379.0];
 fn median(mut v: Vec<Duration>) -> f64 {
     v.sort();
     v[v.len() / 2].as_secs_f64() * 1e3
+}
+
+/// CPU time of this process so far, all threads.
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Wall and CPU time of `f`.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration, Duration) {
+    let (wall, cpu) = (Instant::now(), process_cpu());
+    let out = f();
+    (out, wall.elapsed(), process_cpu().saturating_sub(cpu))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,30 +74,40 @@ fn main() -> anyhow::Result<()> {
     let embedding = slice.embedding().expect("the demo slice has content");
     let model_click = click.to_model(slice.transform());
 
-    let (mut boxes, mut clicks, mut decoder) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut boxes, mut clicks, mut clicks_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut decoder, mut decoder_cpu, mut to_mask) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        let t = Instant::now();
-        seg.predict(&slice, &boxed, None)?;
-        boxes.push(t.elapsed());
-        let t = Instant::now();
-        seg.predict(&slice, &click, Some(first.logits.view()))?;
-        clicks.push(t.elapsed());
-        let t = Instant::now();
-        seg.model()
-            .decoder
-            .predict(embedding, &model_click, Some(first.logits.view()))?;
-        decoder.push(t.elapsed());
+        let (r, wall, _) = timed(|| seg.predict(&slice, &boxed, None));
+        r?;
+        boxes.push(wall);
+        let (r, wall, cpu) = timed(|| seg.predict(&slice, &click, Some(first.logits.view())));
+        r?;
+        clicks.push(wall);
+        clicks_cpu.push(cpu);
+        let (out, wall, cpu) = timed(|| {
+            seg.model()
+                .decoder
+                .predict(embedding, &model_click, Some(first.logits.view()))
+        });
+        let out = out?;
+        decoder.push(wall);
+        decoder_cpu.push(cpu);
+        let (r, wall, _) = timed(|| seg.logits_to_mask(out.logits.view(), slice.transform()));
+        r?;
+        to_mask.push(wall);
     }
     let encoder = match seg.model().encoder_precision() {
         EncoderPrecision::Fp32 => "fp32",
         EncoderPrecision::Int8 => "int8",
     };
+    let library = cosam::model::runtime::init(None)?.library().to_path_buf();
     println!(
         "click bench: demo CT slice 512x512, 2 threads, {encoder} encoder, post-processing on {}, {runs} runs, {} cores, load {}",
         seg.mask_ops().backend(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
+    println!("  ONNX Runtime: {}", library.display());
     println!("  embed (once):                     {embed_ms:8.1} ms");
     println!(
         "  predict, box:                     {:8.1} ms (median)",
@@ -81,10 +115,20 @@ fn main() -> anyhow::Result<()> {
     );
     let click_ms = median(clicks);
     let decoder_ms = median(decoder);
-    println!("  predict, click + mask prompt:     {click_ms:8.1} ms (median)  <- click latency");
-    println!("    of which the decoder call:      {decoder_ms:8.1} ms");
     println!(
-        "    the rest (prompts, upsampling): {:8.1} ms",
+        "  predict, click + mask prompt:     {click_ms:8.1} ms (median; CPU {:.1} ms)  <- click latency",
+        median(clicks_cpu)
+    );
+    println!(
+        "    of which the decoder call:      {decoder_ms:8.1} ms (median; CPU {:.1} ms)",
+        median(decoder_cpu)
+    );
+    println!(
+        "    upsampling + threshold:         {:8.2} ms (median)",
+        median(to_mask)
+    );
+    println!(
+        "    the rest (click - decoder):     {:8.1} ms",
         click_ms - decoder_ms
     );
 

@@ -37,6 +37,17 @@ pub fn calls() -> BTreeMap<&'static str, u64> {
         .clone()
 }
 
+/// What a session's worker threads do between the parallel parts of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Spin: best for a long run (the encoder) with the cores to itself.
+    Spin,
+    /// Sleep: for short, latency-bound runs (a click's decoder call) on cores shared with
+    /// the host and other processes, where a spinning worker takes the core that the
+    /// thread it waits for needs (docs/performance.md, "Click latency").
+    Sleep,
+}
+
 /// How often a cancellable run waiting for its session looks at its token.
 const CANCEL_POLL: Duration = Duration::from_millis(2);
 
@@ -69,14 +80,16 @@ fn lock_cache(dir: &Path) -> Option<std::fs::File> {
 }
 
 impl Engine {
-    /// Creates a session for `path` on `backend` and checks that the graph has exactly the
-    /// named inputs and at least the named outputs.
+    /// Creates a session for `path` on `backend`, its workers waiting as `wait` says, and
+    /// checks that the graph has exactly the named inputs and at least the named outputs.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn load(
         runtime: &Runtime,
         name: &'static str,
         path: &Path,
         threads: usize,
         backend: Backend<'_>,
+        wait: Wait,
         inputs: &[&str],
         outputs: &[&str],
     ) -> Result<Engine, ModelError> {
@@ -98,8 +111,9 @@ impl Engine {
                 .with_inter_threads(1)?
                 // Each session has its own pool and sessions run one after another (encoder,
                 // then decoder, then heads): a pool still spinning after its run takes a core
-                // from the next session. Spinning stays on within a run, where it pays.
+                // from the next session. Within a run, workers spin or sleep as `wait` says.
                 .with_config_entry("session.force_spinning_stop", "1")?
+                .with_intra_op_spinning(wait == Wait::Spin)?
                 .commit_from_file(path)
         };
         let session = match backend {

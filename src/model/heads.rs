@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array1, Array2, Array4, ArrayView2, Ix2};
 use ort::value::TensorRef;
 
-use super::engine::{Backend, Engine};
+use super::engine::{Backend, Engine, Wait};
 use super::image_encoder::ImageEmbedding;
 use super::manifest::{check_regular_file, verify_file};
 use super::mask_decoder::MaskDecoder;
@@ -175,6 +175,7 @@ impl TaskHeads {
                 &verified("error")?,
                 threads,
                 Backend::Cpu,
+                Wait::Spin,
                 &["image_embeddings", "mask", "structure"],
                 &["error_logits"],
             )?,

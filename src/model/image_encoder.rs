@@ -6,7 +6,7 @@ use ndarray::{Array4, Ix4};
 use ort::value::TensorRef;
 
 use super::cancel::CancelToken;
-use super::engine::{Backend, Engine};
+use super::engine::{Backend, Engine, Wait};
 use super::provider::Provider;
 use super::runtime::Runtime;
 use super::ModelError;
@@ -83,7 +83,14 @@ impl ImageEncoder {
     ) -> Result<ImageEncoder, ModelError> {
         let load = |backend| {
             Engine::load(
-                runtime, "encoder", path, threads, backend, &INPUTS, &OUTPUTS,
+                runtime,
+                "encoder",
+                path,
+                threads,
+                backend,
+                Wait::Spin,
+                &INPUTS,
+                &OUTPUTS,
             )
         };
         let openvino = Backend::OpenVino {

@@ -5,7 +5,7 @@ use std::path::Path;
 use ndarray::{Array1, Array2, Array3, Array4, ArrayView2, Ix2};
 use ort::value::TensorRef;
 
-use super::engine::{Backend, Engine};
+use super::engine::{Backend, Engine, Wait};
 use super::image_encoder::ImageEmbedding;
 use super::prompt::ModelPrompts;
 use super::runtime::Runtime;
@@ -50,6 +50,10 @@ impl MaskDecoder {
                 path,
                 threads,
                 Backend::Cpu,
+                // A click is one decoder call, about 40 ms of work, on cores the viewer
+                // shares: a worker spinning there takes the core that the thread it waits
+                // for needs (on the loaded 2-core VM a click took 1.7-2.7x as long).
+                Wait::Sleep,
                 &INPUTS,
                 &["low_res_masks", "iou_predictions"],
             )?,
@@ -76,6 +80,7 @@ impl MaskDecoder {
                 path,
                 threads,
                 Backend::Cpu,
+                Wait::Spin,
                 &inputs,
                 &["low_res_masks", "iou_predictions"],
             )?,

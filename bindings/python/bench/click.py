@@ -25,12 +25,14 @@ BOX = (102, 194, 283, 379)  # case ct_liver of data/demo/cases.json
 
 
 def median_ms(f, runs):
-    times = []
+    """Median wall and CPU (this process, all threads) ms of ``f``."""
+    times, cpu = [], []
     for _ in range(runs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         f()
         times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+        cpu.append(time.process_time() - c)
+    return statistics.median(times) * 1e3, statistics.median(cpu) * 1e3
 
 
 def main():
@@ -46,10 +48,10 @@ def main():
     print(f"python click bench: demo CT slice 512x512, 2 threads, {seg.encoder} encoder, "
           f"{runs} runs, {os.cpu_count()} cores, load {open('/proc/loadavg').read().strip()}")
     print(f"  embed (once):                 {embed_ms:8.1f} ms")
-    print(f"  predict, box:                 {median_ms(lambda: seg.predict(emb, box=BOX), runs):8.1f} ms (median)")
-    click = median_ms(lambda: seg.predict(emb, box=BOX, points=[(190, 290)], labels=[1],
-                                          mask_input=first.logits), runs)
-    print(f"  predict, click + mask prompt: {click:8.1f} ms (median)  <- click latency")
+    print(f"  predict, box:                 {median_ms(lambda: seg.predict(emb, box=BOX), runs)[0]:8.1f} ms (median)")
+    click, cpu = median_ms(lambda: seg.predict(emb, box=BOX, points=[(190, 290)], labels=[1],
+                                               mask_input=first.logits), runs)
+    print(f"  predict, click + mask prompt: {click:8.1f} ms (median; CPU {cpu:.1f} ms)  <- click latency")
 
     ticks = 0
     done = threading.Event()
