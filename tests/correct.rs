@@ -225,6 +225,7 @@ fn converged_rounds_are_copied_with_the_results_of_running_them() {
     let models = seg.loop_models(&heads);
     let copy = CorrectOptions::default()
         .with_error_threshold(heads.info.error_threshold)
+        .with_converged_fraction(0.0)
         .with_keep_rounds(true);
     let run = copy.with_run_converged_rounds(true);
     let mut copied = 0;

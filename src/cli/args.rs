@@ -205,7 +205,7 @@ pub struct LoopArgs {
     /// With the fixed rounds (no --stop-early), a round that changes at most this fraction
     /// of its mask's pixels ends the loop, its mask standing for the rounds left (0-1; 0:
     /// only an unchanged mask ends it early, which changes nothing).
-    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_probability)]
+    #[arg(long, value_name = "F", default_value_t = cosam::correct::DEFAULT_CONVERGED_FRACTION, value_parser = parse_probability)]
     pub converged_fraction: f32,
 }
 
