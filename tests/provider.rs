@@ -178,3 +178,32 @@ fn processes_sharing_a_cold_openvino_cache_all_run_openvino() {
     }
     assert!(masks.windows(2).all(|w| w[0] == w[1]), "masks differ");
 }
+
+/// An embedding cache shared by runs on both providers hands each its own embeddings:
+/// OpenVINO's, looked up after the CPU provider filled the cache, equal OpenVINO's own.
+#[test]
+fn the_embedding_cache_keeps_the_providers_apart() {
+    if !openvino_required_or_present("the_embedding_cache_keeps_the_providers_apart") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cosam::eval::DiskCache::new(dir.path(), 1 << 30).unwrap();
+    let volume = cosam::io::read(&fixture("parity").join("mr_liver.png")).unwrap();
+    let (cpu, ov) = (
+        segmenter_on(Provider::Cpu),
+        segmenter_on(Provider::OpenVino),
+    );
+    let embed = |seg: &cosam::Segmenter, cache: Option<&dyn cosam::pipeline::EmbeddingCache>| {
+        let map = seg.intensity_map(&volume).unwrap();
+        let slice = seg.embed_slice_cached(&volume, 0, &map, cache).unwrap();
+        slice.embedding().unwrap().tensor().to_owned()
+    };
+    let from_cpu = embed(cpu, Some(&cache));
+    let own = embed(ov, None);
+    assert!(
+        own != from_cpu,
+        "the providers' embeddings are identical: nothing to tell apart"
+    );
+    assert_eq!(embed(ov, Some(&cache)), own);
+    assert_eq!(embed(cpu, Some(&cache)), from_cpu);
+}

@@ -15,7 +15,7 @@ use crate::correct::{correct_slice, CorrectError, CorrectOptions, LoopModels, Qu
 use crate::io::{Mask, Modality, Volume, WindowLevel};
 use crate::model::{
     CancelToken, HeadsSource, ImageEmbedding, LiteMedSam, ModelConfig, ModelError, PromptError,
-    Prompts, TaskHeads,
+    Prompts, Provider, TaskHeads,
 };
 use crate::post::{
     mask_ops, Cleanup, Device, MaskOps, PostError, BACKGROUND_LOGIT, THRESHOLD_LOGIT,
@@ -428,6 +428,12 @@ impl Segmenter {
             None => tensor.iter().for_each(|v| h.update(v.to_ne_bytes())),
         }
         h.update(self.encoder_sha256().as_bytes());
+        // OpenVINO's embeddings differ from the CPU provider's in the fifth digit: a cache
+        // shared by runs on both must not hand one's to the other. The CPU provider's keys
+        // stay as they were, so existing caches keep their entries.
+        if self.sam.provider() != Provider::Cpu {
+            h.update(self.sam.provider().name().as_bytes());
+        }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
