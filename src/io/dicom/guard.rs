@@ -327,6 +327,8 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
         syntax: Syntax::ExplicitLe,
     };
     let mut ts = String::new();
+    // where (0002,0000) says the group ends: dicom-object reads meta elements up to there
+    let mut meta_end = None;
     loop {
         let at = meta.pos;
         let Some(group) = bytes
@@ -337,6 +339,9 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
         };
         if group != 0x0002 {
             meta.pos = at;
+            break;
+        }
+        if meta_end.is_some_and(|end| at >= end) {
             break;
         }
         let (tag, _, len) = meta.header()?;
@@ -355,6 +360,7 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
                     bytes.len() - value_end
                 ));
             }
+            meta_end = Some(value_end + group_len as usize);
         }
         if tag == (0x0002, 0x0010) {
             ts = String::from_utf8_lossy(&bytes[meta.pos..value_end])
@@ -362,6 +368,16 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
                 .to_string();
         }
         meta.pos = value_end;
+    }
+    // A group length that disagrees with the elements (an element of another group
+    // inside it, or group 0002 going on past it) would make the parser start the data
+    // set elsewhere than this walk: found by libFuzzer in a deflated file.
+    if let Some(end) = meta_end.filter(|&end| end != meta.pos) {
+        return Err(format!(
+            "file meta group length says the group ends at byte {end}, its elements end \
+             at byte {}",
+            meta.pos
+        ));
     }
     let body = &bytes[meta.pos..];
     let (syntax, inflated);
@@ -473,6 +489,33 @@ mod tests {
         f.pop();
         f.extend_from_slice(&[0x09, 0x00, 0x10, 0x10, 3, 0, 0, 0, 1, 2, 3]);
         assert!(check_lengths(&f, false).is_ok());
+    }
+
+    #[test]
+    fn the_meta_group_ends_where_its_group_length_says() {
+        // (0002,0000) UL covering (0002,0010) and a (0003,0013) SH after it
+        let ts = b"1.2.840.10008.1.2.1\0";
+        let mut group = vec![0x02, 0x00, 0x10, 0x00, b'U', b'I'];
+        group.extend_from_slice(&(ts.len() as u16).to_le_bytes());
+        group.extend_from_slice(ts);
+        let stray = [0x03, 0x00, 0x13, 0x00, b'S', b'H', 2, 0, b'A', b' '];
+        let mut f = vec![0u8; 128];
+        f.extend_from_slice(b"DICM");
+        f.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+        f.extend_from_slice(&((group.len() + stray.len()) as u32).to_le_bytes());
+        f.extend_from_slice(&group);
+        f.extend_from_slice(&stray);
+        f.extend_from_slice(&[0x10, 0x00, 0x10, 0x00, b'P', b'N', 2, 0, b'A', b' ']);
+        let err = check_lengths(&f, false).unwrap_err();
+        assert!(err.contains("group length says"), "{err}");
+        // without the stray element, and with a matching group length, it passes
+        let mut g = vec![0u8; 128];
+        g.extend_from_slice(b"DICM");
+        g.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+        g.extend_from_slice(&(group.len() as u32).to_le_bytes());
+        g.extend_from_slice(&group);
+        g.extend_from_slice(&[0x10, 0x00, 0x10, 0x00, b'P', b'N', 2, 0, b'A', b' ']);
+        assert!(check_lengths(&g, false).is_ok());
     }
 
     #[test]
