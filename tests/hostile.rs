@@ -482,6 +482,61 @@ fn dicom_without_preamble_fails_the_same_alone_and_in_a_folder() {
     assert_eq!(io::detect_format(&p).unwrap(), io::ImageFormat::Dicom);
 }
 
+/// A binary value that is not a whole number of values (libFuzzer, 2026-11-30: MR_small
+/// with SliceThickness's VR changed from DS to AT, 6 bytes) is refused by the length
+/// pre-check. dicom-parser read one 4-byte tag, took the next header from the 2 bytes
+/// left over and the text after them, and allocated ~800 MB for that "length".
+#[test]
+fn dicom_value_of_partial_binary_values_is_refused_before_the_parser() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(mr_small()).unwrap();
+    let field = b"\x18\x00P\x00DS\x06\x000.8000";
+    let at = bytes
+        .windows(field.len())
+        .position(|w| w == field)
+        .expect("MR_small has SliceThickness DS 0.8000");
+    bytes[at + 4..at + 6].copy_from_slice(b"AT");
+    let p = write(tmp.path(), "at6.dcm", &bytes);
+    let t0 = Instant::now();
+    let e = err(&p);
+    assert!(matches!(e, ReadError::Corrupt { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("(0018,0050)") && msg.contains("not a multiple of 4"),
+        "{msg}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}
+
+/// An RLE fragment whose header claims 2^32 - 1 segments (libFuzzer, 2026-11-30, from
+/// MR_small_RLE) is refused before dicom-transfer-syntax-registry allocates an offset
+/// per segment (16 GiB; a failed allocation aborts, past the panic guard).
+#[test]
+fn dicom_rle_segment_count_is_checked_before_the_decoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(root().join("tests/fixtures/io/dicom/MR_small_RLE.dcm")).unwrap();
+    let header = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff";
+    let at = bytes
+        .windows(header.len())
+        .position(|w| w == header)
+        .expect("MR_small_RLE has encapsulated PixelData")
+        + header.len();
+    // the basic offset table item, then the first fragment's item header
+    let table = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+    let fragment = at + 8 + table + 8;
+    assert_eq!(
+        bytes[fragment..fragment + 4],
+        [2, 0, 0, 0],
+        "two segments (16-bit)"
+    );
+    bytes[fragment..fragment + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let p = write(tmp.path(), "rle_segments.dcm", &bytes);
+    let e = err(&p);
+    assert!(matches!(e, ReadError::Corrupt { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("4294967295 segments (at most 15)"), "{msg}");
+}
+
 /// A FIFO given as an input, or lying in a DICOM folder, is refused or skipped without
 /// being opened (opening it would block forever).
 #[test]

@@ -54,8 +54,11 @@ pub(super) fn decode(p: &DicomProbe) -> Result<Array4<f32>, ReadError> {
             .ok_or_else(|| corrupt(format!("malformed DICOM: {e}")))?,
     };
     drop(bytes);
-    if obj.get(tags::PIXEL_DATA).is_none() {
+    let Some(pixel_data) = obj.get(tags::PIXEL_DATA) else {
         return Err(corrupt("no PixelData (not an image)".into()));
+    };
+    if p.transfer_syntax == RLE_LOSSLESS {
+        check_rle_headers(pixel_data).map_err(corrupt)?;
     }
     let foreign = guard(path, || {
         let decoded = obj
@@ -99,6 +102,37 @@ pub(super) fn decode(p: &DicomProbe) -> Result<Array4<f32>, ReadError> {
         }
     }
     Ok(pixels)
+}
+
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
+/// Checks the segment count in each RLE fragment's header (PS3.5 G.5: at most 15, in a
+/// 64-byte header). dicom-transfer-syntax-registry 0.10 allocates that many offsets
+/// before looking at the fragment, so a count of 942,551,554 from a mutated header made
+/// it ask for 3.8 GB (found by libFuzzer): an allocation failure there aborts the
+/// process, which the panic guard cannot catch.
+fn check_rle_headers(pixel_data: &InMemElement) -> Result<(), String> {
+    for (i, fragment) in pixel_data
+        .value()
+        .fragments()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let segments = fragment
+            .get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        match segments {
+            Some(n) if n <= 15 => {}
+            Some(n) => {
+                return Err(format!(
+                    "RLE fragment {i} declares {n} segments (at most 15)"
+                ))
+            }
+            None => return Err(format!("RLE fragment {i} is shorter than its header")),
+        }
+    }
+    Ok(())
 }
 
 /// Re-reads a native little-endian file cut right after its PixelData element.

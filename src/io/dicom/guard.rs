@@ -6,6 +6,11 @@
 //! length fits inside its enclosing sequence item or the file, for the file meta group
 //! and a data set in implicit VR little endian, explicit VR little endian or explicit VR
 //! big endian. Deflated data sets are inflated with a size cap first.
+//!
+//! It also refuses a binary value whose length is not a whole number of values (an AT
+//! or FL of 6 bytes, a US of 3): the parser reads `len / size` values and then reads the
+//! next header from inside the leftover bytes, so a 6 kB file could make it allocate
+//! ~800 MB for a "length" taken from text (found by libFuzzer, fuzz/README.md).
 
 use std::io::Read;
 
@@ -28,6 +33,33 @@ enum Syntax {
 
 /// Tag (group, element), VR when explicit, and value length.
 type Header = ((u16, u16), Option<[u8; 2]>, u32);
+
+/// Bytes per value of the binary VRs that `dicom-parser` reads as `len / size` numbers
+/// (AT as tags), `None` for the others.
+fn value_size(vr: &[u8; 2]) -> Option<u32> {
+    match vr {
+        b"SS" | b"US" | b"OW" => Some(2),
+        b"AT" | b"FL" | b"SL" | b"UL" | b"OF" | b"OL" => Some(4),
+        b"FD" | b"OD" | b"SV" | b"UV" | b"OV" => Some(8),
+        _ => None,
+    }
+}
+
+/// The VR the parser gives an element: the explicit one, or in implicit VR the standard
+/// dictionary's (as `dicom-encoding`'s implicit decoder resolves it: OW for pixel and
+/// overlay data, US for US-or-SS, OW for OB-or-OW, UN for unknown tags).
+fn parser_vr(tag: (u16, u16), explicit: Option<[u8; 2]>) -> Option<[u8; 2]> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    if explicit.is_some() || tag.0 == 0xFFFE {
+        return explicit;
+    }
+    if tag == (0x7FE0, 0x0010) || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
+        return Some(*b"OW");
+    }
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(dicom_core::Tag(tag.0, tag.1))
+        .map(|entry| entry.vr().relaxed().to_bytes())
+}
 
 struct Cursor<'a> {
     data: &'a [u8],
@@ -193,6 +225,21 @@ fn walk(
                     limit.saturating_sub(c.pos)
                 )
             })?;
+        // Pixel data is exempt: nothing after it is needed, and the decoder checks its
+        // size against Rows x Columns.
+        if tag != (0x7FE0, 0x0010) {
+            if let Some(vr) = parser_vr(tag, vr) {
+                if let Some(size) = value_size(&vr).filter(|size| len % size != 0) {
+                    return Err(format!(
+                        "element ({:04X},{:04X}) at byte {at} has VR {} and {len} bytes, \
+                         not a multiple of {size}",
+                        tag.0,
+                        tag.1,
+                        String::from_utf8_lossy(&vr)
+                    ));
+                }
+            }
+        }
         // A defined-length sequence (or, in implicit VR, a value that starts with an
         // item tag) holds items whose lengths must fit inside it.
         let starts_with_item = c
@@ -280,6 +327,8 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
         syntax: Syntax::ExplicitLe,
     };
     let mut ts = String::new();
+    // where (0002,0000) says the group ends: dicom-object reads meta elements up to there
+    let mut meta_end = None;
     loop {
         let at = meta.pos;
         let Some(group) = bytes
@@ -290,6 +339,9 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
         };
         if group != 0x0002 {
             meta.pos = at;
+            break;
+        }
+        if meta_end.is_some_and(|end| at >= end) {
             break;
         }
         let (tag, _, len) = meta.header()?;
@@ -308,6 +360,7 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
                     bytes.len() - value_end
                 ));
             }
+            meta_end = Some(value_end + group_len as usize);
         }
         if tag == (0x0002, 0x0010) {
             ts = String::from_utf8_lossy(&bytes[meta.pos..value_end])
@@ -315,6 +368,16 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
                 .to_string();
         }
         meta.pos = value_end;
+    }
+    // A group length that disagrees with the elements (an element of another group
+    // inside it, or group 0002 going on past it) would make the parser start the data
+    // set elsewhere than this walk: found by libFuzzer in a deflated file.
+    if let Some(end) = meta_end.filter(|&end| end != meta.pos) {
+        return Err(format!(
+            "file meta group length says the group ends at byte {end}, its elements end \
+             at byte {}",
+            meta.pos
+        ));
     }
     let body = &bytes[meta.pos..];
     let (syntax, inflated);
@@ -384,6 +447,75 @@ mod tests {
         ];
         let err = check_lengths(&file(&body), false).unwrap_err();
         assert!(err.contains("claims 4294967280 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_binary_value_must_hold_whole_values() {
+        // (0018,0050) AT of 6 bytes then (0018,0080) DS: dicom-parser reads one tag and
+        // takes the header of the next element from "00\x18\x00\x80\x00DS..."
+        let mut body = vec![0x18, 0x00, 0x50, 0x00, b'A', b'T', 6, 0];
+        body.extend_from_slice(b"0.8000");
+        body.extend_from_slice(&[0x18, 0x00, 0x80, 0x00, b'D', b'S', 10, 0]);
+        body.extend_from_slice(b"4000.0000 ");
+        let err = check_lengths(&file(&body), false).unwrap_err();
+        assert!(
+            err.contains("(0018,0050)") && err.contains("not a multiple of 4"),
+            "{err}"
+        );
+        // the same with a whole tag is fine
+        body[6] = 4;
+        body.drain(12..14);
+        assert!(check_lengths(&file(&body), false).is_ok());
+    }
+
+    #[test]
+    fn implicit_vr_values_are_checked_against_the_dictionary() {
+        let mut f = vec![0u8; 128];
+        f.extend_from_slice(b"DICM");
+        let ts = b"1.2.840.10008.1.2\0";
+        f.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
+        f.extend_from_slice(&(ts.len() as u16).to_le_bytes());
+        f.extend_from_slice(ts);
+        // (0028,0010) Rows, US in the dictionary, with 3 bytes
+        f.extend_from_slice(&[0x28, 0x00, 0x10, 0x00, 3, 0, 0, 0, 64, 0, 0]);
+        let err = check_lengths(&f, false).unwrap_err();
+        assert!(
+            err.contains("(0028,0010)") && err.contains("VR US"),
+            "{err}"
+        );
+        // 2 bytes, and a private tag (not in the dictionary) of 3 bytes, are fine
+        let n = f.len();
+        f[n - 7] = 2;
+        f.pop();
+        f.extend_from_slice(&[0x09, 0x00, 0x10, 0x10, 3, 0, 0, 0, 1, 2, 3]);
+        assert!(check_lengths(&f, false).is_ok());
+    }
+
+    #[test]
+    fn the_meta_group_ends_where_its_group_length_says() {
+        // (0002,0000) UL covering (0002,0010) and a (0003,0013) SH after it
+        let ts = b"1.2.840.10008.1.2.1\0";
+        let mut group = vec![0x02, 0x00, 0x10, 0x00, b'U', b'I'];
+        group.extend_from_slice(&(ts.len() as u16).to_le_bytes());
+        group.extend_from_slice(ts);
+        let stray = [0x03, 0x00, 0x13, 0x00, b'S', b'H', 2, 0, b'A', b' '];
+        let mut f = vec![0u8; 128];
+        f.extend_from_slice(b"DICM");
+        f.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+        f.extend_from_slice(&((group.len() + stray.len()) as u32).to_le_bytes());
+        f.extend_from_slice(&group);
+        f.extend_from_slice(&stray);
+        f.extend_from_slice(&[0x10, 0x00, 0x10, 0x00, b'P', b'N', 2, 0, b'A', b' ']);
+        let err = check_lengths(&f, false).unwrap_err();
+        assert!(err.contains("group length says"), "{err}");
+        // without the stray element, and with a matching group length, it passes
+        let mut g = vec![0u8; 128];
+        g.extend_from_slice(b"DICM");
+        g.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+        g.extend_from_slice(&(group.len() as u32).to_le_bytes());
+        g.extend_from_slice(&group);
+        g.extend_from_slice(&[0x10, 0x00, 0x10, 0x00, b'P', b'N', 2, 0, b'A', b' ']);
+        assert!(check_lengths(&g, false).is_ok());
     }
 
     #[test]
