@@ -451,7 +451,7 @@ pub fn correct_slice(
         let changed = if options.run_converged_rounds {
             usize::MAX
         } else {
-            count_on((&mask ^ &previous).view())
+            mask.iter().zip(&previous).filter(|(a, b)| a != b).count()
         };
         let tolerated = if options.stop_early {
             0.0

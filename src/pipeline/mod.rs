@@ -722,7 +722,7 @@ impl Segmenter {
     /// [`Segmenter::visit_slices`] for the volume paths: `decode` turns each slice's
     /// embedding (with its index, place in the model frame and output number) into
     /// model-frame logits for every output volume in `assemblers`, which turn them into
-    /// masks in chunks. The encoder's time is shared among the outputs. Returns the
+    /// masks in chunks. The wait for each embedding is shared among the outputs. Returns the
     /// intensity mapping the slices were embedded with.
     fn segment_slices(
         &self,
@@ -736,6 +736,8 @@ impl Segmenter {
         let outputs = assemblers.len();
         let mut embedded_at = Instant::now();
         self.visit_slices(volume, slices, &map, None, |z, embedded| {
+            // the time spent waiting for this slice's embedding (the encoder's time not
+            // hidden behind the previous slice's decoding), shared among the outputs
             let encoder_share = embedded_at.elapsed().as_secs_f64() / outputs.max(1) as f64;
             for (k, assembler) in assemblers.iter_mut().enumerate() {
                 let started = Instant::now();

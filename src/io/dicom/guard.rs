@@ -417,16 +417,20 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
 mod tests {
     use super::*;
 
-    fn file(body: &[u8]) -> Vec<u8> {
+    /// Preamble, "DICM", (0002,0010) UI `ts` (NUL-padded to even length), then `body`.
+    fn file_in(ts: &[u8], body: &[u8]) -> Vec<u8> {
         let mut f = vec![0u8; 128];
         f.extend_from_slice(b"DICM");
-        // (0002,0010) UI "1.2.840.10008.1.2.1"
-        let ts = b"1.2.840.10008.1.2.1\0";
         f.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
         f.extend_from_slice(&(ts.len() as u16).to_le_bytes());
         f.extend_from_slice(ts);
         f.extend_from_slice(body);
         f
+    }
+
+    /// [`file_in`] explicit VR little endian.
+    fn file(body: &[u8]) -> Vec<u8> {
+        file_in(b"1.2.840.10008.1.2.1\0", body)
     }
 
     #[test]
@@ -470,14 +474,11 @@ mod tests {
 
     #[test]
     fn implicit_vr_values_are_checked_against_the_dictionary() {
-        let mut f = vec![0u8; 128];
-        f.extend_from_slice(b"DICM");
-        let ts = b"1.2.840.10008.1.2\0";
-        f.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
-        f.extend_from_slice(&(ts.len() as u16).to_le_bytes());
-        f.extend_from_slice(ts);
-        // (0028,0010) Rows, US in the dictionary, with 3 bytes
-        f.extend_from_slice(&[0x28, 0x00, 0x10, 0x00, 3, 0, 0, 0, 64, 0, 0]);
+        // implicit VR little endian; (0028,0010) Rows, US in the dictionary, with 3 bytes
+        let mut f = file_in(
+            b"1.2.840.10008.1.2\0",
+            &[0x28, 0x00, 0x10, 0x00, 3, 0, 0, 0, 64, 0, 0],
+        );
         let err = check_lengths(&f, false).unwrap_err();
         assert!(
             err.contains("(0028,0010)") && err.contains("VR US"),
