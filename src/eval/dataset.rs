@@ -26,6 +26,11 @@ pub struct Case {
     pub label: PathBuf,
     /// Structure name to its value in the label map.
     pub labels: BTreeMap<String, u32>,
+    /// Structures the reference would mark if the image held them, and does not: every
+    /// slice is a negative for them in training data. `cosam eval` does not score them
+    /// (Dice is undefined there).
+    #[serde(default)]
+    pub absent_labels: Vec<String>,
     /// True for generated domain shifts.
     #[serde(default)]
     pub synthetic: bool,
@@ -83,6 +88,12 @@ impl Dataset {
             if !seen.insert(case.id.clone()) {
                 return Err(bad(format!("case id '{}' appears twice", case.id)));
             }
+            if let Some(s) = case.absent_labels.iter().find(|s| case.labels.contains_key(*s)) {
+                return Err(bad(format!(
+                    "case '{}' lists '{s}' in both labels and absent_labels",
+                    case.id
+                )));
+            }
             case.image = base.join(&case.image);
             case.label = base.join(&case.label);
             cases.push(case);
@@ -133,6 +144,7 @@ impl Dataset {
                     label: dir.join("labelsTr").join(format!("{name}.nii.gz")),
                     image,
                     labels: labels.clone(),
+                    absent_labels: Vec::new(),
                     synthetic: false,
                     label_kind: "nnU-Net labelsTr".into(),
                     spacing_source: "image header".into(),
@@ -217,7 +229,7 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_ids_and_unknown_formats_are_refused() {
+    fn duplicate_ids_contradictory_labels_and_unknown_formats_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let m = dir.path().join("m.json");
         let case = r#"{"id":"a","task":"t","domain":"d","image":"i","label":"l","labels":{}}"#;
@@ -230,6 +242,16 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("appears twice"));
+        std::fs::write(
+            &m,
+            r#"{"format":"cosam-dataset/1","cases":[{"id":"a","task":"t","domain":"d",
+            "image":"i","label":"l","labels":{"liver":1},"absent_labels":["liver"]}]}"#,
+        )
+        .unwrap();
+        assert!(Dataset::load(&m)
+            .unwrap_err()
+            .to_string()
+            .contains("'liver' in both labels and absent_labels"));
         std::fs::write(&m, r#"{"format":"other/9","cases":[]}"#).unwrap();
         assert!(Dataset::load(&m)
             .unwrap_err()

@@ -27,7 +27,8 @@ pub struct TrainingCase {
     pub synthetic: bool,
     /// Structure names; the label value of `structures[i]` in `labels.npy` is `i + 1`.
     pub structures: Vec<String>,
-    /// The structures this case's reference marks (others are unknown, not absent).
+    /// The structures this case's reference covers: those it marks and those it calls
+    /// absent (the manifest's `absent_labels`). Others are unknown, not absent.
     pub labelled: Vec<String>,
     /// The model frame of the slices ([`crate::io::FRAME_VERSION`]).
     pub model_frame: u32,
@@ -58,7 +59,7 @@ pub fn export_case(
         .map_err(|e| e.to_string())?;
     let labelled: Vec<String> = structures
         .iter()
-        .filter(|s| case.labels.contains_key(*s))
+        .filter(|s| case.labels.contains_key(*s) || case.absent_labels.contains(*s))
         .cloned()
         .collect();
     let mut embeddings: Vec<f32> = Vec::new();
