@@ -9,7 +9,8 @@ Tasks and domains:
   predictions, i.e. pseudo ground truth):
     ts-ct-3mm        example_ct_sm.nii.gz + example_seg.nii.gz       (CT, 3 mm)
     ts-ct-dicom-1mm  example_ct_dicom/ (DICOM series, 0.98 mm, 2 mm slices, JPEG 2000)
-                     + example_seg_dicom.nii.gz                      (a different scan)
+                     + example_seg_dicom.nii.gz      (not the patient of ts-ct-3mm:
+                                                     data/same_patient.py)
     ts-mr-3mm        example_mr_sm.nii.gz + example_seg_mr.nii.gz     (MR, 3 mm)
   brain (brain extraction on T1 with skull; manual or atlas masks):
     colin27          mricron-data ch2.nii.gz + ch2bet.nii.gz > 0      (1 mm in-plane)

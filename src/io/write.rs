@@ -261,6 +261,20 @@ pub fn write_mask_nifti(path: &Path, mask: &Array3<u8>, volume: &Volume) -> Resu
             reason: format!("mask is {:?}, volume is {n}x{rows}x{cols}", mask.dim()),
         });
     }
+    // NIfTI-1 stores each dimension as a signed 16-bit number (nifti1.h `short dim[8]`);
+    // a larger one would be written as a negative size that readers refuse.
+    if let Some((axis, size)) = [("columns", cols), ("rows", rows), ("slices", n)]
+        .into_iter()
+        .find(|&(_, size)| size > i16::MAX as usize)
+    {
+        return Err(WriteError::Encode {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{size} {axis} do not fit NIfTI-1, whose sizes are at most {}",
+                i16::MAX
+            ),
+        });
+    }
     let mut header = match &volume.nifti_header {
         Some(h) => (**h).clone(),
         None => header_from_affine(volume),
@@ -465,6 +479,35 @@ mod tests {
         let mut sheared = a;
         sheared[0][2] += 0.3;
         assert!(quaternion_of(&sheared).is_none());
+    }
+
+    #[test]
+    fn sizes_past_nifti1s_signed_16_bits_are_refused_not_written_negative() {
+        use crate::io::{Affine, Modality, Spacing};
+        let dir = tempfile::tempdir().unwrap();
+        let spacing = Spacing {
+            column_mm: 1.0,
+            row_mm: 1.0,
+            slice_mm: 1.0,
+        };
+        let volume = |cols| {
+            Volume::new(
+                ndarray::Array4::zeros((1, 2, cols, 1)),
+                spacing,
+                Affine::from_spacing(spacing),
+                Modality::Ct,
+                "wide.dcm".into(),
+            )
+            .unwrap()
+        };
+        let fits = dir.path().join("fits.nii");
+        write_mask_nifti(&fits, &Array3::zeros((1, 2, 32767)), &volume(32767)).unwrap();
+        let wide = dir.path().join("wide.nii");
+        let err = write_mask_nifti(&wide, &Array3::zeros((1, 2, 43108)), &volume(43108))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("43108 columns do not fit NIfTI-1"), "{err}");
+        assert!(!wide.exists());
     }
 
     #[test]
