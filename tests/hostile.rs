@@ -1008,3 +1008,18 @@ fn batch_of_every_crafted_input_finishes_within_bounded_memory() {
     }
     assert!(peak < 3 << 30, "peak RSS {} MiB", peak >> 20);
 }
+
+/// NIfTI-1 sizes are signed 16-bit numbers: a size whose top bit is set is negative, not a
+/// size past 32767 (which the nifti crate's unsigned field would make of it).
+#[test]
+fn negative_nifti_sizes_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = nifti_header([43108, 1, 1], 2, 8, 352.0);
+    let p = write(
+        tmp.path(),
+        "negative_dim.nii",
+        &nifti_file(&h, 352, &[1; 64]),
+    );
+    let msg = err(&p).to_string();
+    assert!(msg.contains("dimension 1 has size -22428"), "{msg}");
+}

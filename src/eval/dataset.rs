@@ -88,7 +88,11 @@ impl Dataset {
             if !seen.insert(case.id.clone()) {
                 return Err(bad(format!("case id '{}' appears twice", case.id)));
             }
-            if let Some(s) = case.absent_labels.iter().find(|s| case.labels.contains_key(*s)) {
+            if let Some(s) = case
+                .absent_labels
+                .iter()
+                .find(|s| case.labels.contains_key(*s))
+            {
                 return Err(bad(format!(
                     "case '{}' lists '{s}' in both labels and absent_labels",
                     case.id
