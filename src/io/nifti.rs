@@ -413,8 +413,9 @@ fn spatial_dims(header: &NiftiHeader, path: &Path) -> Result<[usize; 3], ReadErr
         // nifti1.h declares `short dim[8]`; the nifti crate reads it unsigned, so a
         // negative size would otherwise pass as a size past 32767
         let signed = dim[i] as i16;
-        Some(usize::from(dim[i]))
-            .filter(|&d| d > 0 && signed > 0)
+        usize::try_from(signed)
+            .ok()
+            .filter(|&d| d > 0)
             .ok_or_else(|| ReadError::Corrupt {
                 path: path.to_path_buf(),
                 reason: format!("dimension {i} has size {signed}"),
