@@ -102,7 +102,16 @@ impl Cursor<'_> {
         let tag = (group, element);
         // items and delimiters have no VR in any syntax (always little endian in LE)
         if group == 0xFFFE {
-            return Ok((tag, None, self.u32(big)?));
+            let at = self.pos - 4;
+            let len = self.u32(big)?;
+            // PS3.5 7.5: delimiters have length 0. dicom-parser takes a delimiter's
+            // length at face value where it does not expect one and allocates it.
+            if (tag == ITEM_END || tag == SEQUENCE_END) && len != 0 {
+                return Err(format!(
+                    "delimiter (FFFE,{element:04X}) at byte {at} has length {len}, not 0"
+                ));
+            }
+            return Ok((tag, None, len));
         }
         if self.syntax == Syntax::ImplicitLe {
             return Ok((tag, None, self.u32(false)?));
@@ -184,6 +193,9 @@ fn walk(
     while c.pos < limit {
         let at = c.pos;
         let (tag, vr, len) = c.header()?;
+        if tag == ITEM {
+            return Err(format!("sequence item at byte {at} outside a sequence"));
+        }
         if tag == ITEM_END || tag == SEQUENCE_END {
             if end.is_none() {
                 return Ok(());
@@ -379,38 +391,33 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
             meta.pos
         ));
     }
-    let body = &bytes[meta.pos..];
-    let (syntax, inflated);
-    let data: &[u8] = match ts.as_str() {
-        "1.2.840.10008.1.2" => {
-            syntax = Syntax::ImplicitLe;
-            body
-        }
-        "1.2.840.10008.1.2.2" => {
-            syntax = Syntax::ExplicitBe;
-            body
-        }
-        "1.2.840.10008.1.2.1.99" => {
-            syntax = Syntax::ExplicitLe;
-            let mut out = Vec::new();
-            flate2::read::DeflateDecoder::new(body)
-                .take(MAX_INFLATED_BYTES)
-                .read_to_end(&mut out)
-                .map_err(|e| format!("deflated data set does not inflate: {e}"))?;
-            inflated = out;
-            &inflated
-        }
-        _ => {
-            syntax = Syntax::ExplicitLe;
-            body
-        }
+    // Byte offsets in messages count from the file's start, or in a deflated file from
+    // the start of the inflated data set.
+    let syntax = match ts.as_str() {
+        "1.2.840.10008.1.2" => Syntax::ImplicitLe,
+        "1.2.840.10008.1.2.2" => Syntax::ExplicitBe,
+        _ => Syntax::ExplicitLe,
     };
+    if ts == "1.2.840.10008.1.2.1.99" {
+        let mut inflated = Vec::new();
+        flate2::read::DeflateDecoder::new(&bytes[meta.pos..])
+            .take(MAX_INFLATED_BYTES)
+            .read_to_end(&mut inflated)
+            .map_err(|e| format!("deflated data set does not inflate: {e}"))?;
+        let mut c = Cursor {
+            data: &inflated,
+            pos: 0,
+            syntax,
+        };
+        return walk(&mut c, Some(inflated.len()), 0, stop_at_pixel_data)
+            .map_err(|e| format!("{e} of the inflated data set"));
+    }
     let mut c = Cursor {
-        data,
-        pos: 0,
+        data: bytes,
+        pos: meta.pos,
         syntax,
     };
-    walk(&mut c, Some(data.len()), 0, stop_at_pixel_data)
+    walk(&mut c, Some(bytes.len()), 0, stop_at_pixel_data)
 }
 
 #[cfg(test)]
@@ -517,6 +524,26 @@ mod tests {
         g.extend_from_slice(&group);
         g.extend_from_slice(&[0x10, 0x00, 0x10, 0x00, b'P', b'N', 2, 0, b'A', b' ']);
         assert!(check_lengths(&g, false).is_ok());
+    }
+
+    #[test]
+    fn items_belong_in_sequences_and_delimiters_have_no_length() {
+        // empty pixel data, then an item and a sequence delimiter claiming 0x88000000
+        // bytes at the top level (a libFuzzer find: dicom-parser allocated 2.28 GB)
+        let pixel_data = [0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 0, 0, 0, 0];
+        let item = [0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0];
+        let delimiter = [0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0x88];
+        let err = check_lengths(&file(&[&pixel_data[..], &item].concat()), false).unwrap_err();
+        assert!(err.contains("outside a sequence"), "{err}");
+        let err = check_lengths(&file(&[&pixel_data[..], &delimiter].concat()), false).unwrap_err();
+        assert!(
+            err.contains("delimiter (FFFE,E0DD)") && err.contains("length 2281701376"),
+            "{err}"
+        );
+        // a stray delimiter of length 0 stays tolerated
+        let mut zero = delimiter;
+        zero[7] = 0;
+        assert!(check_lengths(&file(&[&pixel_data[..], &zero].concat()), false).is_ok());
     }
 
     #[test]
