@@ -537,6 +537,30 @@ fn dicom_rle_segment_count_is_checked_before_the_decoder() {
     assert!(msg.contains("4294967295 segments (at most 15)"), "{msg}");
 }
 
+/// A JPEG 2000 codestream whose SIZ marker declares 64 x 67,108,928 pixels (libFuzzer,
+/// 2026-11-30: openjp2 asked for 17 GB) is refused before the decoder: the codestream
+/// must declare the image the DICOM header describes.
+#[test]
+fn dicom_jpeg_2000_size_is_checked_against_the_header_before_the_decoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bytes =
+        std::fs::read(root().join("tests/fixtures/io/dicom/MR_small_jp2klossless.dcm")).unwrap();
+    let siz = bytes
+        .windows(4)
+        .position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])
+        .expect("MR_small_jp2klossless holds a raw codestream");
+    assert_eq!(bytes[siz + 12..siz + 16], 64u32.to_be_bytes(), "Ysiz 64");
+    bytes[siz + 12..siz + 16].copy_from_slice(&67_108_928u32.to_be_bytes());
+    let p = write(tmp.path(), "j2k_siz.dcm", &bytes);
+    let e = err(&p);
+    assert!(matches!(e, ReadError::Corrupt { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("declares 64x67108928 pixels") && msg.contains("header says 64x64"),
+        "{msg}"
+    );
+}
+
 /// A FIFO given as an input, or lying in a DICOM folder, is refused or skipped without
 /// being opened (opening it would block forever).
 #[test]

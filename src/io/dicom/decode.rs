@@ -60,6 +60,9 @@ pub(super) fn decode(p: &DicomProbe) -> Result<Array4<f32>, ReadError> {
     if p.transfer_syntax == RLE_LOSSLESS {
         check_rle_headers(pixel_data).map_err(corrupt)?;
     }
+    if JPEG_2000.contains(&p.transfer_syntax.as_str()) {
+        check_j2k_headers(pixel_data, p).map_err(corrupt)?;
+    }
     let foreign = guard(path, || {
         let decoded = obj
             .decode_pixel_data()
@@ -130,6 +133,60 @@ fn check_rle_headers(pixel_data: &InMemElement) -> Result<(), String> {
                 ))
             }
             None => return Err(format!("RLE fragment {i} is shorter than its header")),
+        }
+    }
+    Ok(())
+}
+
+/// JPEG 2000 (lossless, lossy) and High-Throughput JPEG 2000 transfer syntaxes.
+const JPEG_2000: [&str; 5] = [
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+];
+
+/// Checks that each JPEG 2000 codestream declares the image the DICOM header describes
+/// (its SIZ marker: width, height and component count; PS3.5 A.4.4 requires them to
+/// match). openjp2 allocates the declared image before decoding a byte of it: a SIZ
+/// mutated to 64 x 67,108,928 pixels in a 6 kB file asked for 17 GB (libFuzzer), an
+/// abort past the panic guard wherever memory is capped.
+fn check_j2k_headers(pixel_data: &InMemElement, p: &DicomProbe) -> Result<(), String> {
+    for (i, fragment) in pixel_data
+        .value()
+        .fragments()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        // A codestream starts with SOC (FF4F), possibly inside a JP2 file's `jp2c` box;
+        // other fragments continue the frame before them.
+        let start = if fragment.starts_with(&[0xFF, 0x4F]) {
+            0
+        } else if fragment.get(4..8) == Some(b"jP  ".as_slice()) {
+            match fragment.windows(4).position(|w| w == b"jp2c") {
+                Some(at) => at + 4,
+                None => return Err(format!("JPEG 2000 fragment {i} has no codestream")),
+            }
+        } else {
+            continue;
+        };
+        // SOC, then SIZ: marker, Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, (tiles), Csiz
+        let siz = fragment
+            .get(start..start + 42)
+            .filter(|b| b[2..4] == [0xFF, 0x51])
+            .ok_or_else(|| format!("JPEG 2000 fragment {i} has no SIZ marker after SOC"))?;
+        let u32_at = |o: usize| u32::from_be_bytes([siz[o], siz[o + 1], siz[o + 2], siz[o + 3]]);
+        let width = u32_at(8).saturating_sub(u32_at(16));
+        let height = u32_at(12).saturating_sub(u32_at(20));
+        let components = u32::from(u16::from_be_bytes([siz[40], siz[41]]));
+        if (width, height, components) != (p.columns, p.rows, p.samples) {
+            return Err(format!(
+                "JPEG 2000 fragment {i} declares {width}x{height} pixels with {components} \
+                 component(s); the header says {}x{} with {}",
+                p.columns, p.rows, p.samples
+            ));
         }
     }
     Ok(())
