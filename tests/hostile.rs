@@ -561,6 +561,29 @@ fn dicom_jpeg_2000_size_is_checked_against_the_header_before_the_decoder() {
     );
 }
 
+/// The same for a JPEG frame header (libFuzzer, 2026-11-30: a SOF of 12900 x 63844
+/// pixels made jpeg-decoder ask for 2.5 GB).
+#[test]
+fn dicom_jpeg_frame_size_is_checked_against_the_header_before_the_decoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bytes =
+        std::fs::read(root().join("tests/fixtures/io/dicom/SC_rgb_jpeg_dcmtk.dcm")).unwrap();
+    // SOF0: marker, length 17, precision 8, rows 100, columns 100, 3 components
+    let sof = bytes
+        .windows(10)
+        .position(|w| w == [0xFF, 0xC0, 0, 17, 8, 0, 100, 0, 100, 3])
+        .expect("SC_rgb_jpeg_dcmtk holds a baseline frame header");
+    bytes[sof + 5..sof + 7].copy_from_slice(&63_844u16.to_be_bytes());
+    let p = write(tmp.path(), "jpeg_sof.dcm", &bytes);
+    let e = err(&p);
+    assert!(matches!(e, ReadError::Corrupt { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("declares 100x63844 pixels") && msg.contains("header says 100x100"),
+        "{msg}"
+    );
+}
+
 /// A FIFO given as an input, or lying in a DICOM folder, is refused or skipped without
 /// being opened (opening it would block forever).
 #[test]

@@ -60,9 +60,7 @@ pub(super) fn decode(p: &DicomProbe) -> Result<Array4<f32>, ReadError> {
     if p.transfer_syntax == RLE_LOSSLESS {
         check_rle_headers(pixel_data).map_err(corrupt)?;
     }
-    if JPEG_2000.contains(&p.transfer_syntax.as_str()) {
-        check_j2k_headers(pixel_data, p).map_err(corrupt)?;
-    }
+    check_declared_sizes(pixel_data, p).map_err(corrupt)?;
     let foreign = guard(path, || {
         let decoded = obj
             .decode_pixel_data()
@@ -147,12 +145,34 @@ const JPEG_2000: [&str; 5] = [
     "1.2.840.10008.1.2.4.203",
 ];
 
-/// Checks that each JPEG 2000 codestream declares the image the DICOM header describes
-/// (its SIZ marker: width, height and component count; PS3.5 A.4.4 requires them to
-/// match). openjp2 allocates the declared image before decoding a byte of it: a SIZ
-/// mutated to 64 x 67,108,928 pixels in a 6 kB file asked for 17 GB (libFuzzer), an
-/// abort past the panic guard wherever memory is capped.
-fn check_j2k_headers(pixel_data: &InMemElement, p: &DicomProbe) -> Result<(), String> {
+/// JPEG baseline, extended and lossless, and JPEG-LS transfer syntaxes.
+const JPEG: [&str; 6] = [
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+];
+
+/// Columns, rows and components a compressed fragment declares; `None` for a fragment
+/// that continues the frame before it.
+type DeclaredSize = Result<Option<[u32; 3]>, String>;
+
+/// Checks that each compressed frame declares the image the DICOM header describes
+/// (columns, rows, components; PS3.5 A.4 requires them to match). The decoders allocate
+/// the declared image before decoding a byte of it, and libFuzzer found 6 kB files that
+/// made them ask for 17 GB (openjp2, a JPEG 2000 SIZ of 64 x 67,108,928 pixels) and
+/// 2.5 GB (jpeg-decoder, a JPEG frame header): aborts past the panic guard wherever
+/// memory is capped.
+fn check_declared_sizes(pixel_data: &InMemElement, p: &DicomProbe) -> Result<(), String> {
+    let declared: fn(&[u8]) -> DeclaredSize = if JPEG_2000.contains(&p.transfer_syntax.as_str()) {
+        j2k_declared_size
+    } else if JPEG.contains(&p.transfer_syntax.as_str()) {
+        jpeg_declared_size
+    } else {
+        return Ok(());
+    };
     for (i, fragment) in pixel_data
         .value()
         .fragments()
@@ -160,36 +180,82 @@ fn check_j2k_headers(pixel_data: &InMemElement, p: &DicomProbe) -> Result<(), St
         .iter()
         .enumerate()
     {
-        // A codestream starts with SOC (FF4F), possibly inside a JP2 file's `jp2c` box;
-        // other fragments continue the frame before them.
-        let start = if fragment.starts_with(&[0xFF, 0x4F]) {
-            0
-        } else if fragment.get(4..8) == Some(b"jP  ".as_slice()) {
-            match fragment.windows(4).position(|w| w == b"jp2c") {
-                Some(at) => at + 4,
-                None => return Err(format!("JPEG 2000 fragment {i} has no codestream")),
+        let size = declared(fragment).map_err(|e| format!("compressed fragment {i}: {e}"))?;
+        if let Some([width, height, components]) = size {
+            if [width, height, components] != [p.columns, p.rows, p.samples] {
+                return Err(format!(
+                    "compressed fragment {i} declares {width}x{height} pixels with \
+                     {components} component(s); the header says {}x{} with {}",
+                    p.columns, p.rows, p.samples
+                ));
             }
-        } else {
-            continue;
-        };
-        // SOC, then SIZ: marker, Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, (tiles), Csiz
-        let siz = fragment
-            .get(start..start + 42)
-            .filter(|b| b[2..4] == [0xFF, 0x51])
-            .ok_or_else(|| format!("JPEG 2000 fragment {i} has no SIZ marker after SOC"))?;
-        let u32_at = |o: usize| u32::from_be_bytes([siz[o], siz[o + 1], siz[o + 2], siz[o + 3]]);
-        let width = u32_at(8).saturating_sub(u32_at(16));
-        let height = u32_at(12).saturating_sub(u32_at(20));
-        let components = u32::from(u16::from_be_bytes([siz[40], siz[41]]));
-        if (width, height, components) != (p.columns, p.rows, p.samples) {
-            return Err(format!(
-                "JPEG 2000 fragment {i} declares {width}x{height} pixels with {components} \
-                 component(s); the header says {}x{} with {}",
-                p.columns, p.rows, p.samples
-            ));
         }
     }
     Ok(())
+}
+
+/// Columns, rows and components from a JPEG 2000 codestream's SIZ marker; `None` for a
+/// fragment that continues the frame before it.
+fn j2k_declared_size(fragment: &[u8]) -> DeclaredSize {
+    // A codestream starts with SOC (FF4F), possibly inside a JP2 file's `jp2c` box.
+    let start = if fragment.starts_with(&[0xFF, 0x4F]) {
+        0
+    } else if fragment.get(4..8) == Some(b"jP  ".as_slice()) {
+        match fragment.windows(4).position(|w| w == b"jp2c") {
+            Some(at) => at + 4,
+            None => return Err("JP2 file without a codestream".into()),
+        }
+    } else {
+        return Ok(None);
+    };
+    // SOC, then SIZ: marker, Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, (tiles), Csiz
+    let siz = fragment
+        .get(start..start + 42)
+        .filter(|b| b[2..4] == [0xFF, 0x51])
+        .ok_or("JPEG 2000 codestream without a SIZ marker after SOC")?;
+    let u32_at = |o: usize| u32::from_be_bytes([siz[o], siz[o + 1], siz[o + 2], siz[o + 3]]);
+    Ok(Some([
+        u32_at(8).saturating_sub(u32_at(16)),
+        u32_at(12).saturating_sub(u32_at(20)),
+        u32::from(u16::from_be_bytes([siz[40], siz[41]])),
+    ]))
+}
+
+/// Columns, rows and components from a JPEG (or JPEG-LS) frame header, the first SOF
+/// segment after SOI; `None` for a fragment that continues the frame before it.
+fn jpeg_declared_size(fragment: &[u8]) -> DeclaredSize {
+    if !fragment.starts_with(&[0xFF, 0xD8]) {
+        return Ok(None);
+    }
+    let mut at = 2;
+    loop {
+        // a marker: fill bytes 0xFF, then its code
+        while fragment.get(at) == Some(&0xFF) && fragment.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        let (Some(0xFF), Some(&code)) = (fragment.get(at), fragment.get(at + 1)) else {
+            return Err(format!("JPEG data without a frame header (byte {at})"));
+        };
+        let len = fragment
+            .get(at + 2..at + 4)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+            .ok_or("JPEG data without a frame header")?;
+        // SOF0-SOF15 except DHT (C4), JPG (C8) and DAC (CC); SOF55 (F7) for JPEG-LS
+        if matches!(code, 0xC0..=0xCF if !matches!(code, 0xC4 | 0xC8 | 0xCC)) || code == 0xF7 {
+            let sof = fragment
+                .get(at + 4..at + 10)
+                .ok_or("JPEG frame header cut short")?;
+            return Ok(Some([
+                u32::from(u16::from_be_bytes([sof[3], sof[4]])),
+                u32::from(u16::from_be_bytes([sof[1], sof[2]])),
+                u32::from(sof[5]),
+            ]));
+        }
+        if matches!(code, 0xDA | 0xD9) || len < 2 {
+            return Err(format!("JPEG data without a frame header (byte {at})"));
+        }
+        at += 2 + len;
+    }
 }
 
 /// Re-reads a native little-endian file cut right after its PixelData element.
