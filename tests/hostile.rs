@@ -537,24 +537,42 @@ fn dicom_rle_segment_count_is_checked_before_the_decoder() {
     assert!(msg.contains("4294967295 segments (at most 15)"), "{msg}");
 }
 
+/// The read error of DICOM fixture `name` with the bytes `old` found `offset` bytes after
+/// the first occurrence of `marker` replaced by `new`.
+fn patched_fixture_error(
+    name: &str,
+    marker: &[u8],
+    offset: usize,
+    old: &[u8],
+    new: &[u8],
+) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(root().join("tests/fixtures/io/dicom").join(name)).unwrap();
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .unwrap_or_else(|| panic!("{name} has no {marker:02X?}"))
+        + offset;
+    assert_eq!(&bytes[at..at + old.len()], old, "{name}");
+    bytes[at..at + new.len()].copy_from_slice(new);
+    let e = err(&write(tmp.path(), name, &bytes));
+    assert!(matches!(e, ReadError::Corrupt { .. }), "{e}");
+    e.to_string()
+}
+
 /// A JPEG 2000 codestream whose SIZ marker declares 64 x 67,108,928 pixels (libFuzzer,
 /// 2026-11-30: openjp2 asked for 17 GB) is refused before the decoder: the codestream
 /// must declare the image the DICOM header describes.
 #[test]
 fn dicom_jpeg_2000_size_is_checked_against_the_header_before_the_decoder() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut bytes =
-        std::fs::read(root().join("tests/fixtures/io/dicom/MR_small_jp2klossless.dcm")).unwrap();
-    let siz = bytes
-        .windows(4)
-        .position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])
-        .expect("MR_small_jp2klossless holds a raw codestream");
-    assert_eq!(bytes[siz + 12..siz + 16], 64u32.to_be_bytes(), "Ysiz 64");
-    bytes[siz + 12..siz + 16].copy_from_slice(&67_108_928u32.to_be_bytes());
-    let p = write(tmp.path(), "j2k_siz.dcm", &bytes);
-    let e = err(&p);
-    assert!(matches!(e, ReadError::Corrupt { .. }), "{e}");
-    let msg = e.to_string();
+    // SOC, SIZ; Ysiz 12 bytes in
+    let msg = patched_fixture_error(
+        "MR_small_jp2klossless.dcm",
+        &[0xFF, 0x4F, 0xFF, 0x51],
+        12,
+        &64u32.to_be_bytes(),
+        &67_108_928u32.to_be_bytes(),
+    );
     assert!(
         msg.contains("declares 64x67108928 pixels") && msg.contains("header says 64x64"),
         "{msg}"
@@ -565,19 +583,14 @@ fn dicom_jpeg_2000_size_is_checked_against_the_header_before_the_decoder() {
 /// pixels made jpeg-decoder ask for 2.5 GB).
 #[test]
 fn dicom_jpeg_frame_size_is_checked_against_the_header_before_the_decoder() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut bytes =
-        std::fs::read(root().join("tests/fixtures/io/dicom/SC_rgb_jpeg_dcmtk.dcm")).unwrap();
     // SOF0: marker, length 17, precision 8, rows 100, columns 100, 3 components
-    let sof = bytes
-        .windows(10)
-        .position(|w| w == [0xFF, 0xC0, 0, 17, 8, 0, 100, 0, 100, 3])
-        .expect("SC_rgb_jpeg_dcmtk holds a baseline frame header");
-    bytes[sof + 5..sof + 7].copy_from_slice(&63_844u16.to_be_bytes());
-    let p = write(tmp.path(), "jpeg_sof.dcm", &bytes);
-    let e = err(&p);
-    assert!(matches!(e, ReadError::Corrupt { .. }), "{e}");
-    let msg = e.to_string();
+    let msg = patched_fixture_error(
+        "SC_rgb_jpeg_dcmtk.dcm",
+        &[0xFF, 0xC0, 0, 17, 8, 0, 100, 0, 100, 3],
+        5,
+        &100u16.to_be_bytes(),
+        &63_844u16.to_be_bytes(),
+    );
     assert!(
         msg.contains("declares 100x63844 pixels") && msg.contains("header says 100x100"),
         "{msg}"

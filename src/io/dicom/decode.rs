@@ -57,10 +57,7 @@ pub(super) fn decode(p: &DicomProbe) -> Result<Array4<f32>, ReadError> {
     let Some(pixel_data) = obj.get(tags::PIXEL_DATA) else {
         return Err(corrupt("no PixelData (not an image)".into()));
     };
-    if p.transfer_syntax == RLE_LOSSLESS {
-        check_rle_headers(pixel_data).map_err(corrupt)?;
-    }
-    check_declared_sizes(pixel_data, p).map_err(corrupt)?;
+    check_fragment_headers(pixel_data, p).map_err(corrupt)?;
     let foreign = guard(path, || {
         let decoded = obj
             .decode_pixel_data()
@@ -107,35 +104,6 @@ pub(super) fn decode(p: &DicomProbe) -> Result<Array4<f32>, ReadError> {
 
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 
-/// Checks the segment count in each RLE fragment's header (PS3.5 G.5: at most 15, in a
-/// 64-byte header). dicom-transfer-syntax-registry 0.10 allocates that many offsets
-/// before looking at the fragment, so a count of 942,551,554 from a mutated header made
-/// it ask for 3.8 GB (found by libFuzzer): an allocation failure there aborts the
-/// process, which the panic guard cannot catch.
-fn check_rle_headers(pixel_data: &InMemElement) -> Result<(), String> {
-    for (i, fragment) in pixel_data
-        .value()
-        .fragments()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let segments = fragment
-            .get(..4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        match segments {
-            Some(n) if n <= 15 => {}
-            Some(n) => {
-                return Err(format!(
-                    "RLE fragment {i} declares {n} segments (at most 15)"
-                ))
-            }
-            None => return Err(format!("RLE fragment {i} is shorter than its header")),
-        }
-    }
-    Ok(())
-}
-
 /// JPEG 2000 (lossless, lossy) and High-Throughput JPEG 2000 transfer syntaxes.
 const JPEG_2000: [&str; 5] = [
     "1.2.840.10008.1.2.4.90",
@@ -159,17 +127,23 @@ const JPEG: [&str; 6] = [
 /// that continues the frame before it.
 type DeclaredSize = Result<Option<[u32; 3]>, String>;
 
-/// Checks that each compressed frame declares the image the DICOM header describes
-/// (columns, rows, components; PS3.5 A.4 requires them to match). The decoders allocate
-/// the declared image before decoding a byte of it, and libFuzzer found 6 kB files that
-/// made them ask for 17 GB (openjp2, a JPEG 2000 SIZ of 64 x 67,108,928 pixels) and
-/// 2.5 GB (jpeg-decoder, a JPEG frame header): aborts past the panic guard wherever
-/// memory is capped.
-fn check_declared_sizes(pixel_data: &InMemElement, p: &DicomProbe) -> Result<(), String> {
-    let declared: fn(&[u8]) -> DeclaredSize = if JPEG_2000.contains(&p.transfer_syntax.as_str()) {
-        j2k_declared_size
-    } else if JPEG.contains(&p.transfer_syntax.as_str()) {
-        jpeg_declared_size
+/// Checks each compressed fragment's header before a decoder sees it. The decoders
+/// allocate what a header declares before reading a byte of data, and libFuzzer found
+/// files of a few kB that made them ask for gigabytes: aborts past the panic guard
+/// wherever memory is capped.
+/// - RLE: at most 15 segments (PS3.5 G.5); dicom-transfer-syntax-registry 0.10
+///   allocates one offset per declared segment (942,551,554 asked for 3.8 GB).
+/// - JPEG 2000, JPEG and JPEG-LS: the frame must declare the columns, rows and
+///   components of the DICOM header (PS3.5 A.4); openjp2 asked for 17 GB for a SIZ of
+///   64 x 67,108,928 pixels, jpeg-decoder for 2.5 GB for a frame header.
+fn check_fragment_headers(pixel_data: &InMemElement, p: &DicomProbe) -> Result<(), String> {
+    let ts = p.transfer_syntax.as_str();
+    let check: fn(&[u8], &DicomProbe) -> Result<(), String> = if ts == RLE_LOSSLESS {
+        rle_segments_fit
+    } else if JPEG_2000.contains(&ts) {
+        |f, p| declared_size_matches(j2k_declared_size(f), p)
+    } else if JPEG.contains(&ts) {
+        |f, p| declared_size_matches(jpeg_declared_size(f), p)
     } else {
         return Ok(());
     };
@@ -180,18 +154,34 @@ fn check_declared_sizes(pixel_data: &InMemElement, p: &DicomProbe) -> Result<(),
         .iter()
         .enumerate()
     {
-        let size = declared(fragment).map_err(|e| format!("compressed fragment {i}: {e}"))?;
-        if let Some([width, height, components]) = size {
-            if [width, height, components] != [p.columns, p.rows, p.samples] {
-                return Err(format!(
-                    "compressed fragment {i} declares {width}x{height} pixels with \
-                     {components} component(s); the header says {}x{} with {}",
-                    p.columns, p.rows, p.samples
-                ));
-            }
-        }
+        check(fragment, p).map_err(|e| format!("compressed fragment {i}: {e}"))?;
     }
     Ok(())
+}
+
+fn rle_segments_fit(fragment: &[u8], _: &DicomProbe) -> Result<(), String> {
+    match fragment.get(..4) {
+        Some(b) => match u32::from_le_bytes([b[0], b[1], b[2], b[3]]) {
+            n if n <= 15 => Ok(()),
+            n => Err(format!("RLE header declares {n} segments (at most 15)")),
+        },
+        None => Err("shorter than its RLE header".into()),
+    }
+}
+
+fn declared_size_matches(size: DeclaredSize, p: &DicomProbe) -> Result<(), String> {
+    match size? {
+        Some([width, height, components])
+            if [width, height, components] != [p.columns, p.rows, p.samples] =>
+        {
+            Err(format!(
+                "declares {width}x{height} pixels with {components} component(s); the \
+                 header says {}x{} with {}",
+                p.columns, p.rows, p.samples
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Columns, rows and components from a JPEG 2000 codestream's SIZ marker; `None` for a
