@@ -508,6 +508,41 @@ fn dicom_value_of_partial_binary_values_is_refused_before_the_parser() {
     assert!(t0.elapsed() < Duration::from_secs(5));
 }
 
+/// A second file meta group inside the first (libFuzzer, session 10): the first group's
+/// length ran on over the second's (0002,0000) and its transfer syntax said big endian,
+/// the second's little endian. dicom-object keeps the first group length and transfer
+/// syntax, the pre-check kept the last, so the parser read the data set from the middle of
+/// the second group in the wrong byte order and allocated 2.65 GB for a "length" (2.9 GB
+/// peak RSS in a release build). Meta elements must now ascend.
+#[test]
+fn a_second_file_meta_group_is_refused_before_the_parser() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(mr_small()).unwrap();
+    assert_eq!(&bytes[132..140], b"\x02\x00\x00\x00UL\x04\x00");
+    let group_len = u32::from_le_bytes(bytes[140..144].try_into().unwrap());
+    let meta_end = 144 + group_len as usize;
+    let mut first = bytes[132..meta_end].to_vec();
+    first[8..12].copy_from_slice(&(group_len + 12).to_le_bytes());
+    let le = b"1.2.840.10008.1.2.1\0";
+    let at = first
+        .windows(le.len())
+        .position(|w| w == le)
+        .expect("MR_small is explicit VR little endian");
+    first[at..at + le.len()].copy_from_slice(b"1.2.840.10008.1.2.2\0");
+    let crafted = [&bytes[..132], &first, &bytes[132..]].concat();
+    let p = write(tmp.path(), "two_meta_groups.dcm", &crafted);
+    let e = err(&p);
+    assert!(matches!(e, ReadError::Corrupt { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("two_meta_groups.dcm")
+            && msg.contains(&format!(
+                "(0002,0000) at byte {meta_end} repeats or is out of order"
+            )),
+        "{msg}"
+    );
+}
+
 /// An RLE fragment whose header claims 2^32 - 1 segments (libFuzzer, 2026-11-30, from
 /// MR_small_RLE) is refused before dicom-transfer-syntax-registry allocates an offset
 /// per segment (16 GiB; a failed allocation aborts, past the panic guard).

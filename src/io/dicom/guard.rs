@@ -341,6 +341,7 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
     let mut ts = String::new();
     // where (0002,0000) says the group ends: dicom-object reads meta elements up to there
     let mut meta_end = None;
+    let mut previous = None;
     loop {
         let at = meta.pos;
         let Some(group) = bytes
@@ -357,6 +358,17 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
             break;
         }
         let (tag, _, len) = meta.header()?;
+        // PS3.5 7.1: tags ascend. dicom-object keeps the first group length and the
+        // first transfer syntax it meets, this walk the last: a second meta group inside
+        // the first made them disagree on where the data set starts and in which byte
+        // order, and the parser took text for a 2.65 GB length (a libFuzzer find).
+        if previous.is_some_and(|p| tag <= p) {
+            return Err(format!(
+                "file meta element ({:04X},{:04X}) at byte {at} repeats or is out of order",
+                tag.0, tag.1
+            ));
+        }
+        previous = Some(tag);
         let value_end = meta
             .pos
             .checked_add(len as usize)
@@ -524,6 +536,39 @@ mod tests {
         g.extend_from_slice(&group);
         g.extend_from_slice(&[0x10, 0x00, 0x10, 0x00, b'P', b'N', 2, 0, b'A', b' ']);
         assert!(check_lengths(&g, false).is_ok());
+    }
+
+    #[test]
+    fn meta_elements_ascend_so_the_parser_reads_the_same_group() {
+        // two meta groups back to back, the first announcing big endian, its length
+        // running 12 bytes on over the second's group length, and the second announcing
+        // JPEG baseline: the parser kept the first, this walk used to keep the second
+        let group = |ts: &[u8], overrun: u32| {
+            let mut g = vec![0x02, 0x00, 0x10, 0x00, b'U', b'I'];
+            g.extend_from_slice(&(ts.len() as u16).to_le_bytes());
+            g.extend_from_slice(ts);
+            let mut f = vec![0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0];
+            f.extend_from_slice(&(g.len() as u32 + overrun).to_le_bytes());
+            f.extend_from_slice(&g);
+            f
+        };
+        let preamble = [&[0u8; 128][..], b"DICM"].concat();
+        let element = [0x10, 0x00, 0x10, 0x00, b'P', b'N', 2, 0, b'A', b' '];
+        let jpeg = group(b"1.2.840.10008.1.2.4.50", 0);
+        let f = [
+            &preamble,
+            &group(b"1.2.840.10008.1.2.2\0", 12),
+            &jpeg,
+            &element[..],
+        ]
+        .concat();
+        let err = check_lengths(&f, false).unwrap_err();
+        assert!(
+            err.contains("(0002,0000) at byte 172 repeats or is out of order"),
+            "{err}"
+        );
+        // one group alone passes
+        assert!(check_lengths(&[&preamble, &jpeg, &element[..]].concat(), false).is_ok());
     }
 
     #[test]
