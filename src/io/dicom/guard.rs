@@ -11,6 +11,11 @@
 //! or FL of 6 bytes, a US of 3): the parser reads `len / size` values and then reads the
 //! next header from inside the leftover bytes, so a 6 kB file could make it allocate
 //! ~800 MB for a "length" taken from text (found by libFuzzer, fuzz/README.md).
+//!
+//! Where this walk and the parser could read the file differently, it refuses the file:
+//! a file meta group whose length disagrees with its elements, or whose elements repeat
+//! or do not ascend, since the parser and this walk would pick a different transfer
+//! syntax or start the data set elsewhere.
 
 use std::io::Read;
 
