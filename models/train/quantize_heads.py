@@ -11,21 +11,16 @@ the file was made.
       SRC: a head set (a folder with heads.json) or a folder of them (LODO folds)
 """
 
-import hashlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "export"))
+from export import sha256, write_json  # noqa: E402
 
 
 def quantize_set(src, out):
@@ -46,7 +41,7 @@ def quantize_set(src, out):
             shutil.copyfile(source, target)
         entry["sha256"] = sha256(target)
         entry["size_bytes"] = target.stat().st_size
-    (out / "heads.json").write_text(json.dumps(heads, indent=1) + "\n")
+    write_json(str(out / "heads.json"), heads)
     print(f"{src} -> {out}")
 
 
