@@ -543,6 +543,35 @@ fn a_second_file_meta_group_is_refused_before_the_parser() {
     );
 }
 
+/// A transfer syntax UID with a trailing tab (found reading dicom-object's meta code after
+/// the find above): dicom-object trims trailing whitespace and NUL and reads implicit VR;
+/// the pre-check trimmed only NUL and space, took it for explicit VR and passed an element
+/// that the parser read as 2 GB long (2.4 GB peak RSS in a release build, from 182 bytes).
+#[test]
+fn a_transfer_syntax_is_read_as_the_parser_reads_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ts = b"1.2.840.10008.1.2\t";
+    let mut meta = vec![0x02, 0x00, 0x10, 0x00, b'U', b'I'];
+    meta.extend_from_slice(&(ts.len() as u16).to_le_bytes());
+    meta.extend_from_slice(ts);
+    let mut bytes = vec![0u8; 128];
+    bytes.extend_from_slice(b"DICM");
+    bytes.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+    bytes.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&meta);
+    // (0011,1010) in implicit VR: "OB" and 0xFF 0x7F are its 32-bit length
+    bytes.extend_from_slice(&[0x11, 0x00, 0x10, 0x10, b'O', b'B', 0xFF, 0x7F, 0, 0, 0, 0]);
+    let p = write(tmp.path(), "ts_tab.dcm", &bytes);
+    let e = err(&p);
+    assert!(matches!(e, ReadError::Corrupt { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("ts_tab.dcm")
+            && msg.contains("(0011,1010) at byte 170 claims 2147435087 bytes"),
+        "{msg}"
+    );
+}
+
 /// An RLE fragment whose header claims 2^32 - 1 segments (libFuzzer, 2026-11-30, from
 /// MR_small_RLE) is refused before dicom-transfer-syntax-registry allocates an offset
 /// per segment (16 GiB; a failed allocation aborts, past the panic guard).

@@ -392,8 +392,11 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
             meta_end = Some(value_end + group_len as usize);
         }
         if tag == (0x0002, 0x0010) {
+            // trimmed as dicom-object trims it (`FileMetaTable::transfer_syntax`): a
+            // trailing tab or newline left here made this walk read explicit VR where
+            // the parser read implicit VR
             ts = String::from_utf8_lossy(&bytes[meta.pos..value_end])
-                .trim_end_matches(['\0', ' '])
+                .trim_end_matches(|c: char| c.is_whitespace() || c == '\0')
                 .to_string();
         }
         meta.pos = value_end;
@@ -574,6 +577,16 @@ mod tests {
         );
         // one group alone passes
         assert!(check_lengths(&[&preamble, &jpeg, &element[..]].concat(), false).is_ok());
+    }
+
+    #[test]
+    fn the_transfer_syntax_is_trimmed_as_the_parser_trims_it() {
+        // implicit VR little endian followed by a tab: the parser reads implicit VR, so
+        // "OB" and the two bytes after it are the length, 0x7FFF424F (2 GB); read as
+        // explicit VR this element has length 0 and the file passed
+        let element = [0x11, 0x00, 0x10, 0x10, b'O', b'B', 0xFF, 0x7F, 0, 0, 0, 0];
+        let err = check_lengths(&file_in(b"1.2.840.10008.1.2\t", &element), false).unwrap_err();
+        assert!(err.contains("claims 2147435087 bytes"), "{err}");
     }
 
     #[test]
