@@ -213,10 +213,10 @@ fn walk(
         let sequence_like = vr.as_ref().is_some_and(|v| v == b"SQ")
             || (vr.is_none() && len == UNDEFINED)
             || (vr.as_ref().is_some_and(|v| v == b"UN") && len == UNDEFINED);
-        if len == UNDEFINED && vr.as_ref().is_some_and(|v| v == b"UN") {
-            // an undefined-length UN holds an implicit VR sequence: not followed here
-            return Ok(());
-        }
+        // dicom-parser reads any undefined-length element but pixel data as a sequence in
+        // the file's own syntax (an undefined-length UN too, whatever PS3.5 6.2.2 says of
+        // its encoding), so this walk follows them the same way. It used to stop at such
+        // a UN, and a 2 GB length after it reached the parser.
         if len == UNDEFINED {
             if !sequence_like
                 && tag != (0x7FE0, 0x0010)
@@ -587,6 +587,26 @@ mod tests {
         let element = [0x11, 0x00, 0x10, 0x10, b'O', b'B', 0xFF, 0x7F, 0, 0, 0, 0];
         let err = check_lengths(&file_in(b"1.2.840.10008.1.2\t", &element), false).unwrap_err();
         assert!(err.contains("claims 2147435087 bytes"), "{err}");
+    }
+
+    #[test]
+    fn what_follows_an_undefined_length_un_is_checked() {
+        // (0011,0010) UN of undefined length holding one empty item, its delimiter, then
+        // (0011,1010) OB claiming 0x7FFF0000 bytes
+        let mut body = vec![
+            0x11, 0x00, 0x10, 0x00, b'U', b'N', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ];
+        body.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        body.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        let huge = [0x11, 0x00, 0x10, 0x10, b'O', b'B', 0, 0, 0, 0, 0xFF, 0x7F];
+        let err = check_lengths(&file(&[&body[..], &huge].concat()), false).unwrap_err();
+        assert!(
+            err.contains("(0011,1010)") && err.contains("claims 2147418112 bytes"),
+            "{err}"
+        );
+        // with an element that fits after it, the file passes
+        let fits = [0x10, 0x00, 0x10, 0x00, b'P', b'N', 2, 0, b'A', b' '];
+        assert!(check_lengths(&file(&[&body[..], &fits].concat()), false).is_ok());
     }
 
     #[test]
