@@ -572,6 +572,35 @@ fn a_transfer_syntax_is_read_as_the_parser_reads_it() {
     );
 }
 
+/// An undefined-length UN element (found reading dicom-parser after the find above): the
+/// pre-check stopped walking there, while dicom-parser reads it as a sequence and goes on,
+/// so an element after it claiming 2 GB reached the parser (2.4 GB peak RSS in a release
+/// build, from 212 bytes).
+#[test]
+fn elements_after_an_undefined_length_un_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(mr_small()).unwrap();
+    let mut un = vec![
+        0x11, 0x00, 0x10, 0x00, b'U', b'N', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+    ];
+    un.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+    un.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    un.extend_from_slice(&[0x11, 0x00, 0x10, 0x10, b'O', b'B', 0, 0, 0, 0, 0xFF, 0x7F]);
+    // after MR_small's file meta group, ahead of its data set
+    let meta_end = 144 + u32::from_le_bytes(bytes[140..144].try_into().unwrap()) as usize;
+    let crafted = [&bytes[..meta_end], &un, &bytes[meta_end..]].concat();
+    let p = write(tmp.path(), "un_then_2gb.dcm", &crafted);
+    let e = err(&p);
+    assert!(matches!(e, ReadError::Corrupt { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("un_then_2gb.dcm")
+            && msg.contains("(0011,1010)")
+            && msg.contains("claims 2147418112 bytes"),
+        "{msg}"
+    );
+}
+
 /// An RLE fragment whose header claims 2^32 - 1 segments (libFuzzer, 2026-11-30, from
 /// MR_small_RLE) is refused before dicom-transfer-syntax-registry allocates an offset
 /// per segment (16 GiB; a failed allocation aborts, past the panic guard).
