@@ -601,6 +601,51 @@ fn elements_after_an_undefined_length_un_are_checked() {
     );
 }
 
+/// A deflated DICOM data set counts against the memory budget: the pre-check inflated up
+/// to 2 GB whatever `--max-memory-mb` said (2.4 GB peak RSS from a 2 MB file of zeros).
+#[test]
+fn a_deflated_data_set_is_inflated_within_the_memory_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ts = b"1.2.840.10008.1.2.1.99";
+    let mut meta = vec![0x02, 0x00, 0x10, 0x00, b'U', b'I'];
+    meta.extend_from_slice(&(ts.len() as u16).to_le_bytes());
+    meta.extend_from_slice(ts);
+    let mut bytes = vec![0u8; 128];
+    bytes.extend_from_slice(b"DICM");
+    bytes.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+    bytes.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&meta);
+    // (0011,1010) OB holding 8 MiB of zeros, deflated to a few kB
+    let value = 8u32 << 20;
+    let mut set = vec![0x11, 0x00, 0x10, 0x10, b'O', b'B', 0, 0];
+    set.extend_from_slice(&value.to_le_bytes());
+    set.resize(set.len() + value as usize, 0);
+    let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    deflate.write_all(&set).unwrap();
+    bytes.extend_from_slice(&deflate.finish().unwrap());
+    assert!(bytes.len() < 64 << 10, "{} bytes on disk", bytes.len());
+    let p = write(tmp.path(), "deflated.dcm", &bytes);
+    let tight = Limits::default().with_max_memory_bytes(4 << 20);
+    match io::read_with_limits(&p, &tight) {
+        Err(ReadError::TooLarge { path, reason }) => {
+            assert_eq!(path, p);
+            assert!(
+                reason.contains("deflated data set inflates past")
+                    && reason.contains("--max-memory-mb"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected TooLarge, got {:?}", other.map(|_| ())),
+    }
+    // within the default budget the same file gets past the pre-check (and fails later:
+    // it holds no image)
+    match io::read(&p) {
+        Err(ReadError::TooLarge { reason, .. }) => panic!("refused within the budget: {reason}"),
+        Err(_) => {}
+        Ok(_) => panic!("a file without pixel data was read as an image"),
+    }
+}
+
 /// An RLE fragment whose header claims 2^32 - 1 segments (libFuzzer, 2026-11-30, from
 /// MR_small_RLE) is refused before dicom-transfer-syntax-registry allocates an offset
 /// per segment (16 GiB; a failed allocation aborts, past the panic guard).

@@ -1,6 +1,7 @@
 //! A DICOM file's attributes: the cheap header probe ([`probe`]), the geometry it
 //! records and the typed accessors of data set elements.
 
+use super::guard::Refusal;
 use super::*;
 
 /// Position and orientation of a slice in patient (LPS) coordinates.
@@ -74,8 +75,19 @@ pub fn probe_with_limits(path: &Path, limits: &Limits) -> Result<DicomProbe, Rea
                 .into(),
         ));
     }
-    super::guard::check_lengths(&bytes, true)
-        .map_err(|e| corrupt(format!("malformed DICOM: {e}")))?;
+    // the deflated data set, inflated for the check, shares the budget with the file
+    let max_inflated = limits.max_memory_bytes.saturating_sub(bytes.len() as u64);
+    super::guard::check_lengths(&bytes, true, max_inflated).map_err(|e| match e {
+        Refusal::Malformed(reason) => corrupt(format!("malformed DICOM: {reason}")),
+        Refusal::InflatesPast(_) => ReadError::TooLarge {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{e}, over the memory budget of {} MiB with the file (raise it with \
+                 --max-memory-mb)",
+                limits.max_memory_bytes >> 20
+            ),
+        },
+    })?;
     drop(bytes);
     let obj = guard(path, || {
         OpenFileOptions::new()

@@ -19,8 +19,9 @@
 
 use std::io::Read;
 
-/// Deflated data sets are inflated at most to this size for the check, bytes.
-const MAX_INFLATED_BYTES: u64 = 1 << 31;
+/// Deflated data sets are inflated at most to this size for the check where the caller
+/// has no memory budget of its own, bytes.
+pub(crate) const MAX_INFLATED_BYTES: u64 = 1 << 31;
 /// Nesting depth of sequences followed.
 const MAX_DEPTH: usize = 64;
 
@@ -328,12 +329,43 @@ fn walk_items(
     Ok(())
 }
 
+/// Why [`check_lengths`] refused a file.
+pub(crate) enum Refusal {
+    /// A sentence saying what is broken and where.
+    Malformed(String),
+    /// The deflated data set inflates past this many bytes, the caller's cap.
+    InflatesPast(u64),
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Self {
+        Refusal::Malformed(reason)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Malformed(reason) => f.write_str(reason),
+            Refusal::InflatesPast(cap) => {
+                write!(f, "the deflated data set inflates past {cap} bytes")
+            }
+        }
+    }
+}
+
 /// Checks the lengths of a DICOM file (`bytes` is the whole file, preamble included).
-/// Files without the `DICM` preamble are left to the parser.
+/// Files without the `DICM` preamble are left to the parser. A deflated data set is
+/// inflated for the check, to at most `max_inflated` bytes.
 ///
 /// # Errors
-/// A sentence saying which element claims more bytes than remain.
-pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<(), String> {
+/// [`Refusal::Malformed`] with a sentence saying which element claims more bytes than
+/// remain (or what else is broken), [`Refusal::InflatesPast`] past `max_inflated`.
+pub(crate) fn check_lengths(
+    bytes: &[u8],
+    stop_at_pixel_data: bool,
+    max_inflated: u64,
+) -> Result<(), Refusal> {
     if bytes.get(128..132) != Some(b"DICM".as_slice()) {
         return Ok(());
     }
@@ -353,7 +385,9 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
             .get(at..at + 2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
         else {
-            return Err("file ends inside the file meta group".into());
+            return Err(Refusal::Malformed(
+                "file ends inside the file meta group".into(),
+            ));
         };
         if group != 0x0002 {
             meta.pos = at;
@@ -371,7 +405,8 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
             return Err(format!(
                 "file meta element ({:04X},{:04X}) at byte {at} repeats or is out of order",
                 tag.0, tag.1
-            ));
+            )
+            .into());
         }
         previous = Some(tag);
         let value_end = meta
@@ -387,7 +422,8 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
                 return Err(format!(
                     "file meta group length {group_len} exceeds the file ({} bytes remain)",
                     bytes.len() - value_end
-                ));
+                )
+                .into());
             }
             meta_end = Some(value_end + group_len as usize);
         }
@@ -409,7 +445,8 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
             "file meta group length says the group ends at byte {end}, its elements end \
              at byte {}",
             meta.pos
-        ));
+        )
+        .into());
     }
     // Byte offsets in messages count from the file's start, or in a deflated file from
     // the start of the inflated data set.
@@ -421,28 +458,35 @@ pub(crate) fn check_lengths(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()
     if ts == "1.2.840.10008.1.2.1.99" {
         let mut inflated = Vec::new();
         flate2::read::DeflateDecoder::new(&bytes[meta.pos..])
-            .take(MAX_INFLATED_BYTES)
+            .take(max_inflated.saturating_add(1))
             .read_to_end(&mut inflated)
             .map_err(|e| format!("deflated data set does not inflate: {e}"))?;
+        if inflated.len() as u64 > max_inflated {
+            return Err(Refusal::InflatesPast(max_inflated));
+        }
         let mut c = Cursor {
             data: &inflated,
             pos: 0,
             syntax,
         };
         return walk(&mut c, Some(inflated.len()), 0, stop_at_pixel_data)
-            .map_err(|e| format!("{e} of the inflated data set"));
+            .map_err(|e| format!("{e} of the inflated data set").into());
     }
     let mut c = Cursor {
         data: bytes,
         pos: meta.pos,
         syntax,
     };
-    walk(&mut c, Some(bytes.len()), 0, stop_at_pixel_data)
+    Ok(walk(&mut c, Some(bytes.len()), 0, stop_at_pixel_data)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check(bytes: &[u8], stop_at_pixel_data: bool) -> Result<(), String> {
+        check_lengths(bytes, stop_at_pixel_data, MAX_INFLATED_BYTES).map_err(|e| e.to_string())
+    }
 
     /// Preamble, "DICM", (0002,0010) UI `ts` (NUL-padded to even length), then `body`.
     fn file_in(ts: &[u8], body: &[u8]) -> Vec<u8> {
@@ -468,7 +512,7 @@ mod tests {
         body.extend_from_slice(&[
             0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 4, 0, 0, 0, 1, 2, 3, 4,
         ]);
-        assert!(check_lengths(&file(&body), false).is_ok());
+        assert!(check(&file(&body), false).is_ok());
     }
 
     #[test]
@@ -476,7 +520,7 @@ mod tests {
         let body = [
             0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 0xF0, 0xFF, 0xFF, 0xFF, 1, 2,
         ];
-        let err = check_lengths(&file(&body), false).unwrap_err();
+        let err = check(&file(&body), false).unwrap_err();
         assert!(err.contains("claims 4294967280 bytes"), "{err}");
     }
 
@@ -488,7 +532,7 @@ mod tests {
         body.extend_from_slice(b"0.8000");
         body.extend_from_slice(&[0x18, 0x00, 0x80, 0x00, b'D', b'S', 10, 0]);
         body.extend_from_slice(b"4000.0000 ");
-        let err = check_lengths(&file(&body), false).unwrap_err();
+        let err = check(&file(&body), false).unwrap_err();
         assert!(
             err.contains("(0018,0050)") && err.contains("not a multiple of 4"),
             "{err}"
@@ -496,7 +540,7 @@ mod tests {
         // the same with a whole tag is fine
         body[6] = 4;
         body.drain(12..14);
-        assert!(check_lengths(&file(&body), false).is_ok());
+        assert!(check(&file(&body), false).is_ok());
     }
 
     #[test]
@@ -506,7 +550,7 @@ mod tests {
             b"1.2.840.10008.1.2\0",
             &[0x28, 0x00, 0x10, 0x00, 3, 0, 0, 0, 64, 0, 0],
         );
-        let err = check_lengths(&f, false).unwrap_err();
+        let err = check(&f, false).unwrap_err();
         assert!(
             err.contains("(0028,0010)") && err.contains("VR US"),
             "{err}"
@@ -516,7 +560,7 @@ mod tests {
         f[n - 7] = 2;
         f.pop();
         f.extend_from_slice(&[0x09, 0x00, 0x10, 0x10, 3, 0, 0, 0, 1, 2, 3]);
-        assert!(check_lengths(&f, false).is_ok());
+        assert!(check(&f, false).is_ok());
     }
 
     #[test]
@@ -534,7 +578,7 @@ mod tests {
         f.extend_from_slice(&group);
         f.extend_from_slice(&stray);
         f.extend_from_slice(&[0x10, 0x00, 0x10, 0x00, b'P', b'N', 2, 0, b'A', b' ']);
-        let err = check_lengths(&f, false).unwrap_err();
+        let err = check(&f, false).unwrap_err();
         assert!(err.contains("group length says"), "{err}");
         // without the stray element, and with a matching group length, it passes
         let mut g = vec![0u8; 128];
@@ -543,7 +587,7 @@ mod tests {
         g.extend_from_slice(&(group.len() as u32).to_le_bytes());
         g.extend_from_slice(&group);
         g.extend_from_slice(&[0x10, 0x00, 0x10, 0x00, b'P', b'N', 2, 0, b'A', b' ']);
-        assert!(check_lengths(&g, false).is_ok());
+        assert!(check(&g, false).is_ok());
     }
 
     #[test]
@@ -570,13 +614,13 @@ mod tests {
             &element[..],
         ]
         .concat();
-        let err = check_lengths(&f, false).unwrap_err();
+        let err = check(&f, false).unwrap_err();
         assert!(
             err.contains("(0002,0000) at byte 172 repeats or is out of order"),
             "{err}"
         );
         // one group alone passes
-        assert!(check_lengths(&[&preamble, &jpeg, &element[..]].concat(), false).is_ok());
+        assert!(check(&[&preamble, &jpeg, &element[..]].concat(), false).is_ok());
     }
 
     #[test]
@@ -585,7 +629,7 @@ mod tests {
         // "OB" and the two bytes after it are the length, 0x7FFF424F (2 GB); read as
         // explicit VR this element has length 0 and the file passed
         let element = [0x11, 0x00, 0x10, 0x10, b'O', b'B', 0xFF, 0x7F, 0, 0, 0, 0];
-        let err = check_lengths(&file_in(b"1.2.840.10008.1.2\t", &element), false).unwrap_err();
+        let err = check(&file_in(b"1.2.840.10008.1.2\t", &element), false).unwrap_err();
         assert!(err.contains("claims 2147435087 bytes"), "{err}");
     }
 
@@ -599,14 +643,14 @@ mod tests {
         body.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
         body.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
         let huge = [0x11, 0x00, 0x10, 0x10, b'O', b'B', 0, 0, 0, 0, 0xFF, 0x7F];
-        let err = check_lengths(&file(&[&body[..], &huge].concat()), false).unwrap_err();
+        let err = check(&file(&[&body[..], &huge].concat()), false).unwrap_err();
         assert!(
             err.contains("(0011,1010)") && err.contains("claims 2147418112 bytes"),
             "{err}"
         );
         // with an element that fits after it, the file passes
         let fits = [0x10, 0x00, 0x10, 0x00, b'P', b'N', 2, 0, b'A', b' '];
-        assert!(check_lengths(&file(&[&body[..], &fits].concat()), false).is_ok());
+        assert!(check(&file(&[&body[..], &fits].concat()), false).is_ok());
     }
 
     #[test]
@@ -616,9 +660,9 @@ mod tests {
         let pixel_data = [0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 0, 0, 0, 0];
         let item = [0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0];
         let delimiter = [0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0x88];
-        let err = check_lengths(&file(&[&pixel_data[..], &item].concat()), false).unwrap_err();
+        let err = check(&file(&[&pixel_data[..], &item].concat()), false).unwrap_err();
         assert!(err.contains("outside a sequence"), "{err}");
-        let err = check_lengths(&file(&[&pixel_data[..], &delimiter].concat()), false).unwrap_err();
+        let err = check(&file(&[&pixel_data[..], &delimiter].concat()), false).unwrap_err();
         assert!(
             err.contains("delimiter (FFFE,E0DD)") && err.contains("length 2281701376"),
             "{err}"
@@ -626,7 +670,7 @@ mod tests {
         // a stray delimiter of length 0 stays tolerated
         let mut zero = delimiter;
         zero[7] = 0;
-        assert!(check_lengths(&file(&[&pixel_data[..], &zero].concat()), false).is_ok());
+        assert!(check(&file(&[&pixel_data[..], &zero].concat()), false).is_ok());
     }
 
     #[test]
@@ -635,6 +679,6 @@ mod tests {
         let mut body = vec![0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 16, 0, 0, 0];
         body.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xE8, 0x03, 0, 0]);
         body.extend_from_slice(&[0; 8]);
-        assert!(check_lengths(&file(&body), false).is_err());
+        assert!(check(&file(&body), false).is_err());
     }
 }
