@@ -243,9 +243,11 @@ fn walk(
                     limit.saturating_sub(c.pos)
                 )
             })?;
-        // Pixel data is exempt: nothing after it is needed, and the decoder checks its
-        // size against Rows x Columns.
-        if tag != (0x7FE0, 0x0010) {
+        // Pixel data that ends the data set is exempt: the decoder checks its size
+        // against Rows x Columns. Anywhere else an odd-length OW leaves a byte over, and
+        // the parser reads the next header from there (a libFuzzer find: 4.2 GB).
+        let ends_the_data = depth == 0 && value_end == c.data.len();
+        if tag != (0x7FE0, 0x0010) || !ends_the_data {
             if let Some(vr) = parser_vr(tag, vr) {
                 if let Some(size) = value_size(&vr).filter(|size| len % size != 0) {
                     return Err(format!(
@@ -651,6 +653,25 @@ mod tests {
         // with an element that fits after it, the file passes
         let fits = [0x10, 0x00, 0x10, 0x00, b'P', b'N', 2, 0, b'A', b' '];
         assert!(check(&file(&[&body[..], &fits].concat()), false).is_ok());
+    }
+
+    #[test]
+    fn odd_length_pixel_data_is_refused_unless_it_ends_the_file() {
+        // (7FE0,0010) OW of 3 bytes, then a sequence delimiter and (FFFC,FFFC) OB: the
+        // parser reads one 16-bit value and takes the next header from the byte left over
+        let pixels = [
+            0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 3, 0, 0, 0, 1, 2, 3,
+        ];
+        let after = [
+            0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0, 0xFC, 0xFF, 0xFC, 0xFF, b'O', b'B', 0, 0, 0, 0, 0,
+            0,
+        ];
+        let err = check(&file(&[&pixels[..], &after].concat()), false).unwrap_err();
+        assert!(
+            err.contains("(7FE0,0010)") && err.contains("not a multiple of 2"),
+            "{err}"
+        );
+        assert!(check(&file(&pixels), false).is_ok());
     }
 
     #[test]
