@@ -543,14 +543,9 @@ fn a_second_file_meta_group_is_refused_before_the_parser() {
     );
 }
 
-/// A transfer syntax UID with a trailing tab (found reading dicom-object's meta code after
-/// the find above): dicom-object trims trailing whitespace and NUL and reads implicit VR;
-/// the pre-check trimmed only NUL and space, took it for explicit VR and passed an element
-/// that the parser read as 2 GB long (2.4 GB peak RSS in a release build, from 182 bytes).
-#[test]
-fn a_transfer_syntax_is_read_as_the_parser_reads_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let ts = b"1.2.840.10008.1.2\t";
+/// Preamble, "DICM" and a file meta group of (0002,0000) and (0002,0010) `ts` (of even
+/// length), ready for a data set.
+fn part10_header(ts: &[u8]) -> Vec<u8> {
     let mut meta = vec![0x02, 0x00, 0x10, 0x00, b'U', b'I'];
     meta.extend_from_slice(&(ts.len() as u16).to_le_bytes());
     meta.extend_from_slice(ts);
@@ -559,6 +554,17 @@ fn a_transfer_syntax_is_read_as_the_parser_reads_it() {
     bytes.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
     bytes.extend_from_slice(&(meta.len() as u32).to_le_bytes());
     bytes.extend_from_slice(&meta);
+    bytes
+}
+
+/// A transfer syntax UID with a trailing tab (found reading dicom-object's meta code after
+/// the find above): dicom-object trims trailing whitespace and NUL and reads implicit VR;
+/// the pre-check trimmed only NUL and space, took it for explicit VR and passed an element
+/// that the parser read as 2 GB long (2.4 GB peak RSS in a release build, from 182 bytes).
+#[test]
+fn a_transfer_syntax_is_read_as_the_parser_reads_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bytes = part10_header(b"1.2.840.10008.1.2\t");
     // (0011,1010) in implicit VR: "OB" and 0xFF 0x7F are its 32-bit length
     bytes.extend_from_slice(&[0x11, 0x00, 0x10, 0x10, b'O', b'B', 0xFF, 0x7F, 0, 0, 0, 0]);
     let p = write(tmp.path(), "ts_tab.dcm", &bytes);
@@ -606,15 +612,7 @@ fn elements_after_an_undefined_length_un_are_checked() {
 #[test]
 fn a_deflated_data_set_is_inflated_within_the_memory_budget() {
     let tmp = tempfile::tempdir().unwrap();
-    let ts = b"1.2.840.10008.1.2.1.99";
-    let mut meta = vec![0x02, 0x00, 0x10, 0x00, b'U', b'I'];
-    meta.extend_from_slice(&(ts.len() as u16).to_le_bytes());
-    meta.extend_from_slice(ts);
-    let mut bytes = vec![0u8; 128];
-    bytes.extend_from_slice(b"DICM");
-    bytes.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
-    bytes.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&meta);
+    let mut bytes = part10_header(b"1.2.840.10008.1.2.1.99");
     // (0011,1010) OB holding 8 MiB of zeros, deflated to a few kB
     let value = 8u32 << 20;
     let mut set = vec![0x11, 0x00, 0x10, 0x10, b'O', b'B', 0, 0];
