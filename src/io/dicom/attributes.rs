@@ -293,6 +293,7 @@ pub fn probe_with_limits(path: &Path, limits: &Limits) -> Result<DicomProbe, Rea
         series_uid: text(&obj, tags::SERIES_INSTANCE_UID).unwrap_or_default(),
         series_description: text(&obj, tags::SERIES_DESCRIPTION).filter(|s| !s.is_empty()),
         transfer_syntax: ts,
+        max_inflated,
         rows,
         columns,
         frames,

@@ -42,18 +42,17 @@ pub(super) fn decode(p: &DicomProbe) -> Result<Array4<f32>, ReadError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let obj: DefaultDicomObject =
-        match super::guard::check_lengths(&bytes, false, super::guard::MAX_INFLATED_BYTES) {
-            Ok(()) => match guard(path, || dicom_object::open_file(path))? {
-                Ok(obj) => obj,
-                Err(e) => salvage_before_trailing_data(&bytes, path, p)
-                    .ok_or_else(|| corrupt(format!("not a readable DICOM file: {e}")))?,
-            },
-            // The header up to the pixel data passed the probe: whatever is broken lies
-            // after it, and elements after the pixel data are of no use to cosam.
+    let obj: DefaultDicomObject = match super::guard::check_lengths(&bytes, false, p.max_inflated) {
+        Ok(()) => match guard(path, || dicom_object::open_file(path))? {
+            Ok(obj) => obj,
             Err(e) => salvage_before_trailing_data(&bytes, path, p)
-                .ok_or_else(|| corrupt(format!("malformed DICOM: {e}")))?,
-        };
+                .ok_or_else(|| corrupt(format!("not a readable DICOM file: {e}")))?,
+        },
+        // The header up to the pixel data passed the probe: whatever is broken lies
+        // after it, and elements after the pixel data are of no use to cosam.
+        Err(e) => salvage_before_trailing_data(&bytes, path, p)
+            .ok_or_else(|| corrupt(format!("malformed DICOM: {e}")))?,
+    };
     drop(bytes);
     let Some(pixel_data) = obj.get(tags::PIXEL_DATA) else {
         return Err(corrupt("no PixelData (not an image)".into()));
@@ -286,8 +285,7 @@ pub(super) fn salvage_before_trailing_data(
         let end = usize::try_from(len).ok()?.checked_add(at + header)?;
         if len >= min_len && end <= bytes.len() {
             let cut = bytes.get(128..end)?;
-            super::guard::check_lengths(bytes.get(..end)?, false, super::guard::MAX_INFLATED_BYTES)
-                .ok()?;
+            super::guard::check_lengths(bytes.get(..end)?, false, p.max_inflated).ok()?;
             return guard(path, || dicom_object::from_reader(cut)).ok()?.ok();
         }
     }

@@ -144,6 +144,9 @@ pub struct DicomProbe {
     pub(crate) study_uid: String,
     pub(crate) frame_of_reference_uid: String,
     pub(crate) copied: Vec<(Tag, String)>,
+    /// Most bytes a deflated data set may inflate to when the file is read again: what
+    /// the probe's memory budget left beside the file.
+    pub(crate) max_inflated: u64,
     /// Geometry the file gives but that cannot be trusted (no pixel spacing,
     /// non-orthogonal orientation), one sentence each.
     pub(crate) warnings: Vec<String>,
