@@ -644,6 +644,106 @@ fn a_deflated_data_set_is_inflated_within_the_memory_budget() {
     }
 }
 
+/// Once PixelRepresentation is 1, dicom-parser reads an element the dictionary gives as
+/// US-or-SS as SS whatever VR the file writes (found reading the parser): a 1-byte "OB"
+/// SmallestImagePixelValue left it a byte behind, and it took a 2 GB length from the next
+/// header (2.4 GB peak RSS in a release build, from 207 bytes).
+#[test]
+fn us_or_ss_elements_are_read_as_the_parser_reads_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bytes = part10_header(b"1.2.840.10008.1.2.1\0");
+    bytes.extend_from_slice(&[0x28, 0x00, 0x03, 0x01, b'U', b'S', 2, 0, 1, 0]);
+    bytes.extend_from_slice(&[0x28, 0x00, 0x06, 0x01, b'O', b'B', 0, 0, 1, 0, 0, 0]);
+    // one value byte to this walk; to the parser, a header whose length is 0x7F000000
+    bytes.extend_from_slice(&[
+        0x09, 0x00, 0x10, 0x10, b'Z', b'L', b'O', 0x04, 0, 0, 0, 0x7F, 0,
+    ]);
+    let p = write(tmp.path(), "signed_xs.dcm", &bytes);
+    let e = err(&p);
+    assert!(matches!(e, ReadError::Corrupt { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("signed_xs.dcm") && msg.contains("(0028,0106)") && msg.contains("VR SS"),
+        "{msg}"
+    );
+}
+
+/// A Deflated Image Frame Compression file of `rows` x `columns` 8-bit grey pixels whose
+/// one fragment is `frame`, deflated.
+fn deflated_frame_dicom(rows: u16, columns: u16, frame: &[u8]) -> Vec<u8> {
+    // (0028,element) US v
+    let us = |element: u16, v: u16| {
+        [
+            [0x28, 0x00],
+            element.to_le_bytes(),
+            *b"US",
+            [2, 0],
+            v.to_le_bytes(),
+        ]
+        .concat()
+    };
+    let mut bytes = part10_header(b"1.2.840.10008.1.2.8.1\0");
+    bytes.extend(us(0x02, 1));
+    bytes.extend_from_slice(&[0x28, 0x00, 0x04, 0x00, b'C', b'S', 12, 0]);
+    bytes.extend_from_slice(b"MONOCHROME2 ");
+    // rows, columns, 8 bits allocated and stored, high bit 7, unsigned
+    for (element, v) in [
+        (0x10, rows),
+        (0x11, columns),
+        (0x100, 8),
+        (0x101, 8),
+        (0x102, 7),
+        (0x103, 0),
+    ] {
+        bytes.extend(us(element, v));
+    }
+    let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    deflate.write_all(frame).unwrap();
+    let mut fragment = deflate.finish().unwrap();
+    if fragment.len() % 2 == 1 {
+        fragment.push(0);
+    }
+    bytes.extend_from_slice(&[
+        0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+    ]);
+    bytes.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+    bytes.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+    bytes.extend_from_slice(&(fragment.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&fragment);
+    bytes.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    bytes
+}
+
+/// Deflated Image Frame Compression: dicom-transfer-syntax-registry inflates each fragment
+/// with no bound (found reading the adapter: 1 MB of deflated zeros in a 1x1 image became
+/// 1 GB). The fragments must inflate to no more than the declared frames; a frame that
+/// does is read.
+#[test]
+fn deflated_frames_inflate_only_to_the_declared_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(
+        tmp.path(),
+        "deflated_frame.dcm",
+        &deflated_frame_dicom(2, 2, &[0, 50, 100, 200]),
+    );
+    let volume = io::read(&p).unwrap();
+    assert_eq!(
+        volume.voxels().iter().copied().collect::<Vec<f32>>(),
+        [0.0, 50.0, 100.0, 200.0]
+    );
+    // 1x1 pixels declared, 16 MiB inflated, from a file of a few kB
+    let bomb = deflated_frame_dicom(1, 1, &vec![0; 16 << 20]);
+    assert!(bomb.len() < 64 << 10, "{} bytes on disk", bomb.len());
+    let p = write(tmp.path(), "deflated_frame_bomb.dcm", &bomb);
+    let e = err(&p);
+    assert!(matches!(e, ReadError::Corrupt { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("deflated_frame_bomb.dcm") && msg.contains("inflate past the 1 bytes"),
+        "{msg}"
+    );
+}
+
 /// An RLE fragment whose header claims 2^32 - 1 segments (libFuzzer, 2026-11-30, from
 /// MR_small_RLE) is refused before dicom-transfer-syntax-registry allocates an offset
 /// per segment (16 GiB; a failed allocation aborts, past the panic guard).

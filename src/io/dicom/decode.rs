@@ -1,6 +1,8 @@
 //! Pixel data decoding: the transfer syntax check, the decoder run behind a panic
 //! guard, and salvage of files with trailing data.
 
+use std::io::Read;
+
 use super::*;
 
 /// Refuses transfer syntaxes whose pixel data this build cannot decode, naming them.
@@ -58,6 +60,10 @@ pub(super) fn decode(p: &DicomProbe) -> Result<Array4<f32>, ReadError> {
         return Err(corrupt("no PixelData (not an image)".into()));
     };
     check_fragment_headers(pixel_data, p).map_err(corrupt)?;
+    if p.transfer_syntax == DEFLATED_IMAGE_FRAME {
+        let bits = uint(&obj, tags::BITS_ALLOCATED).unwrap_or(64);
+        deflated_frames_fit(pixel_data, p, bits).map_err(corrupt)?;
+    }
     let foreign = guard(path, || {
         let decoded = obj
             .decode_pixel_data()
@@ -103,6 +109,9 @@ pub(super) fn decode(p: &DicomProbe) -> Result<Array4<f32>, ReadError> {
 }
 
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
+/// Deflated Image Frame Compression: each fragment a deflated frame.
+const DEFLATED_IMAGE_FRAME: &str = "1.2.840.10008.1.2.8.1";
 
 /// JPEG 2000 (lossless, lossy) and High-Throughput JPEG 2000 transfer syntaxes.
 const JPEG_2000: [&str; 5] = [
@@ -155,6 +164,39 @@ fn check_fragment_headers(pixel_data: &InMemElement, p: &DicomProbe) -> Result<(
         .enumerate()
     {
         check(fragment, p).map_err(|e| format!("compressed fragment {i}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The fragments of Deflated Image Frame Compression must inflate to no more than the
+/// frames the header declares. dicom-transfer-syntax-registry's adapter inflates each one
+/// into memory with no bound: 1 MB of deflated zeros in a 1x1 image became 1 GB, and the
+/// size grows with the file (found reading the adapter). The fragments are inflated here
+/// first into a counter, which allocates nothing.
+fn deflated_frames_fit(
+    pixel_data: &InMemElement,
+    p: &DicomProbe,
+    bits_allocated: u64,
+) -> Result<(), String> {
+    let sample_bytes = bits_allocated.div_ceil(8).clamp(1, 8);
+    let declared = [p.frames, p.rows, p.columns, p.samples]
+        .iter()
+        .fold(sample_bytes, |n, &v| n.saturating_mul(u64::from(v)));
+    let mut inflated = 0u64;
+    let mut buffer = vec![0u8; 64 << 10];
+    for fragment in pixel_data.value().fragments().unwrap_or_default() {
+        let mut inflate = flate2::read::DeflateDecoder::new(fragment.as_slice());
+        // a fragment that stops inflating is the decoder's to report, as it stops there too
+        while let Ok(n @ 1..) = inflate.read(&mut buffer) {
+            inflated += n as u64;
+            if inflated > declared {
+                return Err(format!(
+                    "the deflated frames inflate past the {declared} bytes that {} frame(s) \
+                     of {}x{} pixels, {} sample(s) of {bits_allocated} bits, hold",
+                    p.frames, p.columns, p.rows, p.samples
+                ));
+            }
+        }
     }
     Ok(())
 }

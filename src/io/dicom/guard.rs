@@ -19,6 +19,9 @@
 
 use std::io::Read;
 
+use dicom_encoding::{Codec, Endianness, TransferSyntaxIndex};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+
 /// Nesting depth of sequences followed.
 const MAX_DEPTH: usize = 64;
 
@@ -48,20 +51,30 @@ fn value_size(vr: &[u8; 2]) -> Option<u32> {
     }
 }
 
-/// The VR the parser gives an element: the explicit one, or in implicit VR the standard
-/// dictionary's (as `dicom-encoding`'s implicit decoder resolves it: OW for pixel and
-/// overlay data, US for US-or-SS, OW for OB-or-OW, UN for unknown tags).
+/// The VR the parser reads an element's value as: the explicit one, or in implicit VR the
+/// standard dictionary's (as `dicom-encoding`'s implicit decoder resolves it: OW for pixel
+/// and overlay data, US for US-or-SS, OW for OB-or-OW, UN for unknown tags).
+///
+/// An element the dictionary gives as US-or-SS is 16-bit values whatever VR the file
+/// writes: once dicom-parser has read a PixelRepresentation of 1, it reads such elements
+/// as SS. An odd-length "OB" there left it a byte behind, and it took a 2 GB length from
+/// the next header (2.4 GB peak RSS from 207 bytes; found reading the parser).
 fn parser_vr(tag: (u16, u16), explicit: Option<[u8; 2]>) -> Option<[u8; 2]> {
-    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
-    if explicit.is_some() || tag.0 == 0xFFFE {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    if tag.0 == 0xFFFE {
+        return explicit;
+    }
+    let entry = dicom_dictionary_std::StandardDataDictionary.by_tag(dicom_core::Tag(tag.0, tag.1));
+    if entry.is_some_and(|e| e.vr() == VirtualVr::Xs) {
+        return Some(*b"SS");
+    }
+    if explicit.is_some() {
         return explicit;
     }
     if tag == (0x7FE0, 0x0010) || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
         return Some(*b"OW");
     }
-    dicom_dictionary_std::StandardDataDictionary
-        .by_tag(dicom_core::Tag(tag.0, tag.1))
-        .map(|entry| entry.vr().relaxed().to_bytes())
+    entry.map(|entry| entry.vr().relaxed().to_bytes())
 }
 
 struct Cursor<'a> {
@@ -448,13 +461,22 @@ pub(crate) fn check_lengths(
         .into());
     }
     // Byte offsets in messages count from the file's start, or in a deflated file from
-    // the start of the inflated data set.
-    let syntax = match ts.as_str() {
-        "1.2.840.10008.1.2" => Syntax::ImplicitLe,
-        "1.2.840.10008.1.2.2" => Syntax::ExplicitBe,
-        _ => Syntax::ExplicitLe,
+    // the start of the inflated data set. The byte order, VR encoding and deflation come
+    // from the registry dicom-object reads with: deciding deflation by one UID let the
+    // JPIP Referenced Deflate syntaxes, which the parser inflates too, be walked as raw
+    // deflate bytes (a 2 GB length reached the parser from a 45 kB file).
+    let Some(entry) = TransferSyntaxRegistry.get(&ts) else {
+        // dicom-object refuses a syntax it does not know before reading the data set
+        return Ok(());
     };
-    if ts == "1.2.840.10008.1.2.1.99" {
+    // Implicit VR little endian is the registry's one syntax without explicit VRs (which
+    // it does not expose as a property).
+    let syntax = match (entry.uid(), entry.endianness()) {
+        ("1.2.840.10008.1.2", _) => Syntax::ImplicitLe,
+        (_, Endianness::Big) => Syntax::ExplicitBe,
+        (_, Endianness::Little) => Syntax::ExplicitLe,
+    };
+    if matches!(entry.codec(), Codec::Dataset(Some(_))) {
         let mut inflated = Vec::new();
         flate2::read::DeflateDecoder::new(&bytes[meta.pos..])
             .take(max_inflated.saturating_add(1))
@@ -669,6 +691,41 @@ mod tests {
             "{err}"
         );
         assert!(check(&file(&pixels), false).is_ok());
+    }
+
+    #[test]
+    fn us_or_ss_elements_are_whole_16_bit_values_whatever_vr_is_written() {
+        // PixelRepresentation 1, then (0028,0106) SmallestImagePixelValue written as OB
+        // of 1 byte: dicom-parser reads it as SS, consumes no byte, and reads the next
+        // header one byte early
+        let signed = [0x28, 0x00, 0x03, 0x01, b'U', b'S', 2, 0, 1, 0];
+        let odd = [0x28, 0x00, 0x06, 0x01, b'O', b'B', 0, 0, 1, 0, 0, 0, 0x09];
+        let err = check(&file(&[&signed[..], &odd].concat()), false).unwrap_err();
+        assert!(
+            err.contains("(0028,0106)") && err.contains("VR SS and 1 bytes"),
+            "{err}"
+        );
+        let even = [
+            0x28, 0x00, 0x06, 0x01, b'O', b'B', 0, 0, 2, 0, 0, 0, 0x09, 0,
+        ];
+        assert!(check(&file(&[&signed[..], &even].concat()), false).is_ok());
+    }
+
+    #[test]
+    fn every_deflated_syntax_is_inflated_for_the_walk() {
+        // JPIP Referenced Deflate: dicom-object inflates its data set like Deflated
+        // Explicit VR Little Endian; an element in it claims 2 GB
+        let set = [0x11, 0x00, 0x10, 0x10, b'O', b'B', 0, 0, 0, 0, 0, 0x7F];
+        let mut deflate =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut deflate, &set).unwrap();
+        let bytes = file_in(b"1.2.840.10008.1.2.4.95", &deflate.finish().unwrap());
+        let err = check(&bytes, false).unwrap_err();
+        assert!(
+            err.contains("(0011,1010) at byte 0 claims 2130706432 bytes")
+                && err.ends_with("of the inflated data set"),
+            "{err}"
+        );
     }
 
     #[test]
