@@ -377,6 +377,91 @@ fn unusable_sform_or_qform_is_refused_or_replaced_with_a_warning() {
     assert_eq!(io::nifti::read_header(&out).unwrap().qform_code, 0);
 }
 
+/// Where cosam read a header differently from nibabel, silently (found reading the
+/// reader): voxels decoded in sizeof_hdr's byte order when the rest of the header is in
+/// the other; a negative pixdim mirroring the qform; a transform code outside NIfTI's
+/// 0-5 trusted; a single slice with a qform and pixdim[3] 0 refused.
+#[test]
+fn nifti_headers_are_read_as_nibabel_reads_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = [5u8; 4 * 4 * 2];
+    let identity_qform_only = || {
+        let mut h = nifti_header([4, 4, 2], 2, 8, 352.0);
+        put_i16(&mut h, 254, 0);
+        set_qform(&mut h, 0.0, 0.0, 0.0);
+        h
+    };
+    // a big-endian header and voxels behind a little-endian sizeof_hdr
+    let mut h = nifti_header([4, 4, 2], 4, 16, 352.0);
+    let i16_at = (40..56).step_by(2).chain([70, 72, 252, 254]);
+    let f32_at = (76..120).step_by(4).chain((256..328).step_by(4));
+    for at in i16_at {
+        h[at..at + 2].reverse();
+    }
+    for at in f32_at {
+        h[at..at + 4].reverse();
+    }
+    let values: Vec<i16> = (0..32).map(|i| 100 + 7 * i).collect();
+    let voxels: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+    let p = write(tmp.path(), "mixed_order.nii", &nifti_file(&h, 352, &voxels));
+    let v = io::read(&p).unwrap();
+    let read: Vec<f32> = v.voxels().iter().copied().collect();
+    let mut expected: Vec<f32> = values.iter().map(|&v| f32::from(v)).collect();
+    expected.sort_by(f32::total_cmp);
+    let mut sorted = read.clone();
+    sorted.sort_by(f32::total_cmp);
+    assert_eq!(sorted, expected, "voxels decoded in the wrong byte order");
+    // a negative pixdim scales, it does not mirror
+    let mut h = identity_qform_only();
+    put_f32(&mut h, 80, -2.0);
+    let v = io::read(&write(
+        tmp.path(),
+        "negative_pixdim.nii",
+        &nifti_file(&h, 352, &data),
+    ))
+    .unwrap();
+    assert_eq!(v.affine().apply([1.0, 0.0, 0.0]), [2.0, 0.0, 0.0]);
+    // sform_code 7 is no transform code: the identity qform is used, with a warning
+    let mut h = identity_qform_only();
+    put_i16(&mut h, 254, 7);
+    set_sform(
+        &mut h,
+        [
+            [-1.0, 0.0, 0.0, 0.0],
+            [0.0, -1.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+        ],
+    );
+    let v = io::read(&write(
+        tmp.path(),
+        "sform_code_7.nii",
+        &nifti_file(&h, 352, &data),
+    ))
+    .unwrap();
+    assert_eq!(v.affine().apply([1.0, 2.0, 1.0]), [1.0, 2.0, 1.0]);
+    assert!(
+        v.warnings().iter().any(|w| w.contains("sform_code 7")),
+        "{:?}",
+        v.warnings()
+    );
+    // one slice, a qform and pixdim[3] 0: read at 1 mm, with a warning
+    let mut h = identity_qform_only();
+    put_i16(&mut h, 46, 1);
+    put_f32(&mut h, 88, 0.0);
+    let v = io::read(&write(
+        tmp.path(),
+        "flat.nii",
+        &nifti_file(&h, 352, &data[..16]),
+    ))
+    .unwrap();
+    assert_eq!(v.slices(), 1);
+    assert!(
+        v.warnings().iter().any(|w| w.contains("pixdim[3] is 0")),
+        "{:?}",
+        v.warnings()
+    );
+}
+
 /// Item 14: complex voxels and a datatype/bitpix disagreement are "unsupported", named,
 /// without a caught panic's text.
 #[test]

@@ -5,8 +5,11 @@
 //! gzip, so that every claim of the header is checked against [`Limits`] before memory is
 //! allocated and no more bytes are decompressed than the header's (checked) claims.
 //!
-//! The affine follows nibabel's choice: the sform when `sform_code > 0`, else the qform
-//! when `qform_code > 0`, else a diagonal matrix of the voxel sizes. A transform that
+//! The affine follows nibabel's choice: the sform when `sform_code` is 1-5, else the qform
+//! when `qform_code` is (scaled by the absolute voxel sizes), else the NIfTI-1 standard's
+//! method 1, a diagonal matrix of the voxel sizes (where nibabel flips x and centres the
+//! volume instead). The header's byte order is the one its `dim[0]` gives, as nibabel
+//! reads it. A transform that
 //! cannot be a voxel-to-world mapping (singular or non-finite sform, a quaternion longer
 //! than 1) is never used: the other one is, with a warning, and without a valid one the
 //! file is refused.
@@ -24,6 +27,8 @@ const CT_MIN_BELOW_HU: f32 = -500.0;
 /// Size of the NIfTI-1 header, bytes; a single-file `.nii` has voxels from byte 352.
 const HEADER_BYTES: u64 = 348;
 const MIN_SINGLE_FILE_OFFSET: u64 = 352;
+/// Largest NIfTI transform code (5, NIFTI_XFORM_TEMPLATE_OTHER).
+const MAX_XFORM_CODE: i16 = 5;
 /// Bytes read at a time from the voxel stream.
 const CHUNK_BYTES: usize = 1 << 20;
 /// A quaternion (b, c, d) may exceed unit length by this much (float32 rounding) before
@@ -278,8 +283,7 @@ fn parse_header(path: &Path, stream: &mut dyn Read) -> Result<(NiftiHeader, bool
                 .into(),
         });
     }
-    let big = head == 348i32.to_be_bytes();
-    if head != 348i32.to_le_bytes() && !big {
+    if head != 348i32.to_le_bytes() && head != 348i32.to_be_bytes() {
         return Err(corrupt(format!(
             "not a NIfTI-1 file (sizeof_hdr is {}, expected 348)",
             i32::from_le_bytes(head)
@@ -298,6 +302,10 @@ fn parse_header(path: &Path, stream: &mut dyn Read) -> Result<(NiftiHeader, bool
             reason: "the header of a .hdr/.img pair; convert it to a single .nii file".into(),
         });
     }
+    // The byte order the header was parsed in, which the nifti crate and nibabel take from
+    // dim[0]: deciding by sizeof_hdr decoded the voxels of a file whose sizeof_hdr alone
+    // was little endian in the wrong order, silently (found reading the reader).
+    let big = header.endianness == ::nifti::Endianness::Big;
     Ok((header, big))
 }
 
@@ -540,7 +548,31 @@ fn geometry(
     mut h: NiftiHeader,
     warnings: &mut Vec<String>,
 ) -> Result<(Affine, Option<NiftiHeader>), ReadError> {
+    // nibabel ignores a transform code outside NIfTI's 0-5; trusting sform_code 7 used a
+    // transform nibabel does not
+    for (name, code) in [
+        ("sform_code", &mut h.sform_code),
+        ("qform_code", &mut h.qform_code),
+    ] {
+        if !(0..=MAX_XFORM_CODE).contains(code) {
+            warnings.push(format!(
+                "{name} {code} is not a NIfTI transform code (0-{MAX_XFORM_CODE}); that \
+                 transform is ignored"
+            ));
+            *code = 0;
+        }
+    }
     let sform = (h.sform_code > 0).then(|| sform_problem(&h));
+    // A single slice has no slice spacing to give: nibabel reads a qform with pixdim[3] 0
+    // there, and so does cosam, at 1 mm, where the qform is the transform used
+    let qform_used = h.qform_code > 0 && sform != Some(None);
+    if qform_used && h.dim[3] <= 1 && !(h.pixdim[3].is_finite() && h.pixdim[3] != 0.0) {
+        warnings.push(format!(
+            "pixdim[3] is {} on a single slice; 1 mm assumed for the slice thickness",
+            h.pixdim[3]
+        ));
+        h.pixdim[3] = 1.0;
+    }
     let qform = (h.qform_code > 0).then(|| qform_problem(&h));
     let refuse = |reason: String| ReadError::Corrupt {
         path: path.to_path_buf(),
@@ -640,7 +672,9 @@ pub fn affine_of(h: &NiftiHeader) -> Affine {
                 a * a + d * d - c * c - b * b,
             ],
         ];
-        let scale = [dx, dy, dz * qfac];
+        // The voxel sizes only scale: a negative pixdim mirrored the image here, while
+        // nibabel takes their absolute values (the sign of z is qfac's)
+        let scale = [dx.abs(), dy.abs(), dz.abs() * qfac];
         let offset = [f(h.quatern_x), f(h.quatern_y), f(h.quatern_z)];
         let mut m = [[0.0; 4]; 4];
         for r in 0..3 {
