@@ -753,9 +753,16 @@ fn us_or_ss_elements_are_read_as_the_parser_reads_them() {
     );
 }
 
-/// A Deflated Image Frame Compression file of `rows` x `columns` 8-bit grey pixels whose
-/// one fragment is `frame`, deflated.
-fn deflated_frame_dicom(rows: u16, columns: u16, frame: &[u8]) -> Vec<u8> {
+/// An 8-bit grey image of `rows` x `columns` in transfer syntax `ts` (even length), its
+/// encapsulated pixel data holding `fragments` (each padded to even length) after an empty
+/// offset table; `trailing` follows the pixel data.
+fn encapsulated_dicom(
+    ts: &[u8],
+    rows: u16,
+    columns: u16,
+    fragments: &[&[u8]],
+    trailing: &[u8],
+) -> Vec<u8> {
     // (0028,element) US v
     let us = |element: u16, v: u16| {
         [
@@ -767,7 +774,7 @@ fn deflated_frame_dicom(rows: u16, columns: u16, frame: &[u8]) -> Vec<u8> {
         ]
         .concat()
     };
-    let mut bytes = part10_header(b"1.2.840.10008.1.2.8.1\0");
+    let mut bytes = part10_header(ts);
     bytes.extend(us(0x02, 1));
     bytes.extend_from_slice(&[0x28, 0x00, 0x04, 0x00, b'C', b'S', 12, 0]);
     bytes.extend_from_slice(b"MONOCHROME2 ");
@@ -782,21 +789,29 @@ fn deflated_frame_dicom(rows: u16, columns: u16, frame: &[u8]) -> Vec<u8> {
     ] {
         bytes.extend(us(element, v));
     }
-    let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-    deflate.write_all(frame).unwrap();
-    let mut fragment = deflate.finish().unwrap();
-    if fragment.len() % 2 == 1 {
-        fragment.push(0);
-    }
     bytes.extend_from_slice(&[
         0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
     ]);
     bytes.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
-    bytes.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
-    bytes.extend_from_slice(&(fragment.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&fragment);
+    for fragment in fragments {
+        let padded = fragment.len() + fragment.len() % 2;
+        bytes.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+        bytes.extend_from_slice(&(padded as u32).to_le_bytes());
+        bytes.extend_from_slice(fragment);
+        bytes.resize(bytes.len() + padded - fragment.len(), 0);
+    }
     bytes.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    bytes.extend_from_slice(trailing);
     bytes
+}
+
+/// A Deflated Image Frame Compression file of `rows` x `columns` 8-bit grey pixels whose
+/// one fragment is `frame`, deflated.
+fn deflated_frame_dicom(rows: u16, columns: u16, frame: &[u8]) -> Vec<u8> {
+    let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    deflate.write_all(frame).unwrap();
+    let fragment = deflate.finish().unwrap();
+    encapsulated_dicom(b"1.2.840.10008.1.2.8.1\0", rows, columns, &[&fragment], &[])
 }
 
 /// Deflated Image Frame Compression: dicom-transfer-syntax-registry inflates each fragment
@@ -827,6 +842,158 @@ fn deflated_frames_inflate_only_to_the_declared_size() {
         msg.contains("deflated_frame_bomb.dcm") && msg.contains("inflate past the 1 bytes"),
         "{msg}"
     );
+}
+
+/// The read error of a crafted file, which must be `Corrupt` and name the file.
+fn crafted_error(name: &str, bytes: &[u8]) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = err(&write(tmp.path(), name, bytes));
+    assert!(matches!(e, ReadError::Corrupt { .. }), "{name}: {e}");
+    let msg = e.to_string();
+    assert!(msg.contains(name), "{msg}");
+    msg
+}
+
+/// Found reading the decoders behind dicom-pixeldata, each refused before a decoder
+/// sizes anything by it: a JPEG decoder starts a frame at any SOI after the last one (a
+/// second image in one fragment asked for 8 GB); openjp2 keeps state per tile (65,535
+/// tiles of one pixel took 0.9 GB) and follows JP2 boxes, not the first "jp2c" bytes (a
+/// fake SIZ inside an `xml ` box hid one of 64 x 8,388,608); the RLE decoder sizes its
+/// output by the fragments (2,500 of them asked for 2.6 GB).
+#[test]
+fn compressed_pixel_data_is_checked_as_the_decoders_read_it() {
+    // SOI and a baseline frame header of one 8-bit component (`code` C0, or C2 progressive)
+    let jpeg = |code: u8, width: u16, height: u16| {
+        let [w0, w1] = width.to_be_bytes();
+        let [h0, h1] = height.to_be_bytes();
+        vec![
+            0xFF, 0xD8, 0xFF, code, 0, 11, 8, h0, h1, w0, w1, 1, 1, 0x11, 0,
+        ]
+    };
+    let two = [jpeg(0xC0, 1, 1), jpeg(0xC2, 65535, 65535)].concat();
+    let msg = crafted_error(
+        "jpeg_inside.dcm",
+        &encapsulated_dicom(b"1.2.840.10008.1.2.4.50\0", 1, 1, &[&two], &[]),
+    );
+    assert!(
+        msg.contains("at byte 15 of the pixel data declares 65535x65535"),
+        "{msg}"
+    );
+    // SOC and a SIZ of `width` x `height` in tiles of `tile` x `tile`, one component
+    let codestream = |width: u32, height: u32, tile: u32| {
+        let mut c = vec![0xFF, 0x4F, 0xFF, 0x51, 0, 41, 0, 0];
+        for v in [width, height, 0, 0, tile, tile, 0, 0] {
+            c.extend_from_slice(&v.to_be_bytes());
+        }
+        c.extend_from_slice(&[0, 1, 7, 1, 1]);
+        c
+    };
+    let msg = crafted_error(
+        "j2k_tiles.dcm",
+        &encapsulated_dicom(
+            b"1.2.840.10008.1.2.4.90\0",
+            255,
+            257,
+            &[&codestream(257, 255, 1)],
+            &[],
+        ),
+    );
+    assert!(msg.contains("65535 tiles (at most 4096)"), "{msg}");
+    // a JP2 file: signature, ftyp, an xml box holding "jp2c" and a 1x1 SIZ, then the
+    // codestream box
+    let jp2_box = |kind: &[u8], content: &[u8]| {
+        [
+            &((content.len() + 8) as u32).to_be_bytes()[..],
+            kind,
+            content,
+        ]
+        .concat()
+    };
+    let jp2 = [
+        jp2_box(b"jP  ", &[0x0D, 0x0A, 0x87, 0x0A]),
+        jp2_box(b"ftyp", b"jp2 \0\0\0\0jp2 "),
+        jp2_box(b"xml ", &[&b"jp2c"[..], &codestream(1, 1, 1)].concat()),
+        jp2_box(b"jp2c", &codestream(64, 65536, 64)),
+    ]
+    .concat();
+    let msg = crafted_error(
+        "jp2_boxes.dcm",
+        &encapsulated_dicom(b"1.2.840.10008.1.2.4.90\0", 1, 1, &[&jp2], &[]),
+    );
+    assert!(msg.contains("declares 64x65536 pixels"), "{msg}");
+    // two RLE fragments (one segment each) for one frame
+    let rle = [
+        &1u32.to_le_bytes()[..],
+        &64u32.to_le_bytes(),
+        &[0; 56],
+        &[0, 0],
+    ]
+    .concat();
+    let msg = crafted_error(
+        "rle_fragments.dcm",
+        &encapsulated_dicom(b"1.2.840.10008.1.2.5\0", 1, 1, &[&rle, &rle], &[]),
+    );
+    assert!(msg.contains("2 RLE fragments for 1 frame(s)"), "{msg}");
+}
+
+/// Attributes after the pixel data: the probe reads up to the pixel data, the decoder
+/// the whole file, where a later element replaces an earlier one. Rows, Columns and
+/// NumberOfFrames there made a JPEG decoder size its output at 4096 x 4096 x 200 from a
+/// 2 kB file the probe had checked as 1 x 1 (3.6 GB peak RSS; found reading the
+/// decoder). Encapsulated pixel data is refused; native pixel data is read as the probe
+/// saw it, up to the pixel data.
+#[test]
+fn attributes_after_the_pixel_data_cannot_replace_the_checked_ones() {
+    let after = [
+        &[0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0][..],
+        &4096u16.to_le_bytes(),
+    ]
+    .concat();
+    let frame = [0xFF, 0xD8, 0xFF, 0xC0, 0, 11, 8, 0, 1, 0, 1, 1, 1, 0x11, 0];
+    let msg = crafted_error(
+        "rows_after_pixels.dcm",
+        &encapsulated_dicom(b"1.2.840.10008.1.2.4.50\0", 1, 1, &[&frame], &after),
+    );
+    assert!(
+        msg.contains("(0028,0010)") && msg.contains("follows the pixel data out of order"),
+        "{msg}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let native = [std::fs::read(mr_small()).unwrap(), after].concat();
+    let v = io::read(&write(tmp.path(), "mr_rows_after_pixels.dcm", &native)).unwrap();
+    assert_eq!(v.voxels().dim(), (1, 64, 64, 1));
+}
+
+/// BitsStored past BitsAllocated: dicom-pixeldata's rescale table has 2^BitsStored
+/// entries (BitsStored 31 asked for 2 GB and aborted; found reading it). More than 3
+/// samples per pixel is refused before a decoder sizes anything by it.
+#[test]
+fn pixel_attributes_are_checked_before_decoding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = edited_dicom(tmp.path(), "bits_stored_31.dcm", |obj| {
+        obj.put(DataElement::new(
+            tags::BITS_STORED,
+            VR::US,
+            PrimitiveValue::from(31u16),
+        ));
+    });
+    let e = err(&p);
+    assert!(matches!(e, ReadError::Corrupt { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("BitsStored 31 is not from 1 to BitsAllocated (16)"),
+        "{e}"
+    );
+    let p = edited_dicom(tmp.path(), "samples_4.dcm", |obj| {
+        obj.put(DataElement::new(
+            tags::SAMPLES_PER_PIXEL,
+            VR::US,
+            PrimitiveValue::from(4u16),
+        ));
+    });
+    let e = err(&p);
+    assert!(matches!(e, ReadError::Unsupported { .. }), "{e}");
+    assert!(e.to_string().contains("4 samples per pixel"), "{e}");
 }
 
 /// An RLE fragment whose header claims 2^32 - 1 segments (libFuzzer, 2026-11-30, from

@@ -122,6 +122,27 @@ pub fn probe_with_limits(path: &Path, limits: &Limits) -> Result<DicomProbe, Rea
         to_u32(frames, "NumberOfFrames")?,
         to_u32(samples, "SamplesPerPixel")?,
     );
+    // Checked before a decoder sizes anything by them (found reading dicom-pixeldata): its
+    // rescale table has 2^BitsStored entries, so BitsStored 31 under BitsAllocated 16
+    // asked for 2 GB; a JPEG 2000 decoder sizes its tiles' state by the components.
+    if has_pixel_data {
+        if samples != 1 && samples != 3 {
+            return Err(ReadError::Unsupported {
+                path: path.to_path_buf(),
+                reason: format!("{samples} samples per pixel (1 or 3 are supported)"),
+            });
+        }
+        if let (Some(allocated), Some(stored)) = (
+            uint(&obj, tags::BITS_ALLOCATED),
+            uint(&obj, tags::BITS_STORED),
+        ) {
+            if stored == 0 || stored > allocated {
+                return Err(corrupt(format!(
+                    "BitsStored {stored} is not from 1 to BitsAllocated ({allocated})"
+                )));
+            }
+        }
+    }
     // The header's claims, before anything is allocated per frame.
     limits.check_frames(path, u64::from(frames))?;
     limits.check(

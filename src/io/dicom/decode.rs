@@ -141,29 +141,61 @@ type DeclaredSize = Result<Option<[u32; 3]>, String>;
 /// files of a few kB that made them ask for gigabytes: aborts past the panic guard
 /// wherever memory is capped.
 /// - RLE: at most 15 segments (PS3.5 G.5); dicom-transfer-syntax-registry 0.10
-///   allocates one offset per declared segment (942,551,554 asked for 3.8 GB).
+///   allocates one offset per declared segment (942,551,554 asked for 3.8 GB). One
+///   fragment per frame (PS3.5 A.4.2): the decoder sizes its output by the fragments
+///   (2,500 fragments of 4 bytes asked for 2.6 GB).
 /// - JPEG 2000, JPEG and JPEG-LS: the frame must declare the columns, rows and
 ///   components of the DICOM header (PS3.5 A.4); openjp2 asked for 17 GB for a SIZ of
-///   64 x 67,108,928 pixels, jpeg-decoder for 2.5 GB for a frame header.
+///   64 x 67,108,928 pixels, jpeg-decoder for 2.5 GB for a frame header. The JPEG
+///   decoder also starts a frame at any SOI after the last one, fragment start or not:
+///   no image there may declare more pixels than the header (a second image in one
+///   fragment asked for 8 GB). JPEG 2000 tiles are capped, as openjp2 keeps state per
+///   tile (65,535 tiles of 1 pixel took 0.9 GB).
 fn check_fragment_headers(pixel_data: &InMemElement, p: &DicomProbe) -> Result<(), String> {
     let ts = p.transfer_syntax.as_str();
+    let fragments = pixel_data.value().fragments().unwrap_or_default();
     let check: fn(&[u8], &DicomProbe) -> Result<(), String> = if ts == RLE_LOSSLESS {
+        if fragments.len() != p.frames as usize {
+            return Err(format!(
+                "{} RLE fragments for {} frame(s); RLE holds one fragment per frame",
+                fragments.len(),
+                p.frames
+            ));
+        }
         rle_segments_fit
     } else if JPEG_2000.contains(&ts) {
-        |f, p| declared_size_matches(j2k_declared_size(f), p)
+        |f, p| declared_size_matches(j2k_declared_size(f), p).and_then(|()| j2k_tiles_fit(f))
     } else if JPEG.contains(&ts) {
+        no_larger_image_inside(fragments, p)?;
         |f, p| declared_size_matches(jpeg_declared_size(f), p)
     } else {
         return Ok(());
     };
-    for (i, fragment) in pixel_data
-        .value()
-        .fragments()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
+    for (i, fragment) in fragments.iter().enumerate() {
         check(fragment, p).map_err(|e| format!("compressed fragment {i}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Every SOI in the fragments, taken together as the JPEG decoder takes them, that starts
+/// a frame header must declare no more pixels than the DICOM header.
+fn no_larger_image_inside(fragments: &[Vec<u8>], p: &DicomProbe) -> Result<(), String> {
+    let stream = fragments.concat();
+    let allowed = u64::from(p.columns) * u64::from(p.rows) * u64::from(p.samples);
+    for (at, _) in stream
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w == &[0xFF, 0xD8])
+    {
+        if let Ok(Some([width, height, components])) = jpeg_declared_size(&stream[at..]) {
+            if u64::from(width) * u64::from(height) * u64::from(components) > allowed {
+                return Err(format!(
+                    "a JPEG image at byte {at} of the pixel data declares {width}x{height} \
+                     pixels with {components} component(s); the header says {}x{} with {}",
+                    p.columns, p.rows, p.samples
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -226,31 +258,97 @@ fn declared_size_matches(size: DeclaredSize, p: &DicomProbe) -> Result<(), Strin
     }
 }
 
-/// Columns, rows and components from a JPEG 2000 codestream's SIZ marker; `None` for a
-/// fragment that continues the frame before it.
-fn j2k_declared_size(fragment: &[u8]) -> DeclaredSize {
+/// Most JPEG 2000 tiles in one frame.
+const MAX_J2K_TILES: u64 = 4096;
+
+/// The SIZ marker segment of a JPEG 2000 codestream (SOC, then SIZ: marker, Lsiz, Rsiz,
+/// Xsiz, Ysiz, XOsiz, YOsiz, XTsiz, YTsiz, XTOsiz, YTOsiz, Csiz); `None` for a fragment
+/// that continues the frame before it.
+fn j2k_siz(fragment: &[u8]) -> Result<Option<&[u8]>, String> {
     // A codestream starts with SOC (FF4F), possibly inside a JP2 file's `jp2c` box.
     let start = if fragment.starts_with(&[0xFF, 0x4F]) {
         0
     } else if fragment.get(4..8) == Some(b"jP  ".as_slice()) {
-        match fragment.windows(4).position(|w| w == b"jp2c") {
-            Some(at) => at + 4,
-            None => return Err("JP2 file without a codestream".into()),
-        }
+        jp2_codestream(fragment)?
     } else {
         return Ok(None);
     };
-    // SOC, then SIZ: marker, Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, (tiles), Csiz
-    let siz = fragment
+    fragment
         .get(start..start + 42)
         .filter(|b| b[2..4] == [0xFF, 0x51])
-        .ok_or("JPEG 2000 codestream without a SIZ marker after SOC")?;
-    let u32_at = |o: usize| u32::from_be_bytes([siz[o], siz[o + 1], siz[o + 2], siz[o + 3]]);
-    Ok(Some([
-        u32_at(8).saturating_sub(u32_at(16)),
-        u32_at(12).saturating_sub(u32_at(20)),
-        u32::from(u16::from_be_bytes([siz[40], siz[41]])),
-    ]))
+        .map(Some)
+        .ok_or_else(|| "JPEG 2000 codestream without a SIZ marker after SOC".into())
+}
+
+fn be_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Columns, rows and components from a JPEG 2000 codestream's SIZ marker; `None` for a
+/// fragment that continues the frame before it.
+fn j2k_declared_size(fragment: &[u8]) -> DeclaredSize {
+    Ok(j2k_siz(fragment)?.map(|siz| {
+        [
+            be_u32(siz, 8).saturating_sub(be_u32(siz, 16)),
+            be_u32(siz, 12).saturating_sub(be_u32(siz, 20)),
+            u32::from(u16::from_be_bytes([siz[40], siz[41]])),
+        ]
+    }))
+}
+
+/// At most [`MAX_J2K_TILES`] tiles in a codestream.
+fn j2k_tiles_fit(fragment: &[u8]) -> Result<(), String> {
+    let Some(siz) = j2k_siz(fragment)? else {
+        return Ok(());
+    };
+    let tiles = |size: u32, tile: u32, tile_origin: u32| {
+        u64::from(size.saturating_sub(tile_origin)).div_ceil(u64::from(tile.max(1)))
+    };
+    let count = tiles(be_u32(siz, 8), be_u32(siz, 24), be_u32(siz, 32))
+        * tiles(be_u32(siz, 12), be_u32(siz, 28), be_u32(siz, 36));
+    if count > MAX_J2K_TILES {
+        return Err(format!(
+            "JPEG 2000 codestream of {count} tiles (at most {MAX_J2K_TILES})"
+        ));
+    }
+    Ok(())
+}
+
+/// Where the codestream of a JP2 file starts: the content of its `jp2c` box, found by
+/// walking the boxes as openjp2 does (the first "jp2c" bytes anywhere could sit inside
+/// another box, over a fake SIZ).
+fn jp2_codestream(file: &[u8]) -> Result<usize, String> {
+    let mut at = 0usize;
+    while let Some(header) = file.get(at..at + 8) {
+        let length = u64::from(u32::from_be_bytes([
+            header[0], header[1], header[2], header[3],
+        ]));
+        let (content, end) = match length {
+            // to the end of the file
+            0 => (at + 8, file.len() as u64),
+            // a 64-bit length follows the type
+            1 => {
+                let long = file
+                    .get(at + 8..at + 16)
+                    .ok_or("JP2 box header cut short")?;
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(long);
+                (
+                    at + 16,
+                    (at as u64).saturating_add(u64::from_be_bytes(bytes)),
+                )
+            }
+            n => (at + 8, at as u64 + n),
+        };
+        if &header[4..8] == b"jp2c" {
+            return Ok(content);
+        }
+        if end <= content as u64 || end > file.len() as u64 {
+            break;
+        }
+        at = end as usize;
+    }
+    Err("JP2 file without a codestream box".into())
 }
 
 /// Columns, rows and components from a JPEG (or JPEG-LS) frame header, the first SOF

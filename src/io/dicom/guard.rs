@@ -28,6 +28,7 @@ const MAX_DEPTH: usize = 64;
 const ITEM: (u16, u16) = (0xFFFE, 0xE000);
 const ITEM_END: (u16, u16) = (0xFFFE, 0xE00D);
 const SEQUENCE_END: (u16, u16) = (0xFFFE, 0xE0DD);
+const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -71,7 +72,7 @@ fn parser_vr(tag: (u16, u16), explicit: Option<[u8; 2]>) -> Option<[u8; 2]> {
     if explicit.is_some() {
         return explicit;
     }
-    if tag == (0x7FE0, 0x0010) || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
+    if tag == PIXEL_DATA || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
         return Some(*b"OW");
     }
     entry.map(|entry| entry.vr().relaxed().to_bytes())
@@ -206,19 +207,31 @@ fn walk(
         return Err("sequences nested too deeply".into());
     }
     let limit = end.unwrap_or(c.data.len());
+    let mut after_pixel_data = false;
     while c.pos < limit {
         let at = c.pos;
         let (tag, vr, len) = c.header()?;
         if tag == ITEM {
             return Err(format!("sequence item at byte {at} outside a sequence"));
         }
+        // The probe reads up to the pixel data, the decoder the whole file, where a later
+        // element replaces an earlier one of the same tag: Rows and Columns after the pixel
+        // data made a JPEG decoder size its output at 4096 x 4096 x 200 from a 2 kB file
+        // that the probe had checked as 1 x 1 (found reading the decoder).
+        if after_pixel_data && tag <= PIXEL_DATA {
+            return Err(format!(
+                "element ({:04X},{:04X}) at byte {at} follows the pixel data out of order",
+                tag.0, tag.1
+            ));
+        }
+        after_pixel_data |= depth == 0 && tag == PIXEL_DATA;
         if tag == ITEM_END || tag == SEQUENCE_END {
             if end.is_none() {
                 return Ok(());
             }
             continue;
         }
-        if depth == 0 && stop_at_pixel_data && tag == (0x7FE0, 0x0010) {
+        if depth == 0 && stop_at_pixel_data && tag == PIXEL_DATA {
             return Ok(());
         }
         let sequence_like = vr.as_ref().is_some_and(|v| v == b"SQ")
@@ -230,7 +243,7 @@ fn walk(
         // a UN, and a 2 GB length after it reached the parser.
         if len == UNDEFINED {
             if !sequence_like
-                && tag != (0x7FE0, 0x0010)
+                && tag != PIXEL_DATA
                 && vr.as_ref().is_none_or(|v| v != b"OB" && v != b"OW")
             {
                 return Err(format!(
@@ -238,7 +251,7 @@ fn walk(
                 ));
             }
             // encapsulated pixel data holds raw fragments, not data sets
-            walk_items(c, None, depth + 1, tag == (0x7FE0, 0x0010))?;
+            walk_items(c, None, depth + 1, tag == PIXEL_DATA)?;
             continue;
         }
         let value_end = c
@@ -257,7 +270,7 @@ fn walk(
         // against Rows x Columns. Anywhere else an odd-length OW leaves a byte over, and
         // the parser reads the next header from there (a libFuzzer find: 4.2 GB).
         let ends_the_data = depth == 0 && value_end == c.data.len();
-        if tag != (0x7FE0, 0x0010) || !ends_the_data {
+        if tag != PIXEL_DATA || !ends_the_data {
             if let Some(vr) = parser_vr(tag, vr) {
                 if let Some(size) = value_size(&vr).filter(|size| len % size != 0) {
                     return Err(format!(
