@@ -1342,6 +1342,36 @@ fn mixed_folder_gives_every_input_and_odd_names_are_reported() {
     assert!(matches!(o.status.code(), Some(0) | Some(1)), "{stderr}");
 }
 
+/// A DICOM series in a subfolder beside a non-DICOM file (a thumbnail, a README) was
+/// dropped without a word (found reading the input collection): it is an input too.
+#[test]
+fn series_in_subfolders_are_inputs_beside_other_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let study = tmp.path().join("study");
+    std::fs::create_dir_all(study.join("series1")).unwrap();
+    std::fs::copy(demo("brain_t1.png"), study.join("thumb.png")).unwrap();
+    std::fs::copy(mr_small(), study.join("series1").join("slice.dcm")).unwrap();
+    let out = tmp.path().join("out");
+    let o = cosam(&[
+        "segment",
+        "-i",
+        &text(&study),
+        "-o",
+        &text(&out),
+        "--box",
+        "1,1,5,4",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    let r = report(&out);
+    let names: Vec<&str> = entries(&r)
+        .iter()
+        .map(|e| e["input"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with("series1")), "{names:?}");
+}
+
 /// Item 15: -o equal to the input folder is refused. Item 16: temporary files of a
 /// killed run are removed at the next run.
 #[test]
@@ -1393,6 +1423,109 @@ fn output_folder_cannot_be_the_input_folder_and_stale_partials_go() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(!stale.exists(), "stale partial file kept");
+}
+
+/// A PNG chunk: length, type, data, CRC.
+fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut crc = flate2::Crc::new();
+    crc.update(kind);
+    crc.update(data);
+    [
+        &(data.len() as u32).to_be_bytes()[..],
+        kind,
+        data,
+        &crc.sum().to_be_bytes(),
+    ]
+    .concat()
+}
+
+/// Raster images (found reading the reader): the size was checked after decoding, so a
+/// 204-byte JPEG claiming 65535 x 65535 pixels aborted the batch in a 4 GB allocation;
+/// and the decoder could allocate the whole memory budget for what comes with the
+/// pixels, so a PNG's ICC profile of deflated zeros inflated to gigabytes. The size is
+/// now checked from the header, and ancillary chunks get 64 MiB.
+#[test]
+fn raster_sizes_are_checked_before_decoding_and_profiles_are_capped() {
+    let tmp = tempfile::tempdir().unwrap();
+    // a baseline grey JPEG of 65535 x 65535 pixels: SOI, DQT, SOF0, a DC and an AC table
+    // of one code each, SOS, 64 bytes of scan, EOI
+    let segment = |marker: u8, body: &[u8]| {
+        [
+            &[0xFF, marker][..],
+            &((body.len() + 2) as u16).to_be_bytes(),
+            body,
+        ]
+        .concat()
+    };
+    let table = |class: u8| [&[class, 1][..], &[0; 15], &[0]].concat();
+    let jpeg = [
+        &[0xFF, 0xD8][..],
+        &segment(0xDB, &[&[0][..], &[1; 64]].concat()),
+        &segment(0xC0, &[8, 0xFF, 0xFF, 0xFF, 0xFF, 1, 1, 0x11, 0]),
+        &segment(0xC4, &table(0x00)),
+        &segment(0xC4, &table(0x10)),
+        &segment(0xDA, &[1, 1, 0, 0, 63, 0]),
+        &[0; 64],
+        &[0xFF, 0xD9],
+    ]
+    .concat();
+    let dir = tmp.path().join("in");
+    std::fs::create_dir(&dir).unwrap();
+    write(&dir, "huge.jpg", &jpeg);
+    // a 64 x 64 grey PNG with an ICC profile inflating to 1 GiB
+    let mut profile = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..1024 {
+        profile.write_all(&zeros).unwrap();
+    }
+    let iccp = [&b"icc\0\0"[..], &profile.finish().unwrap()].concat();
+    let rows: Vec<u8> = (0..64u8)
+        .flat_map(|y| std::iter::once(0).chain((0..64u8).map(move |x| x.wrapping_mul(3) ^ y)))
+        .collect();
+    let mut pixels = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    pixels.write_all(&rows).unwrap();
+    let png = [
+        &b"\x89PNG\r\n\x1a\n"[..],
+        &png_chunk(b"IHDR", &[0, 0, 0, 64, 0, 0, 0, 64, 8, 0, 0, 0, 0]),
+        &png_chunk(b"iCCP", &iccp),
+        &png_chunk(b"IDAT", &pixels.finish().unwrap()),
+        &png_chunk(b"IEND", &[]),
+    ]
+    .concat();
+    write(&dir, "profile_bomb.png", &png);
+    let out = tmp.path().join("out");
+    let (code, stderr, peak) = cosam_measured(
+        &[
+            "segment",
+            "--box",
+            "8,8,40,40",
+            "-i",
+            &text(&dir),
+            "-o",
+            &text(&out),
+        ],
+        6 << 30,
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    let r = report(&out);
+    let by_name = |name: &str| {
+        entries(&r)
+            .iter()
+            .find(|e| e["input"].as_str().is_some_and(|i| i.ends_with(name)))
+            .unwrap_or_else(|| panic!("{name} missing from {r}"))
+            .clone()
+    };
+    let huge = by_name("huge.jpg");
+    assert!(
+        huge["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("[65535, 65535, 3]"),
+        "{huge}"
+    );
+    assert_eq!(by_name("profile_bomb.png")["status"], "ok");
+    assert!(peak < 800 << 20, "peak RSS {} MB", peak >> 20);
 }
 
 // ---------------------------------------------------------------- the mixed batch

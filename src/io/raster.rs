@@ -1,9 +1,9 @@
 //! PNG, JPEG and TIFF images (2D, grey or colour) through the `image` crate.
 
-use std::io::{BufRead, Seek};
+use std::io::{BufRead, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use image::{DynamicImage, ImageReader};
+use image::{ColorType, DynamicImage, ImageDecoder, ImageReader};
 use ndarray::Array4;
 
 use super::{Affine, ImageFormat, Limits, Modality, ReadError, Spacing, Volume};
@@ -28,12 +28,21 @@ pub fn read(path: &Path, limits: &Limits) -> Result<Volume, ReadError> {
     read_from(std::io::BufReader::new(file), path, limits)
 }
 
+/// What a decoder may allocate beyond the pixels: headers, ICC profiles, text chunks.
+const HEADER_ALLOC_BYTES: u64 = 64 << 20;
+
+fn decoder_limits(max_alloc: u64) -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_alloc);
+    limits
+}
+
 /// Reads a 2D image from any reader; `path` names the source in errors.
 ///
 /// # Errors
 /// As [`read`].
 pub fn read_from<R: BufRead + Seek>(
-    reader: R,
+    mut reader: R,
     path: &Path,
     limits: &Limits,
 ) -> Result<Volume, ReadError> {
@@ -51,44 +60,101 @@ pub fn read_from<R: BufRead + Seek>(
             reason: e.to_string(),
         },
     };
+    // the image crate reads a TIFF's first page only
+    let more_pages = more_tiff_pages(&mut reader).unwrap_or(false);
+    reader
+        .seek(SeekFrom::Start(0))
+        .map_err(|source| ReadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let mut reader = ImageReader::new(reader)
         .with_guessed_format()
         .map_err(|source| ReadError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-    // The decoder's own allocations stay within the memory budget (a PNG bomb fails
-    // before its pixels are inflated).
-    let mut decoder_limits = image::Limits::default();
-    decoder_limits.max_alloc = Some(limits.max_memory_bytes);
-    reader.limits(decoder_limits);
-    let image = reader.decode().map_err(corrupt)?;
-    let (w, h) = (image.width() as usize, image.height() as usize);
-    limits.check(path, &[h as u64, w as u64, 3])?;
+    // Headers and what comes with them (a PNG's ICC profile and text chunks, which the
+    // png crate inflates up to the limit: a 2 MB file inflated 2 GB there) get a small
+    // allowance; the pixels get what the header's checked size needs. The size is checked
+    // before decoding: a 204-byte JPEG claiming 65535 x 65535 pixels aborted the batch
+    // in a 4 GB allocation (found reading the reader).
+    reader.limits(decoder_limits(HEADER_ALLOC_BYTES));
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let (w, h) = decoder.dimensions();
+    limits.check(path, &[u64::from(h), u64::from(w), 3])?;
+    decoder
+        .set_limits(decoder_limits(
+            decoder.total_bytes().saturating_add(HEADER_ALLOC_BYTES),
+        ))
+        .map_err(corrupt)?;
+    let image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     let voxels = to_voxels(&image);
     let spacing = Spacing {
         column_mm: 1.0,
         row_mm: 1.0,
         slice_mm: 1.0,
     };
-    Ok(Volume::new(
+    let mut volume = Volume::new(
         voxels,
         spacing,
         Affine::from_spacing(spacing),
         Modality::Display,
         path.to_path_buf(),
     )?
-    .with_format(ImageFormat::Raster))
+    .with_format(ImageFormat::Raster);
+    if more_pages {
+        volume
+            .warnings
+            .push("the TIFF has more than one page; only the first is read".into());
+    }
+    Ok(volume)
 }
 
-/// Pixels as `[1, row, column, channel]` in the file's integer units (0..255 or
-/// 0..65535); grey when the colour channels agree everywhere, so a grey image saved as
+/// Whether a TIFF's first image directory links to another (a multi-page file); false
+/// for other formats. Reads a few bytes; the caller rewinds.
+fn more_tiff_pages<R: Read + Seek>(r: &mut R) -> std::io::Result<bool> {
+    let mut head = [0u8; 8];
+    r.seek(SeekFrom::Start(0))?;
+    r.read_exact(&mut head)?;
+    let big = match &head[..4] {
+        b"II*\0" => false,
+        b"MM\0*" => true,
+        _ => return Ok(false),
+    };
+    let read_u32 = |r: &mut dyn Read| -> std::io::Result<u32> {
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b)?;
+        Ok(if big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
+    };
+    let first = u64::from(read_u32(&mut &head[4..])?);
+    r.seek(SeekFrom::Start(first))?;
+    let mut count = [0u8; 2];
+    r.read_exact(&mut count)?;
+    let entries = if big {
+        u16::from_be_bytes(count)
+    } else {
+        u16::from_le_bytes(count)
+    };
+    r.seek(SeekFrom::Start(first + 2 + 12 * u64::from(entries)))?;
+    Ok(read_u32(r)? != 0)
+}
+
+/// Pixels as `[1, row, column, channel]` in the file's units (0..255 or 0..65535 for
+/// integers, as stored for floats); grey when the colour channels agree everywhere, so a grey image saved as
 /// RGB costs no more than a grey one.
 fn to_voxels(image: &DynamicImage) -> Array4<f32> {
     let (w, h) = (image.width() as usize, image.height() as usize);
     let colour = image.color();
     let wide = colour.bytes_per_pixel() > colour.channel_count();
+    let float = matches!(colour, ColorType::Rgb32F | ColorType::Rgba32F);
     let rgb: Vec<[f32; 3]> = match (colour.has_color(), wide) {
+        // float samples as they are: the 16-bit conversion clamps them to 0..1
+        _ if float => image.to_rgb32f().pixels().map(|p| p.0).collect(),
         (true, true) => image
             .to_rgb16()
             .pixels()
@@ -145,5 +211,90 @@ mod tests {
         .unwrap();
         assert_eq!(v.voxels().dim(), (1, 3, 5, 1));
         assert_eq!(v.voxels()[[0, 2, 4, 0]], 42.0);
+    }
+
+    /// A little-endian TIFF of `pages` uncompressed 2 x 2 grey 8-bit pages, pixel values
+    /// `10 * page + 1..`.
+    fn tiff(pages: u8) -> Vec<u8> {
+        let mut f = b"II*\0".to_vec();
+        f.extend_from_slice(&8u32.to_le_bytes());
+        for page in 0..pages {
+            let ifd = f.len() as u32;
+            let pixels = ifd + 2 + 8 * 12 + 4;
+            let entry = |tag: u16, kind: u16, value: u32| {
+                [
+                    &tag.to_le_bytes()[..],
+                    &kind.to_le_bytes(),
+                    &1u32.to_le_bytes(),
+                    &value.to_le_bytes(),
+                ]
+                .concat()
+            };
+            f.extend_from_slice(&8u16.to_le_bytes());
+            for (tag, value) in [
+                (256, 2),
+                (257, 2),
+                (258, 8),
+                (259, 1),
+                (262, 1),
+                (273, pixels),
+                (278, 2),
+                (279, 4),
+            ] {
+                f.extend(entry(tag, if tag == 273 { 4 } else { 3 }, value));
+            }
+            let next = if page + 1 < pages { pixels + 4 } else { 0 };
+            f.extend_from_slice(&next.to_le_bytes());
+            f.extend((1..=4).map(|v| 10 * page + v));
+        }
+        f
+    }
+
+    #[test]
+    fn a_multi_page_tiff_is_read_with_a_warning() {
+        let read = |bytes: Vec<u8>| {
+            read_from(
+                std::io::Cursor::new(bytes),
+                Path::new("mem.tif"),
+                &Limits::default(),
+            )
+            .unwrap()
+        };
+        let one = read(tiff(1));
+        assert!(one.warnings().is_empty(), "{:?}", one.warnings());
+        let two = read(tiff(2));
+        assert_eq!(
+            two.voxels().iter().copied().collect::<Vec<f32>>(),
+            [1.0, 2.0, 3.0, 4.0]
+        );
+        assert!(
+            two.warnings()
+                .iter()
+                .any(|w| w.contains("more than one page")),
+            "{:?}",
+            two.warnings()
+        );
+    }
+
+    #[test]
+    fn float_colour_keeps_its_values() {
+        let img =
+            image::Rgb32FImage::from_fn(2, 1, |x, _| image::Rgb([2.0 + x as f32, 500.0, 1000.0]));
+        let mut bytes = Vec::new();
+        DynamicImage::ImageRgb32F(img)
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Tiff,
+            )
+            .unwrap();
+        let v = read_from(
+            std::io::Cursor::new(bytes),
+            Path::new("mem.tif"),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(v.voxels().dim(), (1, 1, 2, 3));
+        assert_eq!(v.voxels()[[0, 0, 1, 0]], 3.0);
+        assert_eq!(v.voxels()[[0, 0, 1, 2]], 1000.0);
     }
 }

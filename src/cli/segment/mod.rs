@@ -457,16 +457,25 @@ fn expand(input: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(input) else {
         return vec![input.to_path_buf()];
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && !p
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
+    let hidden = |p: &Path| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+    };
+    let (mut files, mut folders) = (Vec::new(), Vec::new());
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if hidden(&path) {
+            continue;
+        }
+        // file_type does not follow links, so a link loop is never entered
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            folders.push(path);
+        } else if path.is_file() {
+            files.push(path);
+        }
+    }
     files.sort();
+    folders.sort();
     let formats: Vec<_> = files.iter().map(|f| io::detect_format(f)).collect();
     let dicom = formats
         .iter()
@@ -474,12 +483,17 @@ fn expand(input: &Path) -> Vec<PathBuf> {
     if files.is_empty() {
         vec![input.to_path_buf()]
     } else if dicom {
+        // the DICOM reader takes the folder and everything below it
         let others = files.into_iter().zip(formats).filter_map(|(f, format)| {
             matches!(format, Ok(io::ImageFormat::Nifti | io::ImageFormat::Raster)).then_some(f)
         });
         std::iter::once(input.to_path_buf()).chain(others).collect()
     } else {
+        // a series in a subfolder beside a README or a thumbnail was dropped, silently
         files
+            .into_iter()
+            .chain(folders.iter().flat_map(|f| expand(f)))
+            .collect()
     }
 }
 
