@@ -546,6 +546,104 @@ fn untrustworthy_dicom_geometry_is_warned_about() {
     assert!(warnings(&mr_small()).is_empty());
 }
 
+/// Copies of MR_small at `positions` (ImagePositionPatient, mm), one file each in `dir`,
+/// with `edit(k, file)` applied.
+fn mr_series(
+    dir: &Path,
+    positions: &[[f64; 3]],
+    edit: impl Fn(usize, &mut dicom_object::DefaultDicomObject),
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (k, p) in positions.iter().enumerate() {
+        edited_dicom(dir, &format!("s{k}.dcm"), |o| {
+            put_ds(
+                o,
+                tags::IMAGE_POSITION_PATIENT,
+                &format!("{}\\{}\\{}", p[0], p[1], p[2]),
+            );
+            put_ds(o, tags::IMAGE_ORIENTATION_PATIENT, "1\\0\\0\\0\\1\\0");
+            o.put(DataElement::new(
+                tags::SOP_INSTANCE_UID,
+                VR::UI,
+                PrimitiveValue::from(format!("1.2.826.0.1.3680043.2.1125.{k}")),
+            ));
+            edit(k, o);
+        });
+    }
+}
+
+/// Geometry the volume's affine cannot draw was taken silently (found reading the
+/// assembly): slices beside the line through them, slices turned in their plane against
+/// each other, and files of different pixel spacing are now warned about. A DICOM image
+/// without position and orientation keeps its stored pixel order (DICOM's default axes),
+/// where a RAS grid turned it, its PNG mask and overlay by 180 degrees. Under gantry tilt
+/// a voxel's volume is the affine's determinant, not the product of the spacings (+15%
+/// at 30 degrees).
+#[test]
+fn dicom_geometry_the_affine_cannot_draw_is_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let line: Vec<[f64; 3]> = (0..5).map(|k| [0.0, 0.0, 2.0 * k as f64]).collect();
+    let warnings = |dir: &str| {
+        io::read(&tmp.path().join(dir))
+            .unwrap()
+            .warnings()
+            .join("; ")
+    };
+    mr_series(&tmp.path().join("straight"), &line, |_, _| {});
+    assert_eq!(warnings("straight"), "");
+    let zigzag: Vec<[f64; 3]> = line
+        .iter()
+        .enumerate()
+        .map(|(k, p)| [10.0 * (k % 2) as f64, p[1], p[2]])
+        .collect();
+    mr_series(&tmp.path().join("zigzag"), &zigzag, |_, _| {});
+    assert!(
+        warnings("zigzag").contains("slice positions stray up to 10.000 mm"),
+        "{}",
+        warnings("zigzag")
+    );
+    mr_series(&tmp.path().join("turned"), &line, |k, o| {
+        if k % 2 == 1 {
+            put_ds(o, tags::IMAGE_ORIENTATION_PATIENT, "-1\\0\\0\\0\\-1\\0");
+        }
+    });
+    assert!(
+        warnings("turned").contains("turned in their plane"),
+        "{}",
+        warnings("turned")
+    );
+    mr_series(&tmp.path().join("spacing"), &line, |k, o| {
+        if k >= 2 {
+            put_ds(o, tags::PIXEL_SPACING, "0.625\\0.625");
+        }
+    });
+    assert!(
+        warnings("spacing").contains("pixel spacing differs"),
+        "{}",
+        warnings("spacing")
+    );
+    // 30 degrees of tilt: each slice 2 mm along the normal and 1.1547 mm along y
+    let tilted: Vec<[f64; 3]> = (0..4)
+        .map(|k| [0.0, 1.154_700_5 * k as f64, 2.0 * k as f64])
+        .collect();
+    mr_series(&tmp.path().join("tilted"), &tilted, |_, _| {});
+    let v = io::read(&tmp.path().join("tilted")).unwrap();
+    let expected = 0.3125 * 0.3125 * 2.0;
+    assert!(
+        (v.voxel_volume_mm3() - expected).abs() < 1e-6,
+        "{} mm^3",
+        v.voxel_volume_mm3()
+    );
+    // no position or orientation: DICOM's default axes, the column index toward the left
+    let p = edited_dicom(tmp.path(), "no_geometry.dcm", |o| {
+        o.remove_element(tags::IMAGE_POSITION_PATIENT);
+        o.remove_element(tags::IMAGE_ORIENTATION_PATIENT);
+    });
+    let v = io::read(&p).unwrap();
+    assert_eq!(v.direction()[0], [-1.0, 0.0, 0.0]);
+    assert_eq!(v.direction()[1], [0.0, -1.0, 0.0]);
+}
+
 /// A .dcm file without the 128-byte preamble gets the same clear
 /// error alone and in a folder, instead of "folder holds no DICOM files".
 #[test]

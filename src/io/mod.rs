@@ -552,6 +552,21 @@ impl Volume {
         out
     }
 
+    /// Volume of one voxel, mm^3: the affine's determinant, which a sheared grid (gantry
+    /// tilt) makes smaller than the product of the spacings (by 13% at 30 degrees); the
+    /// spacings' product where the affine is degenerate.
+    pub fn voxel_volume_mm3(&self) -> f64 {
+        let m = &self.affine.0;
+        let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+        if det.is_finite() && det != 0.0 {
+            det.abs()
+        } else {
+            self.spacing.voxel_volume_mm3()
+        }
+    }
+
     /// True when the volume is 2D (one slice), as PNG/JPEG/TIFF images are.
     pub fn is_2d(&self) -> bool {
         self.slices() == 1 && self.format == ImageFormat::Raster

@@ -593,7 +593,7 @@ fn run_volume(
         predicted_iou: result.mean_iou(),
         mask_pixels: pixels,
         mask_area_mm2: single.then(|| pixels as f64 * spacing.pixel_area_mm2()),
-        mask_volume_mm3: (!single).then(|| pixels as f64 * spacing.voxel_volume_mm3()),
+        mask_volume_mm3: (!single).then(|| pixels as f64 * volume.voxel_volume_mm3()),
         outputs,
         ..CaseReport::ok(job, id, &volume)
     })

@@ -133,7 +133,7 @@ impl TaskRun {
                 name: name.clone(),
                 label_value: index + 1,
                 voxels,
-                volume_mm3: (!single).then(|| voxels as f64 * spacing.voxel_volume_mm3()),
+                volume_mm3: (!single).then(|| voxels as f64 * volume.voxel_volume_mm3()),
                 area_mm2: single.then(|| voxels as f64 * spacing.pixel_area_mm2()),
                 quality: result.quality,
                 needs_review: result.quality.needs_review(self.review_threshold),

@@ -121,6 +121,20 @@ pub(super) fn assemble(
             p
         }
     };
+    let differs = |a: f64, b: f64| (a - b).abs() > UNEVEN_SPACING_TOLERANCE * a.abs().max(b.abs());
+    if let Some(other) = probes.iter().find(|p| {
+        differs(p.pixel_spacing[0], first.pixel_spacing[0])
+            || differs(p.pixel_spacing[1], first.pixel_spacing[1])
+    }) {
+        warnings.push(format!(
+            "pixel spacing differs between files ({:?} mm in {}, {:?} mm in {}); the volume \
+             uses the first, so mm and mm^3 figures are approximate",
+            first.pixel_spacing,
+            first.path.display(),
+            other.pixel_spacing,
+            other.path.display()
+        ));
+    }
     // Order by position along the normal when every slice has a position.
     let mut step: Option<[f64; 3]> = None;
     let geometries: Option<Vec<Geometry>> = slots.iter().map(|s| s.geometry).collect();
@@ -178,7 +192,36 @@ pub(super) fn assemble(
                         ));
                     }
                 }
+                // every slice on the line from the first along the mean step (uneven gaps
+                // along it are reported above); a slice beside it is drawn at the wrong
+                // place by the affine, silently until this warning
+                let step_mm = dot(mean, mean).sqrt();
+                let along = scale(mean, 1.0 / step_mm.max(1e-9));
+                let worst = slots
+                    .iter()
+                    .map(|s| {
+                        let d = sub(pos(s), pos(&slots[0]));
+                        let beside = sub(d, scale(along, dot(d, along)));
+                        dot(beside, beside).sqrt()
+                    })
+                    .fold(0.0f64, f64::max);
+                if worst > OFF_LINE_TOLERANCE * step_mm && worst > SAME_POSITION_MM {
+                    warnings.push(format!(
+                        "slice positions stray up to {worst:.3} mm from the straight line the \
+                         volume's affine draws through them; positions are approximate"
+                    ));
+                }
                 step = Some(mean);
+            }
+            let turned = g
+                .iter()
+                .any(|x| dot(x.row_dir, g[0].row_dir) < TILT_TOLERANCE_DEG.to_radians().cos());
+            if turned {
+                warnings.push(
+                    "slices are turned in their plane against each other; geometry and \
+                     pixels follow the first slice"
+                        .to_string(),
+                );
             }
         }
         _ => {
@@ -278,13 +321,15 @@ pub(super) fn affine_of(
     step: Option<[f64; 3]>,
     slice_mm: f64,
 ) -> Affine {
-    let Some(g) = geometry else {
-        return Affine::from_spacing(Spacing {
-            column_mm: pixel_spacing[1],
-            row_mm: pixel_spacing[0],
-            slice_mm,
-        });
-    };
+    // Without a position and orientation, DICOM's own default axes (rows along the
+    // patient's left, columns toward posterior), so the image keeps its stored pixel order
+    // in the model frame, as viewers show it: a RAS grid turned a CR or secondary capture
+    // image, its PNG mask and overlay by 180 degrees (found reading the writers).
+    let g = geometry.unwrap_or(Geometry {
+        position: [0.0; 3],
+        row_dir: [1.0, 0.0, 0.0],
+        col_dir: [0.0, 1.0, 0.0],
+    });
     let along_column_index = scale(g.row_dir, pixel_spacing[1]);
     let along_row_index = scale(g.col_dir, pixel_spacing[0]);
     let step = step.unwrap_or_else(|| scale(g.normal(), slice_mm));

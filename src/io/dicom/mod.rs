@@ -60,6 +60,9 @@ const ORTHOGONAL_TOLERANCE_DEG: f64 = 0.1;
 const UNIT_TOLERANCE: f64 = 1e-3;
 /// Two slices closer than this along the normal share a position, mm.
 const SAME_POSITION_MM: f64 = 1e-4;
+/// A slice further than this share of the mean step beside the line the volume's affine
+/// draws through the slices is warned about.
+const OFF_LINE_TOLERANCE: f64 = 0.01;
 
 /// True when `head` holds the 128-byte preamble followed by `DICM`.
 pub fn has_preamble(head: &[u8]) -> bool {
