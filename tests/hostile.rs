@@ -578,7 +578,7 @@ fn mr_series(
 /// without position and orientation keeps its stored pixel order (DICOM's default axes),
 /// where a RAS grid turned it, its PNG mask and overlay by 180 degrees. Under gantry tilt
 /// a voxel's volume is the affine's determinant, not the product of the spacings (+15%
-/// at 30 degrees).
+/// at 30 degrees). DICOM SEG frames take the position of the image they reference.
 #[test]
 fn dicom_geometry_the_affine_cannot_draw_is_warned_about() {
     let tmp = tempfile::tempdir().unwrap();
@@ -634,6 +634,39 @@ fn dicom_geometry_the_affine_cannot_draw_is_warned_about() {
         "{} mm^3",
         v.voxel_volume_mm3()
     );
+    // uneven spacing (warned): each SEG frame sits at the image it references, not on the
+    // mean grid (8 mm away at the slice at z = 4)
+    let uneven: Vec<[f64; 3]> = [0.0, 1.0, 2.0, 3.0, 4.0, 15.0]
+        .iter()
+        .map(|&z| [0.0, 0.0, z])
+        .collect();
+    mr_series(&tmp.path().join("uneven"), &uneven, |_, _| {});
+    let v = io::read(&tmp.path().join("uneven")).unwrap();
+    let seg = tmp.path().join("uneven.seg.dcm");
+    let mask = ndarray::Array3::<u8>::ones((6, 64, 64));
+    io::write_dicom_seg(&seg, &mask, &v, &io::SegInfo::default()).unwrap();
+    let obj = dicom_object::open_file(&seg).unwrap();
+    let frames = obj
+        .element(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    let z: Vec<f64> = frames
+        .iter()
+        .map(|f| {
+            let plane = &f
+                .element(tags::PLANE_POSITION_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()[0];
+            plane
+                .element(tags::IMAGE_POSITION_PATIENT)
+                .unwrap()
+                .to_multi_float64()
+                .unwrap()[2]
+        })
+        .collect();
+    assert_eq!(z, [0.0, 1.0, 2.0, 3.0, 4.0, 15.0]);
     // no position or orientation: DICOM's default axes, the column index toward the left
     let p = edited_dicom(tmp.path(), "no_geometry.dcm", |o| {
         o.remove_element(tags::IMAGE_POSITION_PATIENT);

@@ -490,7 +490,7 @@ fn shared_functional_groups(o: &mut InMemDicomObject, volume: &Volume) {
 }
 
 /// Per-frame Functional Groups: each frame's source image, dimension index values,
-/// position (LPS) and segment.
+/// position (LPS, the source image's own where it has one) and segment.
 fn per_frame_functional_groups(
     o: &mut InMemDicomObject,
     volume: &Volume,
@@ -533,7 +533,11 @@ fn per_frame_functional_groups(
             );
             put_seq(&mut item, tags::FRAME_CONTENT_SEQUENCE, vec![content]);
             let mut position = InMemDicomObject::new_empty();
-            let p = to_lps(affine.apply([0.0, 0.0, k as f64]));
+            // the referenced image's own position: the volume's mean grid put frames of
+            // an unevenly spaced series up to 8 mm from the images they reference
+            let p = src
+                .position
+                .unwrap_or_else(|| to_lps(affine.apply([0.0, 0.0, k as f64])));
             put_ds(&mut position, tags::IMAGE_POSITION_PATIENT, &p);
             put_seq(&mut item, tags::PLANE_POSITION_SEQUENCE, vec![position]);
             let mut ident = InMemDicomObject::new_empty();

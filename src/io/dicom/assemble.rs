@@ -301,6 +301,7 @@ pub(super) fn assemble(
                     sop_class_uid: p.map(|p| p.sop_class_uid.clone()).unwrap_or_default(),
                     sop_instance_uid: p.map(|p| p.sop_instance_uid.clone()).unwrap_or_default(),
                     frame: p.filter(|p| p.frames > 1).map(|_| s.frame + 1),
+                    position: s.geometry.map(|g| g.position),
                 }
             })
             .collect(),

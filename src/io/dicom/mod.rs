@@ -85,12 +85,14 @@ pub(crate) fn named_dcm(path: &Path) -> bool {
 
 /// One source image (a file, or one frame of a multi-frame file) behind a volume slice:
 /// what a DICOM SEG must reference.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct SourceImage {
     pub sop_class_uid: String,
     pub sop_instance_uid: String,
     /// 1-based frame number in a multi-frame source; `None` for single-frame files.
     pub frame: Option<u32>,
+    /// The image's own ImagePositionPatient (LPS, mm), where it has one.
+    pub position: Option<[f64; 3]>,
 }
 
 /// Identity of the series a volume was read from, kept for derived objects (DICOM SEG).
