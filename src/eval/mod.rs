@@ -407,9 +407,7 @@ pub fn align_label(label: &Volume, image: &Volume) -> Result<Array3<u32>, String
 /// Inverse of an affine (3x3 linear part plus translation), if it is invertible.
 fn invert(a: &Affine) -> Option<Affine> {
     let m = a.0;
-    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
-        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+    let det = a.determinant();
     if det.abs() < 1e-12 {
         return None;
     }

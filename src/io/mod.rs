@@ -311,6 +311,14 @@ impl Spacing {
 pub struct Affine(pub [[f64; 4]; 4]);
 
 impl Affine {
+    /// Determinant of the 3x3 linear part: the signed volume of one voxel, mm^3.
+    pub fn determinant(&self) -> f64 {
+        let m = &self.0;
+        m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+    }
+
     /// The affine of an image without geometry: unit spacing, origin at zero. The
     /// column axis runs to the left and rows downwards, as a display image is seen.
     pub fn from_spacing(spacing: Spacing) -> Affine {
@@ -556,10 +564,7 @@ impl Volume {
     /// tilt) makes smaller than the product of the spacings (by 13% at 30 degrees); the
     /// spacings' product where the affine is degenerate.
     pub fn voxel_volume_mm3(&self) -> f64 {
-        let m = &self.affine.0;
-        let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
-            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+        let det = self.affine.determinant();
         if det.is_finite() && det != 0.0 {
             det.abs()
         } else {
