@@ -677,6 +677,54 @@ fn dicom_geometry_the_affine_cannot_draw_is_warned_about() {
     assert_eq!(v.direction()[1], [0.0, -1.0, 0.0]);
 }
 
+/// One image cut in another plane than `--axis` (a coronal localizer in an axial batch)
+/// became 64 slices of one row each, and a box on it failed with "box lies outside the
+/// 64x1 image". One image is segmented in its own plane, with a warning that says so;
+/// the axial image beside it is not.
+#[test]
+fn a_single_image_is_segmented_in_its_own_plane() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    edited_dicom(&input, "coronal.dcm", |o| {
+        put_ds(o, tags::IMAGE_ORIENTATION_PATIENT, "1\\0\\0\\0\\0\\-1");
+    });
+    edited_dicom(&input, "axial.dcm", |o| {
+        put_ds(o, tags::IMAGE_ORIENTATION_PATIENT, "1\\0\\0\\0\\1\\0");
+        // a series of its own, or the two files would be read as one volume
+        o.put(DataElement::new(
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.3.4.5.6.7.8.9"),
+        ));
+    });
+    let out = tmp.path().join("out");
+    let o = cosam(&[
+        "segment",
+        "-i",
+        &text(&input),
+        "-o",
+        &text(&out),
+        "--box",
+        "12,12,52,52",
+        "--threads",
+        "2",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    let r = report(&out);
+    assert_eq!(entries(&r).len(), 2, "{r}");
+    for e in entries(&r) {
+        assert_eq!(e["status"], "ok", "{e}");
+        assert_eq!(e["slices_segmented"].as_u64(), Some(1), "{e}");
+        assert!(e["mask_pixels"].as_u64().unwrap_or(0) > 0, "{e}");
+        let warned = e["warnings"].to_string().contains("its own plane");
+        let coronal = e["series_uid"] != "1.2.3.4.5.6.7.8.9";
+        assert_eq!(warned, coronal, "{e}");
+    }
+    assert!(stderr.contains("single coronal image"), "{stderr}");
+}
+
 /// A .dcm file without the 128-byte preamble gets the same clear
 /// error alone and in a folder, instead of "folder holds no DICOM files".
 #[test]

@@ -505,6 +505,12 @@ impl Volume {
         self.modality
     }
 
+    /// Adds a warning about how the volume is read or used; it travels with the volume
+    /// into reports.
+    pub fn add_warning(&mut self, warning: impl Into<String>) {
+        self.warnings.push(warning.into());
+    }
+
     /// Replaces the modality (for example when the user states it).
     pub fn set_modality(&mut self, modality: Modality) {
         self.modality = modality;

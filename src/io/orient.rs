@@ -55,6 +55,18 @@ impl AnatomicalAxis {
         }
     }
 
+    /// The axis the stored slices of a volume with `affine` are cut along (the nearest
+    /// anatomical direction of its slice index axis); `None` for a degenerate affine.
+    /// One image can be segmented only in this plane.
+    pub fn of_stored_slices(affine: &Affine) -> Option<AnatomicalAxis> {
+        let (_, world_of) = world_axes(affine)?;
+        Some(match world_of[2] {
+            0 => AnatomicalAxis::Sagittal,
+            1 => AnatomicalAxis::Coronal,
+            _ => AnatomicalAxis::Axial,
+        })
+    }
+
     /// World axes of the rows and columns in the display convention.
     fn in_plane(self) -> (usize, usize) {
         match self {
@@ -385,10 +397,11 @@ const PERMS: [[usize; 3]; 6] = [
     [2, 1, 0],
 ];
 
-/// Chooses the permutation and flips for `axis`; `None` for a degenerate affine.
-fn plan(a: &Affine, axis: AnatomicalAxis) -> Option<Reorientation> {
+/// The unit direction of each affine column (column, row, slice index axes) and the world
+/// axis each stands for: the assignment maximizing total alignment. `None` for a
+/// degenerate affine.
+fn world_axes(a: &Affine) -> Option<([[f64; 3]; 3], [usize; 3])> {
     let m = &a.0;
-    // unit direction of each affine column (column, row, slice index axes)
     let mut dir = [[0.0f64; 3]; 3];
     for (c, d) in dir.iter_mut().enumerate() {
         let v = [m[0][c], m[1][c], m[2][c]];
@@ -398,11 +411,16 @@ fn plan(a: &Affine, axis: AnatomicalAxis) -> Option<Reorientation> {
         }
         *d = v.map(|x| x / len);
     }
-    // world axis of each affine column: the assignment maximizing total alignment
     let world_of = PERMS.iter().copied().max_by(|p, q| {
         let score = |w: &[usize; 3]| (0..3).map(|c| dir[c][w[c]].abs()).sum::<f64>();
         score(p).total_cmp(&score(q))
     })?;
+    Some((dir, world_of))
+}
+
+/// Chooses the permutation and flips for `axis`; `None` for a degenerate affine.
+fn plan(a: &Affine, axis: AnatomicalAxis) -> Option<Reorientation> {
+    let (dir, world_of) = world_axes(a)?;
     let column_for_world = |w: usize| (0..3).find(|&c| world_of[c] == w);
     let slice_col = column_for_world(axis.world_axis())?;
     let (row_world, col_world) = axis.in_plane();

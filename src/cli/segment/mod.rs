@@ -552,10 +552,22 @@ fn run_volume(
         volume.set_modality(modality);
     }
     let formats = formats_for(&args.format, &volume)?;
+    // Along another axis one image would become a stack of one-pixel-high slices (a
+    // coronal localizer in an axial batch).
+    let axis = match io::AnatomicalAxis::of_stored_slices(volume.affine()) {
+        Some(own) if volume.slices() == 1 && !volume.is_2d() && own != args.axis => {
+            volume.add_warning(format!(
+                "a single {own} image: segmented in its own plane, not along --axis {}",
+                args.axis
+            ));
+            own
+        }
+        _ => args.axis,
+    };
     for w in volume.warnings() {
         bar.suspend(|| eprintln!("cosam: warning: {}: {w}", job.input.display()));
     }
-    let reoriented = io::reorient(&volume, args.axis)?;
+    let reoriented = io::reorient(&volume, axis)?;
     let outputs = Outputs {
         dir: &args.output,
         formats: &formats,
