@@ -104,9 +104,7 @@ pub fn read_from<R: BufRead + Seek>(
     )?
     .with_format(ImageFormat::Raster);
     if more_pages {
-        volume
-            .warnings
-            .push("the TIFF has more than one page; only the first is read".into());
+        volume.add_warning("the TIFF has more than one page; only the first is read");
     }
     Ok(volume)
 }
@@ -193,22 +191,32 @@ mod tests {
         assert!(!sniff(b"hello"));
     }
 
+    /// `image` encoded in `format`, in memory.
+    fn encoded(image: DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        image
+            .write_to(&mut std::io::Cursor::new(&mut bytes), format)
+            .unwrap();
+        bytes
+    }
+
+    /// The reader on `bytes`, named `name` in errors and for format detection.
+    fn read_bytes(bytes: Vec<u8>, name: &str) -> Volume {
+        read_from(
+            std::io::Cursor::new(bytes),
+            Path::new(name),
+            &Limits::default(),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn grey_png_round_trips_values() {
         let img = image::GrayImage::from_fn(5, 3, |x, y| image::Luma([(x * 10 + y) as u8]));
-        let mut bytes = Vec::new();
-        DynamicImage::ImageLuma8(img)
-            .write_to(
-                &mut std::io::Cursor::new(&mut bytes),
-                image::ImageFormat::Png,
-            )
-            .unwrap();
-        let v = read_from(
-            std::io::Cursor::new(bytes),
-            Path::new("mem.png"),
-            &Limits::default(),
-        )
-        .unwrap();
+        let v = read_bytes(
+            encoded(DynamicImage::ImageLuma8(img), image::ImageFormat::Png),
+            "mem.png",
+        );
         assert_eq!(v.voxels().dim(), (1, 3, 5, 1));
         assert_eq!(v.voxels()[[0, 2, 4, 0]], 42.0);
     }
@@ -252,17 +260,9 @@ mod tests {
 
     #[test]
     fn a_multi_page_tiff_is_read_with_a_warning() {
-        let read = |bytes: Vec<u8>| {
-            read_from(
-                std::io::Cursor::new(bytes),
-                Path::new("mem.tif"),
-                &Limits::default(),
-            )
-            .unwrap()
-        };
-        let one = read(tiff(1));
+        let one = read_bytes(tiff(1), "mem.tif");
         assert!(one.warnings().is_empty(), "{:?}", one.warnings());
-        let two = read(tiff(2));
+        let two = read_bytes(tiff(2), "mem.tif");
         assert_eq!(
             two.voxels().iter().copied().collect::<Vec<f32>>(),
             [1.0, 2.0, 3.0, 4.0]
@@ -280,19 +280,10 @@ mod tests {
     fn float_colour_keeps_its_values() {
         let img =
             image::Rgb32FImage::from_fn(2, 1, |x, _| image::Rgb([2.0 + x as f32, 500.0, 1000.0]));
-        let mut bytes = Vec::new();
-        DynamicImage::ImageRgb32F(img)
-            .write_to(
-                &mut std::io::Cursor::new(&mut bytes),
-                image::ImageFormat::Tiff,
-            )
-            .unwrap();
-        let v = read_from(
-            std::io::Cursor::new(bytes),
-            Path::new("mem.tif"),
-            &Limits::default(),
-        )
-        .unwrap();
+        let v = read_bytes(
+            encoded(DynamicImage::ImageRgb32F(img), image::ImageFormat::Tiff),
+            "mem.tif",
+        );
         assert_eq!(v.voxels().dim(), (1, 1, 2, 3));
         assert_eq!(v.voxels()[[0, 0, 1, 0]], 3.0);
         assert_eq!(v.voxels()[[0, 0, 1, 2]], 1000.0);
