@@ -36,31 +36,9 @@ def encode_points(prompt_encoder, coords, labels):
     return sparse
 
 
-class Restyle(nn.Module):
-    """Replaces each channel's spatial mean and spread in one slice's embedding with the
-    training slices' averages (AdaIN to the training domains' style). Channel statistics
-    carry much of an image's contrast and texture ("style"), so this takes part of a new
-    scanner's look out of what the heads see. It is part of both graphs, so cosam's
-    runtime does nothing different. Identity when built without statistics."""
-
-    def __init__(self, mean=None, std=None):
-        super().__init__()
-        self.active = mean is not None
-        self.register_buffer("mean", torch.zeros(256) if mean is None else mean.float())
-        self.register_buffer("std", torch.ones(256) if std is None else std.float())
-
-    def forward(self, emb):
-        if not self.active:
-            return emb
-        m = emb.mean(dim=(2, 3), keepdim=True)
-        sd = ((emb - m) ** 2).mean(dim=(2, 3), keepdim=True).add(1e-6).sqrt()
-        return (emb - m) / sd * self.std.reshape(1, -1, 1, 1) + self.mean.reshape(1, -1, 1, 1)
-
-
 class TaskDecoder(nn.Module):
-    def __init__(self, net, structures, restyle=None):
+    def __init__(self, net, structures):
         super().__init__()
-        self.restyle = restyle or Restyle()
         self.prompt_encoder = copy.deepcopy(net.prompt_encoder)
         self.mask_decoder = copy.deepcopy(net.mask_decoder)
         # the positional encoding stays as trained; the point, mask and no-mask embeddings
@@ -77,7 +55,6 @@ class TaskDecoder(nn.Module):
         has_mask [B], structure [B] (int64) -> logits [B,1,256,256], iou [B,1]."""
         pe = self.prompt_encoder
         md = self.mask_decoder
-        emb = self.restyle(emb)
         b = emb.shape[0]
         # no branch on the point count: the ONNX graph must keep N dynamic (N = 0 is the
         # prompt-free call)
@@ -107,9 +84,8 @@ def conv_bn(cin, cout, k=3):
 
 
 class ErrorDecoder(nn.Module):
-    def __init__(self, net, structures, restyle=None):
+    def __init__(self, net, structures):
         super().__init__()
-        self.restyle = restyle or Restyle()
         self.mask_embed = copy.deepcopy(net.prompt_encoder.mask_downscaling)
         self.structure = nn.Parameter(torch.zeros(structures, 64))
         self.stem = nn.Sequential(conv_bn(512, 64, 1), conv_bn(64, 64))
@@ -121,7 +97,7 @@ class ErrorDecoder(nn.Module):
     def forward(self, emb, mask, structure):
         """emb [B,256,64,64], mask [B,1,256,256] (0/1), structure [B] -> error logits
         [B,1,256,256]."""
-        x = torch.cat([self.restyle(emb), self.mask_embed(mask)], dim=1)
+        x = torch.cat([emb, self.mask_embed(mask)], dim=1)
         x = self.stem(x) + self.structure[structure].reshape(emb.shape[0], -1, 1, 1)
         x = self.up1(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)

@@ -54,7 +54,7 @@ sys.path.insert(0, HERE)
 
 from export import load_net, sha256  # noqa: E402
 from heads import (ErrorDecoder, ExportErrorDecoder, ExportTaskDecoder,  # noqa: E402
-                   Restyle, TaskDecoder)
+                   TaskDecoder)
 
 TOP_K = 64
 GUIDED_POINTS = 32
@@ -130,15 +130,6 @@ class TrainingSet:
         self.embeddings = torch.cat(embs)
         self.labels = torch.cat(labels)
         self.scaled = scaled
-
-    def channel_style(self, chunk=64):
-        """The training slices' average per-channel spatial mean and spread (Restyle)."""
-        means, stds = [], []
-        for i in range(0, self.embeddings.shape[0], chunk):
-            e = self.embeddings[i:i + chunk].float().flatten(2)
-            means.append(e.mean(-1))
-            stds.append(e.std(-1, unbiased=False))
-        return torch.cat(means).mean(0), torch.cat(stds).mean(0)
 
     def sample(self, rng, batch, positive_p=0.75, first_share=None):
         """`batch` (slice, structure) pairs: a structure at random, then a group (the
@@ -424,9 +415,8 @@ def train(args):
           flush=True)
 
     net, _ = load_net()
-    restyle = Restyle(*data.channel_style()) if args.embedding_norm == "slice" else None
-    dec = TaskDecoder(net, len(data.structures), restyle).to(DEVICE)
-    err = ErrorDecoder(net, len(data.structures), restyle).to(DEVICE)
+    dec = TaskDecoder(net, len(data.structures)).to(DEVICE)
+    err = ErrorDecoder(net, len(data.structures)).to(DEVICE)
     pretrained = list(dec.mask_decoder.parameters())
     prompt_embeddings = [p for n, p in dec.prompt_encoder.named_parameters()
                          if not n.startswith("pe_layer")]
@@ -594,7 +584,7 @@ def export(args, dec, err, data, train_domains, held_out, log, summary):
             "command": " ".join([".venv-export/bin/python", "models/train/train.py"] + sys.argv[1:]),
             "seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr,
             "lr_new": args.lr_new, "top_k": TOP_K, "flip_p": FLIP_P,
-            "train_threshold": TRAIN_THRESHOLD, "embedding_norm": args.embedding_norm,
+            "train_threshold": TRAIN_THRESHOLD,
             "guided_every": GUIDED_EVERY, "error2_every": ERROR2_EVERY,
             "torch": torch.__version__, "loss_log": log, "dice_model_frame": summary,
             "onnx_parity_max_abs": worst,
@@ -636,9 +626,6 @@ def main():
     p.add_argument("--point-labels", choices=["paper", "corrected"], default="paper",
                    help="label the loop's points as the paper (opposite of the mask where p > 0.5) "
                         "or by the corrected mask (the first recipe)")
-    p.add_argument("--embedding-norm", choices=["none", "slice"], default="none",
-                   help="slice: both graphs re-style each slice's embedding to the training "
-                        "slices' per-channel mean and spread (heads.py Restyle)")
     p.add_argument("--log-every", type=int, default=10)
     args = p.parse_args()
     global POINT_LABELS, DEVICE
