@@ -318,6 +318,57 @@ fn task_segments_without_prompts_and_traces_every_round() {
     no_partial_files(&out);
 }
 
+/// By default the loop stops at the first round that does not lower the predicted error
+/// count and returns the round with the fewest; `--fixed-rounds` runs all four and returns
+/// the last. On the demo brain slice the rule stops early, so both paths are exercised.
+#[test]
+fn the_loop_stops_by_default_and_runs_every_round_with_fixed_rounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = text(&demo("brain_t1.png"));
+    let trace = |flags: &[&str]| -> (usize, Vec<u64>) {
+        let out = tmp.path().join(flags.join(""));
+        let mut args = vec!["segment", "--task", "brain", "--trace", "-i", &input];
+        let out_text = text(&out);
+        args.extend_from_slice(&["-o", &out_text]);
+        args.extend_from_slice(flags);
+        let o = cosam(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let path = out.join("brain_t1_brain_trace").join("trace.json");
+        let trace: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let slice = &trace["slices"][0];
+        let errors = slice["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["error_px"].as_u64().unwrap())
+            .collect();
+        (slice["chosen_round"].as_u64().unwrap() as usize, errors)
+    };
+    let (chosen, errors) = trace(&[]);
+    assert!(errors.len() < 5, "the rule did not stop: {errors:?}");
+    let last = errors.len() - 1;
+    assert!(errors[last] >= errors[last - 1], "{errors:?}");
+    assert!(errors[..last].windows(2).all(|w| w[1] < w[0]), "{errors:?}");
+    let fewest = (0..errors.len()).min_by_key(|&i| errors[i]).unwrap();
+    assert_eq!(chosen, fewest, "{errors:?}");
+
+    let (chosen, errors) = trace(&["--fixed-rounds"]);
+    assert_eq!((chosen, errors.len()), (4, 5), "{errors:?}");
+
+    let o = cosam(&[
+        "segment",
+        "--task",
+        "brain",
+        "--fixed-rounds",
+        "--stop-early",
+        "-i",
+        &input,
+        "-o",
+        &text(tmp.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
 #[test]
 fn unknown_task_or_structure_is_a_usage_error() {
     let tmp = tempfile::tempdir().unwrap();

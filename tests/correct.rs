@@ -197,6 +197,7 @@ fn loop_with_the_int8_encoder_agrees_with_fp32() {
 fn coarse_mask_under_the_gate_is_not_corrected() {
     let run = |gate: usize| {
         let options = CorrectOptions::default()
+            .with_stop_early(false)
             .with_keep_rounds(true)
             .with_min_coarse_px(gate);
         correct_demo_liver(segmenter(), &options).0
@@ -224,6 +225,7 @@ fn converged_rounds_are_copied_with_the_results_of_running_them() {
     let volume = io::read(&demo("mr_abdomen.nii.gz")).unwrap();
     let models = seg.loop_models(&heads);
     let copy = CorrectOptions::default()
+        .with_stop_early(false)
         .with_error_threshold(heads.info.error_threshold)
         .with_converged_fraction(0.0)
         .with_keep_rounds(true);
@@ -271,7 +273,9 @@ fn slices_called_absent_skip_the_loop_and_the_loop_finds_nothing_there() {
     let heads = abdomen();
     let volume = io::read(&demo("ct_abdomen.nii.gz")).unwrap();
     let models = seg.loop_models(&heads);
-    let skip = CorrectOptions::default().with_error_threshold(heads.info.error_threshold);
+    let skip = CorrectOptions::default()
+        .with_stop_early(false)
+        .with_error_threshold(heads.info.error_threshold);
     let run_all = skip.with_absent_logit(None);
     let mut skipped = 0;
     // the kidneys end within the last slices of this crop (the rest is time)
@@ -332,10 +336,9 @@ fn model_calls_count_every_run_of_the_loop() {
 /// With a share no round can exceed, four rounds give round 1's mask, as one round does.
 #[test]
 fn a_round_within_the_converged_fraction_stands_for_the_rounds_left() {
-    let (one, _) = correct_demo_liver(segmenter(), &CorrectOptions::default().with_max_rounds(1));
-    let tolerant = CorrectOptions::default()
-        .with_converged_fraction(1e6)
-        .with_keep_rounds(true);
+    let fixed = CorrectOptions::default().with_stop_early(false);
+    let (one, _) = correct_demo_liver(segmenter(), &fixed.with_max_rounds(1));
+    let tolerant = fixed.with_converged_fraction(1e6).with_keep_rounds(true);
     let (four, _) = correct_demo_liver(segmenter(), &tolerant);
     assert_eq!(four.trace.len(), 5);
     assert_eq!(four.chosen, 4);

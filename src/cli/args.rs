@@ -202,7 +202,7 @@ pub struct LoopArgs {
     /// rounds).
     #[arg(long, value_name = "LOGIT", default_value_t = AbsentLogit(Some(cosam::correct::DEFAULT_ABSENT_LOGIT)), value_parser = parse_absent_logit)]
     pub absent_logit: AbsentLogit,
-    /// With the fixed rounds (no --stop-early), a round that changes at most this fraction
+    /// With --fixed-rounds, a round that changes at most this fraction
     /// of its mask's pixels ends the loop, its mask standing for the rounds left (0-1; 0:
     /// only an unchanged mask ends it early, which changes nothing).
     #[arg(long, value_name = "F", default_value_t = cosam::correct::DEFAULT_CONVERGED_FRACTION, value_parser = parse_probability)]
@@ -300,10 +300,14 @@ pub struct SegmentArgs {
     pub rounds: usize,
     #[command(flatten)]
     pub loop_flags: LoopArgs,
-    /// Stop when the predicted error count stops falling and keep the mask with the fewest
-    /// predicted errors, instead of running all --rounds rounds and keeping the last mask
-    /// (CoSAM's fixed T, the default).
+    /// Run all --rounds rounds and keep the last mask (CoSAM's fixed T), instead of the
+    /// default stop rule: end when a round does not lower the predicted error count and
+    /// keep the mask with the fewest predicted errors.
     #[arg(long)]
+    pub fixed_rounds: bool,
+    /// The stop rule, the default since it became one (kept so that scripts which name it
+    /// still run).
+    #[arg(long, hide = true, conflicts_with = "fixed_rounds")]
     pub stop_early: bool,
     /// Clean up every mask after thresholding, per slice, comma-separated: largest (keep
     /// the largest component), small:N (remove components under N pixels), holes (fill
@@ -397,7 +401,7 @@ impl SegmentArgs {
         self.loop_flags
             .correct_options(heads_threshold)
             .with_max_rounds(self.rounds)
-            .with_stop_early(self.stop_early)
+            .with_stop_early(!self.fixed_rounds)
     }
 
     /// The prompts given on the command line.
@@ -498,8 +502,9 @@ pub struct EvalArgs {
     #[arg(long)]
     pub task: String,
     /// Methods, comma-separated: full-box, gt-box, gt-box:JITTER_PX, gt-box-3d, and with
-    /// CoSAM heads coarse, corrected, cosam-fixed:T (exactly T rounds, as `segment --task`
-    /// runs by default) and cosam:T (at most T rounds, with the stop rule; cosam = cosam:4).
+    /// CoSAM heads coarse, corrected, cosam-fixed:T (exactly T rounds, as `segment
+    /// --fixed-rounds` runs) and cosam:T (at most T rounds, with the stop rule, as `segment`
+    /// runs by default; cosam = cosam:4).
     #[arg(
         long,
         value_delimiter = ',',

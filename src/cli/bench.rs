@@ -164,9 +164,7 @@ fn measure_loop(
     let st = measure(segmenter, volume, prompts, reps, None)?;
     let embedding = sam.encoder.embed(&input.tensor)?;
     let model_prompts = prompts.to_model(&input.transform);
-    let early = CorrectOptions::default()
-        .with_error_threshold(heads.info.error_threshold)
-        .with_stop_early(true);
+    let early = CorrectOptions::default().with_error_threshold(heads.info.error_threshold);
     let full = early.with_stop_early(false);
     let (mut boxed, mut looped, mut worst, mut rounds) = (vec![], vec![], vec![], vec![]);
     for rep in 0..=reps {
@@ -207,13 +205,13 @@ fn measure_loop(
         shared + b
     );
     println!(
-        "  loop, T = 4 with the stop rule ({:.1} rounds run): {l:.1} -> per slice {:.1} = {:.2}x the box-prompted slice",
+        "  loop, T = 4 with the stop rule (the default; {:.1} rounds run): {l:.1} -> per slice {:.1} = {:.2}x the box-prompted slice",
         median(rounds),
         shared + l,
         (shared + l) / (shared + b)
     );
     println!(
-        "  loop, all 4 rounds (the default): {w:.1} -> per slice {:.1} = {:.2}x",
+        "  loop, all 4 rounds (--fixed-rounds): {w:.1} -> per slice {:.1} = {:.2}x",
         shared + w,
         (shared + w) / (shared + b)
     );
@@ -619,8 +617,9 @@ fn extras(
 }
 
 /// Per-slice medians over a real volume: box-prompted, prompt-free for every structure in
-/// one walk, and the same walk running every round on every slice (no absent-slice skips,
-/// no copied rounds: the loop before issue 18), all in this process on the same slices.
+/// one walk (the default loop), and a walk running all rounds on every slice (the fixed T,
+/// no absent-slice skips, no copied rounds: the loop before issue 18), all in this process
+/// on the same slices.
 fn measure_volume(segmenter: &Segmenter, heads: &TaskHeads, path: &Path) -> anyhow::Result<()> {
     let volume = cosam::io::read(path).with_context(|| format!("{}", path.display()))?;
     let (rows, cols) = volume.slice_size();
@@ -633,6 +632,7 @@ fn measure_volume(segmenter: &Segmenter, heads: &TaskHeads, path: &Path) -> anyh
     )?);
     let options = CorrectOptions::default().with_error_threshold(heads.info.error_threshold);
     let every_round = options
+        .with_stop_early(false)
         .with_absent_logit(None)
         .with_run_converged_rounds(true);
     let all: Vec<usize> = (0..heads.info.structures.len()).collect();
@@ -672,8 +672,8 @@ fn measure_volume(segmenter: &Segmenter, heads: &TaskHeads, path: &Path) -> anyh
     println!(
         "volume {} ({rows}x{cols}x{} slices), median ms per slice (total s): box-prompted \
          {box_ms:.0} ({box_s:.1}); prompt-free, {} structures of {} in one walk {joint_ms:.0} \
-         ({joint_s:.1}), {:.2}x the box, {joint_calls:.1} head calls per slice; the same walk \
-         running every round on every slice {every_ms:.0} ({every_s:.1}), {:.2}x, \
+         ({joint_s:.1}), {:.2}x the box, {joint_calls:.1} head calls per slice; a walk \
+         running all rounds on every slice {every_ms:.0} ({every_s:.1}), {:.2}x, \
          {every_calls:.1} head calls per slice",
         path.display(),
         volume.slices(),

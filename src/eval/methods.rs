@@ -13,9 +13,9 @@
 //! - `coarse`: CoSAM's prompt-free mask (task decoder, no prompt), no correction.
 //! - `corrected`: the coarse mask XOR the error decoder's prediction, no re-prompting.
 //! - `cosam:T` (`cosam` = `cosam:4`): the self-correcting loop with at most T rounds and
-//!   the early stop rule.
-//! - `cosam-fixed:T`: the loop's mask after exactly T rounds, no stop rule (what
-//!   `cosam segment` returns by default).
+//!   the early stop rule (what `cosam segment` returns by default).
+//! - `cosam-fixed:T`: the loop's mask after exactly T rounds, no stop rule
+//!   (`cosam segment --fixed-rounds`).
 //!
 //! The prompt-free methods need CoSAM heads; all of them are read off one run of the loop
 //! per slice (every round kept, no early stop), which gives exactly what each would

@@ -130,7 +130,7 @@ pub(super) fn options_sha256(args: &SegmentArgs, job: &Job) -> String {
         args.loop_flags.min_coarse_px,
         args.loop_flags.absent_logit,
         args.loop_flags.converged_fraction,
-        args.stop_early,
+        !args.fixed_rounds,
         args.trace,
         args.review_threshold,
     );
