@@ -18,7 +18,9 @@ the oracle (the best round). Volume signals: mean over slices with a non-empty m
 (iou_head, stability), predicted wrong pixels over predicted area (error_frac), and
 area-weighted adjacent-slice Dice (neighbours).
 
-  .venv-export/bin/python models/train/signals.py models/lodo/abdomen/* models/lodo/brain/*
+  .venv-export/bin/python models/train/signals.py models/lodo/abdomen/* models/lodo/brain/* \
+      --json out/signals-6folds.json
+  .venv-export/bin/python models/train/signals.py --from-json out/signals-6folds.json
 """
 
 import argparse
@@ -101,9 +103,14 @@ def volume_signals(rounds):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("heads", nargs="+", help="leave-one-domain-out head folders")
+    ap.add_argument("heads", nargs="*", help="leave-one-domain-out head folders")
     ap.add_argument("--json", help="also write the per-volume rows here")
+    ap.add_argument("--from-json", help="report the rows of an earlier --json instead of "
+                    "running the loop")
     a = ap.parse_args()
+    if a.from_json:
+        report(json.load(open(a.from_json)))
+        return
     rows = []
     for heads_dir in a.heads:
         heads = json.load(open(os.path.join(heads_dir, "heads.json")))
@@ -132,6 +139,21 @@ def main():
     report(rows)
 
 
+def concordance(rows, k):
+    """(concordant, discordant) round pairs of signal k against the volume Dice."""
+    sign = -1 if k in LOWER_IS_BETTER else 1
+    conc = disc = 0
+    for r in rows:
+        for i, j in itertools.combinations(range(ROUNDS + 1), 2):
+            dd = r["dice"][j] - r["dice"][i]
+            ds = sign * (r[k][j] - r[k][i])
+            if abs(dd) <= 0.005 or ds == 0:
+                continue
+            conc += dd * ds > 0
+            disc += dd * ds < 0
+    return conc, disc
+
+
 def report(rows):
     print(f"\n{len(rows)} volume-structure pairs; rounds 0 (coarse) to {ROUNDS}")
     coarse = np.mean([r["dice"][0] for r in rows])
@@ -142,19 +164,24 @@ def report(rows):
     print("|---|---|---|---|---|")
     for k in SIGNALS:
         sign = -1 if k in LOWER_IS_BETTER else 1
-        conc = disc = 0
-        picked = []
-        for r in rows:
-            for i, j in itertools.combinations(range(ROUNDS + 1), 2):
-                dd = r["dice"][j] - r["dice"][i]
-                ds = sign * (r[k][j] - r[k][i])
-                if abs(dd) <= 0.005 or ds == 0:
-                    continue
-                conc += dd * ds > 0
-                disc += dd * ds < 0
-            picked.append(r["dice"][max(range(ROUNDS + 1), key=lambda t: sign * r[k][t])])
+        conc, disc = concordance(rows, k)
+        picked = [r["dice"][max(range(ROUNDS + 1), key=lambda t: sign * r[k][t])]
+                  for r in rows]
         share = conc / (conc + disc) if conc + disc else float("nan")
         print(f"| {k} | {conc} | {disc} | {share:.2f} | {np.mean(picked):.3f} |")
+    # a signal worth a rule must rank rounds on every fold, not on the pool alone
+    folds = sorted({r["heads"] for r in rows})
+    print("\nConcordance per fold (concordant:discordant)")
+    print("| fold | pairs | " + " | ".join(SIGNALS) + " |")
+    print("|---|---|" + "---|" * len(SIGNALS))
+    for fold in folds:
+        mine = [r for r in rows if r["heads"] == fold]
+        cells = []
+        for k in SIGNALS:
+            conc, disc = concordance(mine, k)
+            share = f"{conc / (conc + disc):.2f}" if conc + disc else "n/a"
+            cells.append(f"{share} ({conc}:{disc})")
+        print(f"| {fold} | {len(mine)} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

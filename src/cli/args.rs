@@ -202,9 +202,9 @@ pub struct LoopArgs {
     /// rounds).
     #[arg(long, value_name = "LOGIT", default_value_t = AbsentLogit(Some(cosam::correct::DEFAULT_ABSENT_LOGIT)), value_parser = parse_absent_logit)]
     pub absent_logit: AbsentLogit,
-    /// With --fixed-rounds, a round that changes at most this fraction
-    /// of its mask's pixels ends the loop, its mask standing for the rounds left (0-1; 0:
-    /// only an unchanged mask ends it early, which changes nothing).
+    /// With --fixed-rounds, a round that changes at most this fraction of its mask's pixels
+    /// ends the loop, its mask standing for the rounds left (0-1; 0: only an unchanged mask
+    /// ends it early, which changes nothing).
     #[arg(long, value_name = "F", default_value_t = cosam::correct::DEFAULT_CONVERGED_FRACTION, value_parser = parse_probability)]
     pub converged_fraction: f32,
 }
@@ -305,8 +305,8 @@ pub struct SegmentArgs {
     /// keep the mask with the fewest predicted errors.
     #[arg(long)]
     pub fixed_rounds: bool,
-    /// The stop rule, the default since it became one (kept so that scripts which name it
-    /// still run).
+    /// The stop rule, now the default: kept for scripts written when it was an option; it
+    /// changes nothing.
     #[arg(long, hide = true, conflicts_with = "fixed_rounds")]
     pub stop_early: bool,
     /// Clean up every mask after thresholding, per slice, comma-separated: largest (keep
