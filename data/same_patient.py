@@ -31,16 +31,17 @@ RIBS = range(92, 116)  # TotalSegmentator v2: rib_left_1 .. rib_right_12
 VERTEBRAE = range(26, 51)  # vertebrae_S1 .. vertebrae_C1
 
 
-def to_grid(labels, affine):
-    """Nearest-neighbour resampling onto a GRID_MM RAS grid covering the volume."""
-    corners = np.array([[i, j, k, 1] for i in (0, labels.shape[0] - 1)
-                        for j in (0, labels.shape[1] - 1)
-                        for k in (0, labels.shape[2] - 1)]) @ affine.T
+def to_grid(volume, affine, grid_mm=GRID_MM, order=0):
+    """Resampling (nearest-neighbour by default) onto a grid_mm RAS grid covering the
+    volume, in its own world frame."""
+    corners = np.array([[i, j, k, 1] for i in (0, volume.shape[0] - 1)
+                        for j in (0, volume.shape[1] - 1)
+                        for k in (0, volume.shape[2] - 1)]) @ affine.T
     lo, hi = corners[:, :3].min(0), corners[:, :3].max(0)
-    axes = [np.arange(lo[d], hi[d] + 1e-6, GRID_MM) for d in range(3)]
+    axes = [np.arange(lo[d], hi[d] + 1e-6, grid_mm) for d in range(3)]
     world = np.stack([*np.meshgrid(*axes, indexing="ij"), np.ones([len(a) for a in axes])], -1)
     index = world @ np.linalg.inv(affine).T
-    return map_coordinates(labels, [index[..., 0], index[..., 1], index[..., 2]], order=0)
+    return map_coordinates(volume, [index[..., 0], index[..., 1], index[..., 2]], order=order)
 
 
 def window(a, b, offset):

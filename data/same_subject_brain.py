@@ -28,6 +28,8 @@ import numpy as np
 from scipy.ndimage import affine_transform, map_coordinates
 from scipy.signal import fftconvolve
 
+from same_patient import to_grid
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "data", "bench", "brain")
 GRID_MM = 2.0
@@ -42,21 +44,9 @@ def load(domain):
             np.asarray(mask.dataobj, dtype=np.float32).squeeze() > 0)
 
 
-def to_grid(volume, affine, order):
-    """Resampling onto a GRID_MM RAS grid covering the volume, in its own world frame."""
-    corners = np.array([[i, j, k, 1] for i in (0, volume.shape[0] - 1)
-                        for j in (0, volume.shape[1] - 1)
-                        for k in (0, volume.shape[2] - 1)]) @ affine.T
-    lo, hi = corners[:, :3].min(0), corners[:, :3].max(0)
-    axes = [np.arange(lo[d], hi[d] + 1e-6, GRID_MM) for d in range(3)]
-    world = np.stack([*np.meshgrid(*axes, indexing="ij"), np.ones([len(a) for a in axes])], -1)
-    index = world @ np.linalg.inv(affine).T
-    return map_coordinates(volume.astype(np.float32),
-                           [index[..., 0], index[..., 1], index[..., 2]], order=order, cval=0)
-
-
 def scan(image, affine, mask):
-    return to_grid(image, affine, 1), to_grid(mask.astype(np.float32), affine, 1) > 0.5
+    return (to_grid(image, affine, GRID_MM, order=1),
+            to_grid(mask.astype(np.float32), affine, GRID_MM, order=1) > 0.5)
 
 
 def window(a, b, offset):
