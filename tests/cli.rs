@@ -318,6 +318,55 @@ fn task_segments_without_prompts_and_traces_every_round() {
     no_partial_files(&out);
 }
 
+/// `export-training` leaves a manifest's absent_labels unknown unless `--absent-labels`
+/// asks to count them as labelled and empty.
+#[test]
+fn export_training_counts_absent_labels_only_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = tmp.path().join("manifest.json");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"{{"format":"cosam-dataset/1","cases":[
+            {{"id":"a","task":"abdomen","domain":"a","image":"{image}","label":"{label}",
+              "labels":{{"liver":5,"spleen":1}}}},
+            {{"id":"b","task":"abdomen","domain":"b","image":"{image}","label":"{label}",
+              "labels":{{"liver":5}},"absent_labels":["spleen"]}}]}}"#,
+            image = demo("mr_abdomen.nii.gz").display(),
+            label = demo("mr_abdomen_labels.nii.gz").display()
+        ),
+    )
+    .unwrap();
+    let cache = text(&tmp.path().join("cache"));
+    let labelled = |flags: &[&str]| -> Value {
+        let out = tmp.path().join(format!("export{}", flags.len()));
+        let (manifest, out_text) = (text(&manifest), text(&out));
+        let mut args = vec![
+            "export-training",
+            "--dataset",
+            &manifest,
+            "--task",
+            "abdomen",
+            "-o",
+            &out_text,
+            "--cache",
+            &cache,
+        ];
+        args.extend_from_slice(flags);
+        let o = cosam(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let index: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("index.json")).unwrap())
+                .unwrap();
+        index["cases"][1]["labelled"].clone()
+    };
+    assert_eq!(labelled(&[]), serde_json::json!(["liver"]));
+    assert_eq!(
+        labelled(&["--absent-labels"]),
+        serde_json::json!(["liver", "spleen"])
+    );
+}
+
 /// By default the loop stops at the first round that does not lower the predicted error
 /// count and returns the round with the fewest; `--fixed-rounds` runs all four and returns
 /// the last. On the demo brain slice the rule stops early, so both paths are exercised.

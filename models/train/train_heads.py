@@ -63,6 +63,9 @@ def main():
     p.add_argument("--cosam", default=os.path.join(ROOT, "target", "release", "cosam"),
                    help="the cosam binary (default: this checkout's release build)")
     p.add_argument("--no-check", action="store_true", help="skip the cosam eval checks")
+    p.add_argument("--absent-labels", action="store_true",
+                   help="train on the manifest's absent_labels as empty (cosam export-training "
+                        "--absent-labels); off by default, see History 20")
     args = p.parse_args()
     if shutil.which(args.cosam) is None:
         raise SystemExit(f"{args.cosam}: not found; build it with `cargo build --release` "
@@ -74,7 +77,7 @@ def main():
     data = os.path.join(out, "data")
     if not os.path.isfile(os.path.join(data, "index.json")):
         run([args.cosam, "export-training", "--dataset", args.dataset, "--task", args.task,
-             "-o", data])
+             "-o", data] + (["--absent-labels"] if args.absent_labels else []))
     extra = []
     if args.synth > 0:
         synth, data_synth = os.path.join(out, "synth"), os.path.join(out, "data-synth")

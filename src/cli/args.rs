@@ -570,6 +570,12 @@ pub struct ExportTrainingArgs {
     /// Do not read or write cached embeddings.
     #[arg(long)]
     pub no_cache: bool,
+    /// Count the manifest's absent_labels as labelled and empty (every slice a negative for
+    /// them) instead of unknown. Off by default: with few scans, a structure absent from
+    /// the only scan of a modality taught the heads that modality means "no such
+    /// structure" (models/train/README.md, History 20).
+    #[arg(long)]
+    pub absent_labels: bool,
     /// Models and runtime; the encoder is fp32 unless --encoder names one, so that training
     /// data does not depend on the CPU that exported it.
     #[command(flatten)]

@@ -39,9 +39,13 @@ pub fn run(args: &ExportTrainingArgs) -> anyhow::Result<bool> {
     let mut all_ok = true;
     for case in cases {
         let dir = case_dir(&args.output, case);
+        let mut case = case.clone();
+        if !args.absent_labels {
+            case.absent_labels.clear();
+        }
         match export_case(
             &segmenter,
-            case,
+            &case,
             &structures,
             cache.as_ref().map(|c| c as &dyn EmbeddingCache),
             &Limits::default(),
