@@ -111,6 +111,8 @@ def main():
     if a.from_json:
         report(json.load(open(a.from_json)))
         return
+    if not a.heads:
+        ap.error("give head folders, or --from-json")
     rows = []
     for heads_dir in a.heads:
         heads = json.load(open(os.path.join(heads_dir, "heads.json")))
