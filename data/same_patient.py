@@ -49,6 +49,7 @@ def window(a, b, offset):
     sa, sb = [], []
     for d in range(3):
         lo, hi = max(0, offset[d]), min(a.shape[d], offset[d] + b.shape[d])
+        hi = max(lo, hi)  # no overlap: empty windows
         sa.append(slice(lo, hi))
         sb.append(slice(lo - offset[d], hi - offset[d]))
     return a[tuple(sa)], b[tuple(sb)]

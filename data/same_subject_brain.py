@@ -28,7 +28,7 @@ import numpy as np
 from scipy.ndimage import affine_transform, map_coordinates
 from scipy.signal import fftconvolve
 
-from same_patient import to_grid
+from same_patient import to_grid, window
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "data", "bench", "brain")
@@ -47,16 +47,6 @@ def load(domain):
 def scan(image, affine, mask):
     return (to_grid(image, affine, GRID_MM, order=1),
             to_grid(mask.astype(np.float32), affine, GRID_MM, order=1) > 0.5)
-
-
-def window(a, b, offset):
-    """The overlapping parts of a and of b placed at voxel offset within a."""
-    sa, sb = [], []
-    for d in range(3):
-        lo, hi = max(0, offset[d]), min(a.shape[d], offset[d] + b.shape[d])
-        sa.append(slice(lo, max(lo, hi)))
-        sb.append(slice(lo - offset[d], max(lo, hi) - offset[d]))
-    return a[tuple(sa)], b[tuple(sb)]
 
 
 def best_offset(a, b):
