@@ -164,8 +164,8 @@ fn measure_loop(
     let st = measure(segmenter, volume, prompts, reps, None)?;
     let embedding = sam.encoder.embed(&input.tensor)?;
     let model_prompts = prompts.to_model(&input.transform);
-    let early = CorrectOptions::default().with_error_threshold(heads.info.error_threshold);
-    let full = early.with_stop_early(false);
+    let default = CorrectOptions::default().with_error_threshold(heads.info.error_threshold);
+    let full = default.with_stop_early(false);
     let (mut boxed, mut looped, mut worst, mut rounds) = (vec![], vec![], vec![], vec![]);
     for rep in 0..=reps {
         let (out, t_box) = timed(|| sam.decoder.predict(&embedding, &model_prompts, None));
@@ -179,7 +179,7 @@ fn measure_loop(
                 o,
             )
         };
-        let (c, t_loop) = timed(|| run(&early));
+        let (c, t_loop) = timed(|| run(&default));
         let c = c?;
         let (w, t_worst) = timed(|| run(&full));
         w?;
