@@ -42,6 +42,16 @@ fn manifest(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
+/// A demo volume as eval segments it: in the model frame (the demo CT is stored RAS, so
+/// it is turned by 180 degrees).
+fn in_model_frame(name: &str) -> cosam::io::Volume {
+    let volume = cosam::io::read(&demo(name)).unwrap();
+    cosam::io::reorient(&volume, cosam::io::AnatomicalAxis::Axial)
+        .unwrap()
+        .volume
+        .into_owned()
+}
+
 #[test]
 fn bad_entries_fail_their_rows_and_good_dice_matches_an_independent_count() {
     let dir = tempfile::tempdir().unwrap();
@@ -94,18 +104,8 @@ fn bad_entries_fail_their_rows_and_good_dice_matches_an_independent_count() {
     // call, and plain counting of overlap.
     let good = find("good", "gt-box");
     assert_eq!(good.status, "ok", "{good:?}");
-    // eval segments in the model frame (the demo CT is stored RAS: turned by 180 degrees)
-    let axial = cosam::io::AnatomicalAxis::Axial;
-    let volume = cosam::io::read(&demo("ct_abdomen.nii.gz")).unwrap();
-    let volume = cosam::io::reorient(&volume, axial)
-        .unwrap()
-        .volume
-        .into_owned();
-    let reference = cosam::io::read(&demo("ct_abdomen_liver_ref.nii.gz")).unwrap();
-    let reference = cosam::io::reorient(&reference, axial)
-        .unwrap()
-        .volume
-        .into_owned();
+    let volume = in_model_frame("ct_abdomen.nii.gz");
+    let reference = in_model_frame("ct_abdomen_liver_ref.nii.gz");
     let (mut both, mut pred_n, mut ref_n) = (0usize, 0usize, 0usize);
     for z in 0..volume.slices() {
         let r = reference
@@ -153,6 +153,81 @@ fn bad_entries_fail_their_rows_and_good_dice_matches_an_independent_count() {
     assert!((good.dice.unwrap() - dice).abs() < 1e-12);
     assert!(good.dice.unwrap() > 0.8);
     assert!(find("good", "gt-box-3d").dice.unwrap() > 0.5);
+}
+
+/// `--cleanup largest3d` scores the largest 26-connected component of each prediction:
+/// its voxel count is the largest component that a plain flood fill finds here in the
+/// full-box masks, recomputed slice by slice.
+#[test]
+fn volume_cleanup_scores_the_largest_component_of_each_prediction() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = Dataset::load(&manifest(dir.path())).unwrap();
+    let good = dataset.cases.iter().find(|c| c.id == "good").unwrap();
+    let seg = segmenter();
+    let cache = DiskCache::new(&dir.path().join("cache"), 1 << 30).unwrap();
+    let plain = EvalOptions::default().with_methods(vec![Method::FullBox]);
+    let cleaned = plain.clone().with_cleanup("largest3d".parse().unwrap());
+    let run = |options: &EvalOptions| {
+        let rows = evaluate_case(
+            seg,
+            good,
+            options,
+            Some(&cache as &dyn EmbeddingCache),
+            None,
+        );
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].status, "ok", "{rows:?}");
+        rows[0].pred_voxels
+    };
+    let (raw_voxels, cleaned_voxels) = (run(&plain), run(&cleaned));
+
+    let volume = in_model_frame("ct_abdomen.nii.gz");
+    let (n, (rows, cols)) = (volume.slices(), volume.slice_size());
+    let full =
+        Prompts::from_box(BoxXyxy::new(0.0, 0.0, (cols - 1) as f64, (rows - 1) as f64).unwrap());
+    let mut pred = ndarray::Array3::<bool>::from_elem((n, rows, cols), false);
+    for z in 0..n {
+        let slice = seg.embed_slice(&volume, z).unwrap();
+        let m = seg.predict(&slice, &full, None).unwrap().mask;
+        pred.index_axis_mut(Axis(0), z)
+            .assign(&m.0.mapv(|v| v != 0));
+    }
+    let mut sizes = Vec::new();
+    let mut seen = pred.mapv(|v| !v);
+    for start in ndarray::indices((n, rows, cols)) {
+        if seen[start] {
+            continue;
+        }
+        seen[start] = true;
+        let (mut stack, mut size) = (vec![start], 0usize);
+        while let Some((z, r, c)) = stack.pop() {
+            size += 1;
+            for dz in -1i64..=1 {
+                for dr in -1i64..=1 {
+                    for dc in -1i64..=1 {
+                        let q = (z as i64 + dz, r as i64 + dr, c as i64 + dc);
+                        if q.0 < 0 || q.1 < 0 || q.2 < 0 {
+                            continue;
+                        }
+                        let q = (q.0 as usize, q.1 as usize, q.2 as usize);
+                        if seen.get(q) == Some(&false) {
+                            seen[q] = true;
+                            stack.push(q);
+                        }
+                    }
+                }
+            }
+        }
+        sizes.push(size);
+    }
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    println!("full-box components (largest first): {sizes:?}");
+    assert_eq!(raw_voxels, sizes.iter().sum::<usize>());
+    assert!(
+        sizes.len() >= 2,
+        "one component: the clean-up would change nothing"
+    );
+    assert_eq!(cleaned_voxels, sizes[0]);
 }
 
 /// A structure the manifest calls absent is covered by the reference: training data marks

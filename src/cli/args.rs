@@ -313,7 +313,7 @@ pub struct SegmentArgs {
     /// the largest component), small:N (remove components under N pixels), holes (fill
     /// holes), open:R, close:R (disk of R pixels, 1-64). Steps run in that order whatever
     /// the order given. Default: none, the decoder's mask as it is.
-    #[arg(long, value_name = "STEPS", default_value = "none", value_parser = parse_cleanup)]
+    #[arg(long, value_name = "STEPS", default_value = "none", value_parser = parse_slice_cleanup)]
     pub cleanup: cosam::post::Cleanup,
     /// Write each round's mask and overlay, and trace.json, per input and structure.
     #[arg(long)]
@@ -369,6 +369,19 @@ fn bounded_f64(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clo
 
 fn parse_cleanup(s: &str) -> Result<cosam::post::Cleanup, String> {
     s.parse()
+}
+
+/// `segment` writes masks a chunk of slices at a time, so steps across slices cannot run.
+fn parse_slice_cleanup(s: &str) -> Result<cosam::post::Cleanup, String> {
+    let c = parse_cleanup(s)?;
+    if c.is_volumetric() {
+        return Err(
+            "largest3d and small3d run on whole volumes: `cosam eval` takes them, \
+                    `segment` cleans up per slice (largest, small:N)"
+                .into(),
+        );
+    }
+    Ok(c)
 }
 
 fn parse_probability(s: &str) -> Result<f32, String> {
@@ -527,6 +540,11 @@ pub struct EvalArgs {
     /// shipped heads.
     #[arg(long, value_name = "DIR")]
     pub heads: Option<PathBuf>,
+    /// Clean up every method's predicted volume before scoring, comma-separated: the
+    /// steps of `segment --cleanup`, plus largest3d and small3d:N (the same on the whole
+    /// volume, 26-connected). Default: none.
+    #[arg(long, value_name = "STEPS", default_value = "none", value_parser = parse_cleanup)]
+    pub cleanup: cosam::post::Cleanup,
     /// Output folder for cases.csv, cases.json, summary.md, summary.json and the plot.
     #[arg(short, long, value_name = "DIR")]
     pub output: PathBuf,
@@ -828,6 +846,48 @@ mod tests {
         assert!(parse("none").unwrap().is_none());
         for bad in ["blur", "open:0", "close:65", "small:x", "holes:3"] {
             assert!(parse(bad).is_err(), "{bad}");
+        }
+        // segment writes a chunk of slices at a time: volume steps are eval's
+        let err = parse("largest3d").unwrap_err().to_string();
+        assert!(err.contains("cosam eval"), "{err}");
+    }
+
+    #[test]
+    fn eval_cleanup_takes_volume_steps_and_refuses_contradictions() {
+        let parse = |steps: &str| {
+            Cli::try_parse_from([
+                "cosam",
+                "eval",
+                "--dataset",
+                "d",
+                "--task",
+                "t",
+                "-o",
+                "out",
+                "--cleanup",
+                steps,
+            ])
+            .map(|cli| match cli.command {
+                Command::Eval(args) => args.cleanup,
+                _ => panic!(),
+            })
+        };
+        use cosam::post::{Cleanup, Connectivity::Volumetric};
+        let c = parse("small3d:50,largest3d").unwrap();
+        assert_eq!(
+            c,
+            Cleanup::default()
+                .with_keep_largest(Volumetric)
+                .with_remove_small(Volumetric, 50)
+        );
+        assert_eq!(c.to_string().parse::<Cleanup>().unwrap(), c);
+        assert!(parse("none").unwrap().is_none());
+        for bad in ["largest,largest3d", "small:5,small3d:5", "largest3d:2"] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains(bad.split(',').next_back().unwrap()),
+                "{bad}: {err}"
+            );
         }
     }
 

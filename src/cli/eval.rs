@@ -81,7 +81,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<bool> {
             args.loop_flags
                 .correct_options(CorrectOptions::default().error_threshold),
             args.loop_flags.error_threshold,
-        );
+        )
+        .with_cleanup(args.cleanup);
 
     let started = Instant::now();
     let total: usize = folds

@@ -29,6 +29,7 @@ use crate::io::{Affine, Limits, Volume};
 use crate::metrics::{self, MetricsOptions};
 use crate::model::TaskHeads;
 use crate::pipeline::{EmbeddingCache, Segmenter};
+use crate::post::Cleanup;
 
 /// Failure to set up an evaluation: the dataset, the folds or the heads asked for.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +81,9 @@ pub struct EvalOptions {
     pub correct: crate::correct::CorrectOptions,
     /// Error probability threshold of the prompt-free methods (`None`: the heads').
     pub error_threshold: Option<f32>,
+    /// Clean-up of every method's predicted volume before it is scored; volumetric steps
+    /// are allowed here, since the whole volume is at hand.
+    pub cleanup: Cleanup,
 }
 
 impl Default for EvalOptions {
@@ -94,6 +98,7 @@ impl Default for EvalOptions {
             limits: Limits::default(),
             correct: crate::correct::CorrectOptions::default(),
             error_threshold: None,
+            cleanup: Cleanup::default(),
         }
     }
 }
@@ -120,6 +125,12 @@ impl EvalOptions {
     ) -> Self {
         self.correct = correct;
         self.error_threshold = error_threshold;
+        self
+    }
+
+    /// Options with a clean-up of every predicted volume.
+    pub fn with_cleanup(mut self, cleanup: Cleanup) -> Self {
+        self.cleanup = cleanup;
         self
     }
 
@@ -316,8 +327,14 @@ pub fn evaluate_case(
             let reused = reference_free.iter().find(|(m, _, _)| m == method);
             let result = match reused {
                 Some((_, pred, secs)) => Ok((pred.clone(), None, *secs)),
-                None => methods::run(*method, &ctx, &reference)
-                    .map(|(p, q)| (p, q, started.elapsed().as_secs_f64())),
+                None => methods::run(*method, &ctx, &reference).and_then(|(p, q)| {
+                    let p = if options.cleanup.is_none() {
+                        p
+                    } else {
+                        segmenter.mask_ops().clean(p, &options.cleanup)?
+                    };
+                    Ok((p, q, started.elapsed().as_secs_f64()))
+                }),
             };
             match result {
                 Ok((pred, quality, seconds)) => {

@@ -71,13 +71,13 @@ impl std::fmt::Display for Cleanup {
         if let Some(c) = self.keep_largest {
             steps.push(match c {
                 Connectivity::Planar => "largest".into(),
-                Connectivity::Volumetric => "largest (volumetric)".into(),
+                Connectivity::Volumetric => "largest3d".into(),
             });
         }
         if let Some((c, n)) = self.remove_small {
             steps.push(match c {
                 Connectivity::Planar => format!("small:{n}"),
-                Connectivity::Volumetric => format!("small:{n} (volumetric)"),
+                Connectivity::Volumetric => format!("small3d:{n}"),
             });
         }
         if self.fill_holes {
@@ -106,8 +106,9 @@ impl std::str::FromStr for Cleanup {
     /// A comma-separated list of steps, each per slice: `largest` (keep the largest
     /// component), `small:N` (remove components under N pixels), `holes` (fill holes),
     /// `open:R` and `close:R` (disk radius R pixels, 1-64); `none` or an empty list for no
-    /// clean-up. The steps always run in the order of [`Cleanup`], whatever the order of
-    /// the list.
+    /// clean-up. `largest3d` and `small3d:N` do the first two on the whole volume
+    /// (26-connected components). The steps always run in the order of [`Cleanup`],
+    /// whatever the order of the list.
     ///
     /// ```
     /// use cosam::post::{Cleanup, Connectivity};
@@ -125,6 +126,17 @@ impl std::str::FromStr for Cleanup {
                 _ => Err(format!("'{step}': the number must be 1 to {max}")),
             }
         };
+        // a step given per slice and per volume is a contradiction, not an override
+        let set = |slot: &mut Option<Connectivity>, value: Connectivity, step: &str| match *slot {
+            Some(old) if old != value => Err(format!(
+                "'{step}' contradicts an earlier step: give the per-slice or the \
+                     volume form, not both"
+            )),
+            _ => {
+                *slot = Some(value);
+                Ok(())
+            }
+        };
         for step in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             let lower = step.to_ascii_lowercase();
             let (name, value) = match lower.split_once(':') {
@@ -133,12 +145,20 @@ impl std::str::FromStr for Cleanup {
             };
             match (name, value) {
                 ("none", None) => {}
-                ("largest", None) => c.keep_largest = Some(Connectivity::Planar),
+                ("largest", None) => set(&mut c.keep_largest, Connectivity::Planar, step)?,
+                ("largest3d", None) => set(&mut c.keep_largest, Connectivity::Volumetric, step)?,
                 ("holes", None) => c.fill_holes = true,
-                ("small", Some(v)) => {
+                ("small" | "small3d", Some(v)) => {
                     let n = number(step, v, 1 << 32)?;
                     let n = usize::try_from(n).map_err(|_| format!("'{step}' is too large"))?;
-                    c.remove_small = Some((Connectivity::Planar, n));
+                    let connectivity = if name == "small" {
+                        Connectivity::Planar
+                    } else {
+                        Connectivity::Volumetric
+                    };
+                    let mut current = c.remove_small.map(|(k, _)| k);
+                    set(&mut current, connectivity, step)?;
+                    c.remove_small = Some((connectivity, n));
                 }
                 ("open", Some(v)) => {
                     c.open_px = number(step, v, u64::from(MAX_CLEANUP_RADIUS_PX))? as u32;
@@ -148,8 +168,8 @@ impl std::str::FromStr for Cleanup {
                 }
                 _ => {
                     return Err(format!(
-                        "unknown clean-up step '{step}': use largest, small:N, holes, open:R, \
-                         close:R or none"
+                        "unknown clean-up step '{step}': use largest, largest3d, small:N, \
+                         small3d:N, holes, open:R, close:R or none"
                     ))
                 }
             }

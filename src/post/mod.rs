@@ -329,7 +329,15 @@ pub trait MaskOps: Send + Sync + fmt::Debug {
         threshold_logit: f32,
         cleanup: &Cleanup,
     ) -> Result<Array3<u8>, PostError> {
-        let mut mask = self.upsample_threshold(logits, transform, threshold_logit)?;
+        let mask = self.upsample_threshold(logits, transform, threshold_logit)?;
+        self.clean(mask, cleanup)
+    }
+
+    /// The steps of `cleanup`, in its order, on a mask of 0 and 1.
+    ///
+    /// # Errors
+    /// [`PostError::Gpu`] on the GPU path.
+    fn clean(&self, mut mask: Array3<u8>, cleanup: &Cleanup) -> Result<Array3<u8>, PostError> {
         if let Some(c) = cleanup.keep_largest {
             mask = self.keep_largest(mask.view(), c)?;
         }
