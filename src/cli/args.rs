@@ -815,24 +815,21 @@ mod tests {
         assert_eq!(args.intensity(), IntensityMode::Window(WindowLevel::LUNG));
     }
 
+    /// `--cleanup STEPS` as `cosam ARGS... --cleanup STEPS` parses it (segment or eval).
+    fn cleanup_of(args: &[&str], steps: &str) -> Result<cosam::post::Cleanup, clap::Error> {
+        let mut argv = vec!["cosam"];
+        argv.extend(args);
+        argv.extend(["--cleanup", steps]);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Segment(args) => args.cleanup,
+            Command::Eval(args) => args.cleanup,
+            _ => panic!("not a command with --cleanup"),
+        })
+    }
+
     #[test]
     fn cleanup_flag_takes_named_steps_and_refuses_others() {
-        let parse = |steps: &str| {
-            Cli::try_parse_from([
-                "cosam",
-                "segment",
-                "-i",
-                "x.nii",
-                "-o",
-                "out",
-                "--cleanup",
-                steps,
-            ])
-            .map(|cli| match cli.command {
-                Command::Segment(args) => args.cleanup,
-                _ => panic!(),
-            })
-        };
+        let parse = |steps: &str| cleanup_of(&["segment", "-i", "x.nii", "-o", "out"], steps);
         let c = parse("largest, small:20,holes,open:2,close:3").unwrap();
         assert_eq!(
             c,
@@ -854,24 +851,8 @@ mod tests {
 
     #[test]
     fn eval_cleanup_takes_volume_steps_and_refuses_contradictions() {
-        let parse = |steps: &str| {
-            Cli::try_parse_from([
-                "cosam",
-                "eval",
-                "--dataset",
-                "d",
-                "--task",
-                "t",
-                "-o",
-                "out",
-                "--cleanup",
-                steps,
-            ])
-            .map(|cli| match cli.command {
-                Command::Eval(args) => args.cleanup,
-                _ => panic!(),
-            })
-        };
+        let eval = ["eval", "--dataset", "d", "--task", "t", "-o", "out"];
+        let parse = |steps: &str| cleanup_of(&eval, steps);
         use cosam::post::{Cleanup, Connectivity::Volumetric};
         let c = parse("small3d:50,largest3d").unwrap();
         assert_eq!(
