@@ -185,6 +185,15 @@ pub enum GpuError {
         /// The adapter's limit.
         limit: u64,
     },
+    /// The adapter's answers on the known-answer check run at open differ from the CPU
+    /// path's: its driver miscompiles a kernel, so its masks cannot be trusted.
+    #[error("{adapter} gives wrong results for {operation} on a known-answer check; use the CPU path or another driver (WGPU_BACKEND=vulkan)")]
+    WrongResults {
+        /// Adapter name and backend.
+        adapter: String,
+        /// The first operation that differed.
+        operation: &'static str,
+    },
     /// An earlier failure made the GPU context unusable.
     #[error("the GPU context is unusable after an earlier failure: {message}")]
     Unusable {

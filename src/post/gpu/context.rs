@@ -3,7 +3,7 @@
 //! of dispatches.
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use wgpu::util::DeviceExt;
 
@@ -62,6 +62,9 @@ pub(crate) struct GpuContext {
     pub(super) uncaptured: Arc<Mutex<Vec<String>>>,
     /// One batch at a time: error scopes and map waits are per submission.
     pub(super) lock: Mutex<()>,
+    /// The known-answer check's verdict once it has run: the first operation whose
+    /// answers differed from the CPU path's, or `None`.
+    pub(super) checked: OnceLock<Option<&'static str>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -173,6 +176,7 @@ impl GpuContext {
             pipelines,
             uncaptured,
             lock: Mutex::new(()),
+            checked: OnceLock::new(),
         })
     }
 

@@ -24,6 +24,7 @@ use crate::preprocess::{Transform, MODEL_SIZE};
 mod context;
 mod kernels;
 mod passes;
+mod probe;
 
 use context::{context, params, Dispatch, GpuContext};
 use kernels::Kernel;
@@ -39,16 +40,40 @@ pub struct GpuMaskOps {
 
 impl GpuMaskOps {
     /// Opens the process-wide GPU context (adapter, device, every pipeline) or reuses it.
+    /// The first open runs every kernel on a small fixed input and compares the answers
+    /// with the CPU path's.
     ///
     /// # Errors
     /// [`GpuError::NoAdapter`] without a usable Vulkan or GL adapter,
     /// [`GpuError::RequestDevice`] when the device will not open, [`GpuError::Shader`]
-    /// when a kernel does not build.
+    /// when a kernel does not build, [`GpuError::WrongResults`] when the adapter's answers
+    /// differ from the CPU path's.
     pub fn new() -> Result<GpuMaskOps, GpuError> {
-        Ok(GpuMaskOps {
+        let ops = GpuMaskOps {
             ctx: context()?,
             max_buffer: None,
-        })
+        };
+        let wrong = match ops.ctx.checked.get() {
+            Some(&wrong) => wrong,
+            None => {
+                let wrong = probe::check(&ops).map_err(|e| match e {
+                    PostError::Gpu(e) => e,
+                    other => GpuError::Unusable {
+                        message: format!("the known-answer check failed: {other}"),
+                    },
+                })?;
+                // two threads opening at once both check; either verdict is the same
+                let _ = ops.ctx.checked.set(wrong);
+                wrong
+            }
+        };
+        match wrong {
+            None => Ok(ops),
+            Some(operation) => Err(GpuError::WrongResults {
+                adapter: ops.ctx.description.clone(),
+                operation,
+            }),
+        }
     }
 
     /// True when the adapter is a software rasteriser (Mesa lavapipe or llvmpipe): it runs
