@@ -89,7 +89,7 @@ class TrainingSet:
     one or more `cosam export-training` folders. Slices are pooled per structure, per
     folder ("group") and by whether they hold the structure."""
 
-    def __init__(self, data_dirs, domains, negatives="all"):
+    def __init__(self, data_dirs, domains):
         embs, labels, scaled = [], [], []
         self.structures = None
         self.pools = {}
@@ -120,13 +120,8 @@ class TrainingSet:
                     if name not in case["labelled"]:
                         continue  # unknown in this case, not absent
                     pos, neg = self.pools.setdefault(s, {}).setdefault(group, ([], []))
-                    held = [bool((lab[i] == s + 1).any()) for i in range(lab.shape[0])]
-                    if negatives == "same-case" and not any(held):
-                        # a case whose slices never show the structure would teach "this
-                        # scanner has no such organ" (History 23), not where it ends
-                        continue
-                    for i, h in enumerate(held):
-                        (pos if h else neg).append(n + i)
+                    for i in range(lab.shape[0]):
+                        (pos if bool((lab[i] == s + 1).any()) else neg).append(n + i)
                 n += lab.shape[0]
                 self.domains.append(case["domain"])
                 if group not in self.groups:
@@ -378,7 +373,7 @@ def evaluate(dec, err, data, rounds=2, limit=160, threshold=0.5):
 
 # what must match for a checkpoint to continue a run
 RESUME_KEYS = ("task", "data", "extra_data", "hold_out", "steps", "batch", "lr", "lr_new",
-               "seed", "point_labels", "real_share", "precision", "negatives")
+               "seed", "point_labels", "real_share", "precision")
 
 
 def save_checkpoint(args, step, seconds, dec, err, opt, sched, rng, log, running):
@@ -424,10 +419,10 @@ def train(args):
     held_out = sorted(d for d in all_domains if any(
         d == h or d.startswith(h + "+") for h in args.hold_out))
     train_domains = [d for d in all_domains if d not in held_out]
-    data = TrainingSet(data_dirs, set(train_domains), args.negatives)
+    data = TrainingSet(data_dirs, set(train_domains))
     # validation: the held-out domains of the first folder (the real cases), not their
     # synthetic slabs
-    val = TrainingSet(data_dirs[:1], set(held_out), args.negatives) if held_out else None
+    val = TrainingSet(data_dirs[:1], set(held_out)) if held_out else None
     # heads.json lists the held-out domains of the first folder (the dataset's own, which
     # cosam eval tests); synthetic slabs of a held-out patient are left out all the same
     dataset_domains = {c["domain"] for c in json.load(open(os.path.join(data_dirs[0], "index.json")))["cases"]}
@@ -607,8 +602,7 @@ def export(args, dec, err, data, train_domains, held_out, log, summary):
             "lr_new": args.lr_new, "top_k": TOP_K, "flip_p": FLIP_P,
             "train_threshold": TRAIN_THRESHOLD,
             "guided_every": GUIDED_EVERY, "error2_every": ERROR2_EVERY,
-            "precision": PRECISION, "negatives": args.negatives,
-            "torch": torch.__version__, "loss_log": log,
+            "precision": PRECISION, "torch": torch.__version__, "loss_log": log,
             "dice_model_frame": summary,
             "onnx_parity_max_abs": worst,
         },
@@ -651,9 +645,6 @@ def main():
     p.add_argument("--point-labels", choices=["paper", "corrected"], default="paper",
                    help="label the loop's points as the paper (opposite of the mask where p > 0.5) "
                         "or by the corrected mask (the first recipe)")
-    p.add_argument("--negatives", choices=["all", "same-case"], default="all",
-                   help="slices lacking a structure that train its absence: all of them, or "
-                        "only those of cases where some slice holds it")
     p.add_argument("--log-every", type=int, default=10)
     args = p.parse_args()
     global POINT_LABELS, DEVICE, PRECISION
