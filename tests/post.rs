@@ -142,16 +142,11 @@ fn assert_same<T: PartialEq + std::fmt::Debug>(what: &str, cpu: &Array3<T>, gpu:
     }
 }
 
-/// `|gpu - cpu| <= FLOAT_TOLERANCE * max(1, |cpu|)`, with infinities equal.
+/// Every voxel agrees by [`post::floats_agree`] (the contract of `FLOAT_TOLERANCE`).
 fn assert_close(what: &str, cpu: &Array3<f32>, gpu: &Array3<f32>) {
     assert_eq!(cpu.dim(), gpu.dim(), "{what}: shape");
     for ((i, &a), &b) in cpu.indexed_iter().zip(gpu.iter()) {
-        let ok = if a.is_infinite() || b.is_infinite() {
-            a == b
-        } else {
-            (a - b).abs() <= FLOAT_TOLERANCE * a.abs().max(1.0)
-        };
-        assert!(ok, "{what}: at {i:?} cpu {a} gpu {b}");
+        assert!(post::floats_agree(a, b), "{what}: at {i:?} cpu {a} gpu {b}");
     }
 }
 

@@ -56,6 +56,15 @@ pub const BACKGROUND_LOGIT: f32 = -1e4;
 /// changes the last bit or two of an f32.
 pub const FLOAT_TOLERANCE: f32 = 1e-5;
 
+/// Whether a GPU float output agrees with the CPU path's under [`FLOAT_TOLERANCE`]: equal
+/// (infinities only to themselves), or `|gpu - cpu| <= FLOAT_TOLERANCE * max(1, |cpu|)`.
+pub fn floats_agree(cpu: f32, gpu: f32) -> bool {
+    cpu == gpu
+        || (cpu.is_finite()
+            && gpu.is_finite()
+            && (gpu - cpu).abs() <= FLOAT_TOLERANCE * cpu.abs().max(1.0))
+}
+
 /// Crops `logits` (256x256, model frame) to the slice, resizes them to the source grid
 /// and thresholds at `threshold_logit`.
 ///

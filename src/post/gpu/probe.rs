@@ -7,7 +7,7 @@
 use ndarray::Array3;
 
 use super::super::cpu::CpuMaskOps;
-use super::super::{Border, Connectivity, MaskOps, Peak, PostError, FLOAT_TOLERANCE};
+use super::super::{floats_agree, Border, Connectivity, MaskOps, Peak, PostError};
 use crate::io::Spacing;
 use crate::preprocess::{Transform, MODEL_SIZE};
 
@@ -84,25 +84,23 @@ pub(super) fn answers(ops: &dyn MaskOps) -> Result<Vec<(&'static str, Answer)>, 
 }
 
 /// The first operation whose answers differ: masks, labels and peak positions exactly,
-/// values within [`FLOAT_TOLERANCE`] (relative), as the agreement tests demand.
+/// values by [`floats_agree`], as the agreement tests demand.
 pub(super) fn first_difference(
     found: &[(&'static str, Answer)],
     expected: &[(&'static str, Answer)],
 ) -> Option<&'static str> {
-    let close =
-        |a: f32, b: f32| a == b || (a - b).abs() <= FLOAT_TOLERANCE * a.abs().max(b.abs()).max(1.0);
     found
         .iter()
         .zip(expected)
         .find(|((_, a), (_, b))| match (a, b) {
             (Answer::Values(a), Answer::Values(b)) => {
-                a.dim() != b.dim() || a.iter().zip(b).any(|(&x, &y)| !close(x, y))
+                a.dim() != b.dim() || a.iter().zip(b).any(|(&x, &y)| !floats_agree(y, x))
             }
             (Answer::Peaks(a), Answer::Peaks(b)) => {
                 a.len() != b.len()
                     || a.iter().zip(b).any(|(x, y)| {
                         (x.slice, x.row, x.column) != (y.slice, y.row, y.column)
-                            || !close(x.value, y.value)
+                            || !floats_agree(y.value, x.value)
                     })
             }
             (a, b) => a != b,
@@ -119,6 +117,7 @@ pub(super) fn check(gpu: &dyn MaskOps) -> Result<Option<&'static str>, PostError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::post::FLOAT_TOLERANCE;
 
     #[test]
     fn a_changed_answer_is_named() {
