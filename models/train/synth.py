@@ -65,11 +65,10 @@ def split_by_intensity(gen, region, image, k, base):
 
 
 def dicom_in_grid(series_dir, ref):
-    """A DICOM series resampled (nearest voxel) onto a NIfTI's grid, or None."""
-    try:
-        import pydicom
-    except ImportError:
-        return None
+    """A DICOM series resampled (nearest voxel) onto a NIfTI's grid."""
+    # pydicom decodes the series' JPEG 2000 through Pillow; without it the case would lose
+    # its `real` slabs and its intensity clusters unnoticed (sessions 7-17 did)
+    import pydicom
     slices = []
     for name in sorted(os.listdir(series_dir)):
         d = pydicom.dcmread(os.path.join(series_dir, name))
