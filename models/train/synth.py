@@ -68,7 +68,11 @@ def dicom_in_grid(series_dir, ref):
     """A DICOM series resampled (nearest voxel) onto a NIfTI's grid."""
     # pydicom decodes the series' JPEG 2000 through Pillow; without it the case would lose
     # its `real` slabs and its intensity clusters unnoticed (sessions 7-17 did)
-    import pydicom
+    try:
+        import pydicom
+    except ImportError:
+        raise SystemExit(f"{series_dir}: a DICOM series needs pydicom "
+                         "(pip install -r models/train/requirements.txt)")
     slices = []
     for name in sorted(os.listdir(series_dir)):
         d = pydicom.dcmread(os.path.join(series_dir, name))
