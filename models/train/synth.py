@@ -67,7 +67,7 @@ def split_by_intensity(gen, region, image, k, base):
 def dicom_in_grid(series_dir, ref):
     """A DICOM series resampled (nearest voxel) onto a NIfTI's grid."""
     # pydicom decodes the series' JPEG 2000 through Pillow; without it the case would lose
-    # its `real` slabs and its intensity clusters unnoticed (sessions 7-17 did)
+    # its `real` slabs and its intensity clusters unnoticed (the slabs before session 17 did)
     try:
         import pydicom
     except ImportError:
