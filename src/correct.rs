@@ -98,6 +98,11 @@ pub struct CorrectOptions {
     /// three abdominal cases for a mean gain within 0.006 of the rule's
     /// (docs/results.md, "A loop that does not make a mask worse").
     pub stop_early: bool,
+    /// With the stop rule: a slice whose coarse mask gets no predicted error (a silent
+    /// error head: its count cannot fall, so the rule alone would keep the coarse mask)
+    /// runs rounds while the head stays silent and returns the last such mask, as CoSAM's
+    /// fixed T would; a round the head finds errors in ends the loop and is not taken.
+    pub silent_rounds: bool,
     /// Return the corrected mask of round 1 (coarse XOR error) without re-prompting: the
     /// `corrected` ablation.
     pub correction_only: bool,
@@ -136,6 +141,7 @@ impl Default for CorrectOptions {
             max_rounds: 4,
             error_threshold: 0.5,
             stop_early: true,
+            silent_rounds: false,
             correction_only: false,
             refine: Refine::Task,
             keep_rounds: false,
@@ -169,6 +175,12 @@ impl CorrectOptions {
     /// Whether to stop when the predicted error count stops decreasing.
     pub fn with_stop_early(mut self, stop: bool) -> Self {
         self.stop_early = stop;
+        self
+    }
+
+    /// Whether the stop rule runs rounds on slices whose coarse mask has no predicted error.
+    pub fn with_silent_rounds(mut self, run: bool) -> Self {
+        self.silent_rounds = run;
         self
     }
 
@@ -385,13 +397,14 @@ pub fn correct_slice(
         trace[last].error_px = Some(error_px);
         trace[last].seconds += seconds;
         pending_check = false;
-        if options.stop_early
-            && last > 0
-            && trace[last - 1]
+        if options.stop_early && last > 0 {
+            let silent = options.silent_rounds && trace[0].error_px == Some(0);
+            let no_gain = trace[last - 1]
                 .error_px
-                .is_some_and(|before| error_px >= before)
-        {
-            break;
+                .is_some_and(|before| error_px >= before);
+            if (silent && error_px > 0) || (!silent && no_gain) {
+                break;
+            }
         }
         let started = Instant::now();
         let corrected = &mask ^ &wrong;
@@ -497,7 +510,12 @@ pub fn correct_slice(
         .iter()
         .map(|r| r.error_px.unwrap_or(usize::MAX))
         .collect();
-    let chosen = chosen_round(&counts, options.max_rounds, options.stop_early);
+    let chosen = chosen_round(
+        &counts,
+        options.max_rounds,
+        options.stop_early,
+        options.silent_rounds,
+    );
     let (logits, maps) = take_chosen(maps, chosen, keep_rounds);
     Ok(SliceCorrection {
         logits,
@@ -526,11 +544,24 @@ fn take_chosen(
 /// lower the count (that round is still checked); then, among the rounds run and at most
 /// `max_rounds`, the one with the fewest predicted errors, the earliest on ties (the stop
 /// rule keeps the mask before a round that did not help). Without it, the last round
-/// made, at most `max_rounds`.
-pub fn chosen_round(error_px: &[usize], max_rounds: usize, stop_early: bool) -> usize {
+/// made, at most `max_rounds`. With `silent_rounds` and a coarse count of 0, the stop
+/// rule takes the last round of the leading run of masks with no predicted error instead
+/// ([`CorrectOptions::silent_rounds`]).
+pub fn chosen_round(
+    error_px: &[usize],
+    max_rounds: usize,
+    stop_early: bool,
+    silent_rounds: bool,
+) -> usize {
     let mut last = error_px.len().min(max_rounds + 1).saturating_sub(1);
     if !stop_early {
         return last;
+    }
+    if silent_rounds && error_px.first() == Some(&0) {
+        return (1..=last)
+            .take_while(|&t| error_px[t] == 0)
+            .last()
+            .unwrap_or(0);
     }
     if let Some(t) = (1..=last).find(|&t| error_px[t] >= error_px[t - 1]) {
         last = t;
@@ -653,17 +684,34 @@ mod tests {
     #[test]
     fn stop_rule_keeps_the_mask_before_a_round_that_did_not_help() {
         // 100 -> 60 -> 70: stop at round 2, keep round 1
-        assert_eq!(chosen_round(&[100, 60, 70, 10], 4, true), 1);
+        assert_eq!(chosen_round(&[100, 60, 70, 10], 4, true, false), 1);
         // without early stopping the last round made is returned, whatever its count
-        assert_eq!(chosen_round(&[100, 60, 70, 10], 4, false), 3);
-        assert_eq!(chosen_round(&[100, 60, 70, 80], 4, false), 3);
-        assert_eq!(chosen_round(&[100, 60, 70, 80], 2, false), 2);
+        assert_eq!(chosen_round(&[100, 60, 70, 10], 4, false, false), 3);
+        assert_eq!(chosen_round(&[100, 60, 70, 80], 4, false, false), 3);
+        assert_eq!(chosen_round(&[100, 60, 70, 80], 2, false, false), 2);
         // T limits the rounds considered
-        assert_eq!(chosen_round(&[100, 60, 50, 10], 2, true), 2);
-        assert_eq!(chosen_round(&[100, 60, 50, 10], 0, true), 0);
+        assert_eq!(chosen_round(&[100, 60, 50, 10], 2, true, false), 2);
+        assert_eq!(chosen_round(&[100, 60, 50, 10], 0, true, false), 0);
         // ties keep the earlier mask
-        assert_eq!(chosen_round(&[100, 100], 4, true), 0);
-        assert_eq!(chosen_round(&[100], 4, true), 0);
+        assert_eq!(chosen_round(&[100, 100], 4, true, false), 0);
+        assert_eq!(chosen_round(&[100], 4, true, false), 0);
+    }
+
+    #[test]
+    fn silent_rounds_follow_the_head_while_it_predicts_nothing() {
+        // silent on the coarse mask and rounds 1-2, speaks on round 3: keep round 2
+        assert_eq!(chosen_round(&[0, 0, 0, 5, 0], 4, true, true), 2);
+        assert_eq!(chosen_round(&[0, 0, 0, 5, 0], 4, true, false), 0);
+        // silent throughout: the last round within T, as the fixed T
+        assert_eq!(chosen_round(&[0, 0, 0, 0, 0], 4, true, true), 4);
+        assert_eq!(chosen_round(&[0, 0, 0, 0, 0], 2, true, true), 2);
+        // speaks on round 1: the coarse mask
+        assert_eq!(chosen_round(&[0, 7], 4, true, true), 0);
+        // a head that speaks on the coarse mask gets the stop rule
+        assert_eq!(chosen_round(&[100, 60, 70, 10], 4, true, true), 1);
+        assert_eq!(chosen_round(&[100, 0, 0], 4, true, true), 1);
+        // slices with no rounds (no count) keep the coarse mask
+        assert_eq!(chosen_round(&[usize::MAX], 4, true, true), 0);
     }
 
     #[test]

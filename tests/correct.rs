@@ -139,7 +139,10 @@ fn loop_on_a_real_slice_follows_the_stop_rule() {
     assert!(run.trace.len() >= 2 && run.trace.len() <= options.max_rounds + 1);
     assert!(run.trace.iter().all(|r| r.error_px.is_some()));
     let counts: Vec<usize> = run.trace.iter().map(|r| r.error_px.unwrap()).collect();
-    assert_eq!(run.chosen, chosen_round(&counts, options.max_rounds, true));
+    assert_eq!(
+        run.chosen,
+        chosen_round(&counts, options.max_rounds, true, false)
+    );
     assert_eq!(counts[run.chosen], *counts.iter().min().unwrap());
 
     let (full, _) = correct_demo_liver(
@@ -158,7 +161,7 @@ fn loop_on_a_real_slice_follows_the_stop_rule() {
         &counts[..],
         "rounds are deterministic"
     );
-    let picked = chosen_round(&full_counts, options.max_rounds, true);
+    let picked = chosen_round(&full_counts, options.max_rounds, true, false);
     assert_eq!(picked, run.chosen);
     assert_eq!(full.maps[picked], run.logits);
 
@@ -170,6 +173,39 @@ fn loop_on_a_real_slice_follows_the_stop_rule() {
         counts, run.chosen
     );
     assert!(d > 0.5, "Dice {d}");
+}
+
+/// A head made silent (an error threshold no pixel reaches) gives the stop rule no
+/// evidence: alone it keeps the coarse mask, with `silent_rounds` it runs the rounds as the
+/// fixed T does, and the loop that stops picks what `chosen_round` picks from a full run.
+#[test]
+fn silent_rounds_run_while_the_error_head_predicts_nothing() {
+    let silent = CorrectOptions::default().with_error_threshold(1.0);
+    let (strict, _) = correct_demo_liver(segmenter(), &silent);
+    assert_eq!(strict.trace[0].error_px, Some(0), "the head is silent");
+    assert_eq!(
+        strict.chosen, 0,
+        "the stop rule alone keeps the coarse mask"
+    );
+
+    let options = silent.with_silent_rounds(true);
+    let (run, _) = correct_demo_liver(segmenter(), &options);
+    let counts: Vec<usize> = run.trace.iter().map(|r| r.error_px.unwrap()).collect();
+    assert!(counts.iter().all(|&c| c == 0), "{counts:?}");
+    assert_eq!(run.chosen, run.trace.len() - 1);
+    assert!(run.chosen >= 1, "at least one round is taken");
+
+    // converged fraction 0: the fixed T then stops only where the stopping loop does
+    let (full, _) = correct_demo_liver(
+        segmenter(),
+        &options
+            .with_stop_early(false)
+            .with_keep_rounds(true)
+            .with_converged_fraction(0.0),
+    );
+    let full_counts: Vec<usize> = full.trace.iter().map(|r| r.error_px.unwrap()).collect();
+    let picked = chosen_round(&full_counts, options.max_rounds, true, true);
+    assert_eq!(full.maps[picked], run.logits);
 }
 
 /// The heads were trained on fp32 embeddings; with the int8 encoder's embeddings the loop

@@ -57,7 +57,8 @@ def slice_rounds(h, e, s, rows, cols, threshold, label_threshold):
         p = h.error_prob(e, s, mask, rows, cols)
         flagged = p > threshold
         out.append({"mask": mask, "iou_head": iou, "stability": hi / lo if lo else 1.0,
-                    "error_px": int(flagged.sum()), "area": int(mask.sum())})
+                    "error_px": int(flagged.sum()), "area": int(mask.sum()),
+                    "peak": float(logits[:rows, :cols].max())})
         if r == ROUNDS:
             break
         corrected = mask ^ flagged
@@ -71,6 +72,17 @@ def slice_rounds(h, e, s, rows, cols, threshold, label_threshold):
         logits, iou = decode(h, e, s, coords[None].astype(np.float32),
                              labels[None].astype(np.float32), corrected)
     return out
+
+
+def slice_records(per_slice, gt):
+    """Per slice, the true area and, per round, what a per-slice rule may look at and the
+    mask's overlap with the truth, so that any per-slice choice of round can be scored."""
+    return [{"truth": int(g.sum()),
+             "rounds": [{"area": x["area"], "overlap": int((x["mask"] & g).sum()),
+                         "error_px": x["error_px"], "iou_head": float(x["iou_head"]),
+                         "stability": float(x["stability"]), "peak": x["peak"]}
+                        for x in rounds]}
+            for rounds, g in zip(per_slice, gt)]
 
 
 def dice(a, b):
@@ -107,9 +119,14 @@ def main():
     ap.add_argument("--json", help="also write the per-volume rows here")
     ap.add_argument("--from-json", help="report the rows of an earlier --json instead of "
                     "running the loop")
+    ap.add_argument("--domains", help="score these domains (comma-separated) instead of "
+                    "each head set's held-out ones, e.g. the shipped heads' own")
     a = ap.parse_args()
     if a.from_json:
-        report(json.load(open(a.from_json)))
+        rows = json.load(open(a.from_json))
+        report(rows)
+        if all("slices" in r for r in rows):
+            report_rules(rows)
         return
     if not a.heads:
         ap.error("give head folders, or --from-json")
@@ -118,7 +135,8 @@ def main():
         heads = json.load(open(os.path.join(heads_dir, "heads.json")))
         h = Heads(heads_dir)
         data_dir = os.path.join(HERE, "data", heads["task"])
-        for domain, meta, emb, lab, s, name in structures(data_dir, heads["held_out_domains"]):
+        domains = a.domains.split(",") if a.domains else heads["held_out_domains"]
+        for domain, meta, emb, lab, s, name in structures(data_dir, domains):
             gt = lab == s + 1
             if not gt.any():
                 continue
@@ -130,7 +148,8 @@ def main():
                                               heads.get("point_label_threshold")))
             per = volume_signals(per_slice)
             row = {"heads": heads_dir, "domain": domain, "structure": name,
-                   "dice": [float(dice(np.stack(p["masks"]), gt)) for p in per]}
+                   "dice": [float(dice(np.stack(p["masks"]), gt)) for p in per],
+                   "slices": slice_records(per_slice, gt)}
             for k in SIGNALS:
                 row[k] = [float(p[k]) for p in per]
             rows.append(row)
@@ -139,6 +158,76 @@ def main():
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
     report(rows)
+    if all("slices" in r for r in rows):
+        report_rules(rows)
+
+
+def stop_rule(counts):
+    """`correct::chosen_round` with `stop_early`: run until a round does not lower the
+    predicted error count, keep the mask with the fewest (the earliest on ties)."""
+    last = next((t for t in range(1, len(counts)) if counts[t] >= counts[t - 1]),
+                len(counts) - 1)
+    return min(range(last + 1), key=lambda i: counts[i])
+
+
+def silent_run(counts):
+    """The last round of the leading run of masks with no predicted error."""
+    t = 0
+    while t + 1 < len(counts) and counts[t + 1] == 0:
+        t += 1
+    return t
+
+
+# A silent head (no predicted error on the coarse mask) gives the stop rule no evidence: its
+# count cannot fall, so the rule keeps the coarse mask. Each variant below acts only then.
+RULES = {
+    "coarse": lambda r, c: 0,
+    "fixed 1": lambda r, c: 1,
+    f"fixed {ROUNDS}": lambda r, c: ROUNDS,
+    "stop rule": lambda r, c: stop_rule(c),
+    "stop; silent: 1 round": lambda r, c: 1 if c[0] == 0 else stop_rule(c),
+    "stop; silent: rounds while silent": lambda r, c: silent_run(c) if c[0] == 0
+    else stop_rule(c),
+    "stop; silent: stability": lambda r, c: max(range(len(r)), key=lambda t: r[t]["stability"])
+    if c[0] == 0 else stop_rule(c),
+}
+ABSENT_LOGIT = -2.0  # correct::DEFAULT_ABSENT_LOGIT: such slices get no rounds
+
+
+def rule_dice(row, rule):
+    overlap = area = truth = 0
+    for sl in row["slices"]:
+        r = sl["rounds"]
+        absent = r[0]["area"] == 0 and r[0]["peak"] < ABSENT_LOGIT
+        t = 0 if absent else rule(r, [x["error_px"] for x in r])
+        overlap += r[t]["overlap"]
+        area += r[t]["area"]
+        truth += sl["truth"]
+    return 2 * overlap / (area + truth) if area + truth else 1.0
+
+
+def report_rules(rows):
+    """Per-slice rules scored as volume Dice, per fold, against the coarse mask."""
+    folds = sorted({r["heads"] for r in rows})
+    print("\nRules per slice: mean volume Dice (gain over coarse; worst row's gain)")
+    print("| rule | " + " | ".join(f"{os.path.basename(f)} ({sum(r['heads'] == f for r in rows)})"
+                                   for f in folds) + " | all |")
+    print("|---|" + "---|" * (len(folds) + 1))
+    coarse = {id(r): rule_dice(r, RULES["coarse"]) for r in rows}
+    for name, rule in RULES.items():
+        cells = []
+        for group in [[r for r in rows if r["heads"] == f] for f in folds] + [rows]:
+            got = [rule_dice(r, rule) for r in group]
+            gain = [g - coarse[id(r)] for g, r in zip(got, group)]
+            cells.append(f"{np.mean(got):.3f} ({np.mean(gain):+.3f}; {min(gain):+.3f})")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    silent = [[sl["rounds"][0]["error_px"] == 0 for sl in r["slices"]
+               if sl["rounds"][0]["area"] > 0 or sl["rounds"][0]["peak"] >= ABSENT_LOGIT]
+              for r in rows]
+    print("\nSlices given rounds whose coarse mask has no predicted error, per fold: " +
+          ", ".join(f"{os.path.basename(f)} {sum(sum(s) for s, r in zip(silent, rows) if r['heads'] == f)}"
+                    f"/{sum(len(s) for s, r in zip(silent, rows) if r['heads'] == f)}"
+                    for f in folds))
 
 
 def concordance(rows, k):

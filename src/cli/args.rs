@@ -516,8 +516,9 @@ pub struct EvalArgs {
     pub task: String,
     /// Methods, comma-separated: full-box, gt-box, gt-box:JITTER_PX, gt-box-3d, and with
     /// CoSAM heads coarse, corrected, cosam-fixed:T (exactly T rounds, as `segment
-    /// --fixed-rounds` runs) and cosam:T (at most T rounds, with the stop rule, as `segment`
-    /// runs by default; cosam = cosam:4).
+    /// --fixed-rounds` runs), cosam:T (at most T rounds, with the stop rule, as `segment`
+    /// runs by default; cosam = cosam:4) and cosam-silent:T (the stop rule, but rounds run
+    /// on while the error head predicts no error on a slice from its coarse mask on).
     #[arg(
         long,
         value_delimiter = ',',

@@ -16,6 +16,9 @@
 //!   the early stop rule (what `cosam segment` returns by default).
 //! - `cosam-fixed:T`: the loop's mask after exactly T rounds, no stop rule
 //!   (`cosam segment --fixed-rounds`).
+//! - `cosam-silent:T`: the stop rule, except that a slice whose coarse mask gets no
+//!   predicted error runs rounds while the error head stays silent
+//!   ([`crate::correct::CorrectOptions::silent_rounds`]).
 //!
 //! The prompt-free methods need CoSAM heads; all of them are read off one run of the loop
 //! per slice (every round kept, no early stop), which gives exactly what each would
@@ -58,6 +61,8 @@ pub enum Method {
         rounds: u32,
         /// Whether the stop rule picks the round ([`chosen_round`]).
         stop_early: bool,
+        /// Whether the stop rule runs rounds while the error head is silent.
+        silent_rounds: bool,
     },
 }
 
@@ -77,10 +82,17 @@ impl Method {
             Method::Cosam {
                 rounds,
                 stop_early: true,
+                silent_rounds: false,
             } => format!("cosam:{rounds}"),
             Method::Cosam {
                 rounds,
+                stop_early: true,
+                silent_rounds: true,
+            } => format!("cosam-silent:{rounds}"),
+            Method::Cosam {
+                rounds,
                 stop_early: false,
+                ..
             } => format!("cosam-fixed:{rounds}"),
         }
     }
@@ -110,6 +122,7 @@ pub const METHOD_NAMES: &[&str] = &[
     "corrected",
     "cosam:T",
     "cosam-fixed:T",
+    "cosam-silent:T",
 ];
 
 /// The T of `cosam:T` / `cosam-fixed:T` (`name` is the whole method, for the message).
@@ -133,6 +146,7 @@ impl FromStr for Method {
             "cosam" => Ok(Method::Cosam {
                 rounds: COSAM_DEFAULT_ROUNDS,
                 stop_early: true,
+                silent_rounds: false,
             }),
             other => {
                 let unknown = || {
@@ -149,11 +163,19 @@ impl FromStr for Method {
                     parse_rounds(other, t).map(|rounds| Method::Cosam {
                         rounds,
                         stop_early: true,
+                        silent_rounds: false,
                     })
                 } else if let Some(t) = other.strip_prefix("cosam-fixed:") {
                     parse_rounds(other, t).map(|rounds| Method::Cosam {
                         rounds,
                         stop_early: false,
+                        silent_rounds: false,
+                    })
+                } else if let Some(t) = other.strip_prefix("cosam-silent:") {
+                    parse_rounds(other, t).map(|rounds| Method::Cosam {
+                        rounds,
+                        stop_early: true,
+                        silent_rounds: true,
                     })
                 } else {
                     Err(unknown())
@@ -287,9 +309,16 @@ fn prompt_free_map(method: Method, c: &SliceCorrection) -> Option<(Option<usize>
             Some(m) => Some((None, m.mapv(|v| if v != 0 { 1.0 } else { -1.0 }))),
             None => round(0),
         },
-        Method::Cosam { rounds, stop_early } => {
-            round(chosen_round(&counts, rounds as usize, stop_early))
-        }
+        Method::Cosam {
+            rounds,
+            stop_early,
+            silent_rounds,
+        } => round(chosen_round(
+            &counts,
+            rounds as usize,
+            stop_early,
+            silent_rounds,
+        )),
         _ => None,
     }
 }
@@ -418,6 +447,8 @@ mod tests {
             "coarse",
             "corrected",
             "cosam:2",
+            "cosam-fixed:3",
+            "cosam-silent:4",
         ] {
             assert_eq!(name.parse::<Method>().unwrap().name(), name);
         }
@@ -431,7 +462,8 @@ mod tests {
             "cosam-fixed:3".parse::<Method>().unwrap(),
             Method::Cosam {
                 rounds: 3,
-                stop_early: false
+                stop_early: false,
+                silent_rounds: false,
             }
         );
         assert!("cosam-fixed:17".parse::<Method>().is_err());
