@@ -125,7 +125,8 @@ pub const METHOD_NAMES: &[&str] = &[
     "cosam-silent:T",
 ];
 
-/// The T of `cosam:T` / `cosam-fixed:T` (`name` is the whole method, for the message).
+/// The T of `cosam:T`, `cosam-fixed:T` and `cosam-silent:T` (`name` is the whole method,
+/// for the message).
 fn parse_rounds(name: &str, t: &str) -> std::result::Result<u32, String> {
     match t.parse::<u32>() {
         Ok(rounds @ 1..=16) => Ok(rounds),
