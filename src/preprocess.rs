@@ -59,17 +59,36 @@ pub enum IntensityMode {
 }
 
 /// Options of [`prepare_slice`].
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct PreprocessOptions {
     /// Intensity mapping (step 1).
     pub intensity: IntensityMode,
+    /// A gamma curve after step 1 (`255 * (v / 255)^gamma`); 1, the default, leaves the
+    /// intensities as mapped. For test-time augmentation: how much a mask changes when
+    /// the contrast does is a signal that needs no reference (issue 14).
+    pub gamma: f32,
+}
+
+impl Default for PreprocessOptions {
+    fn default() -> Self {
+        PreprocessOptions {
+            intensity: IntensityMode::Auto,
+            gamma: 1.0,
+        }
+    }
 }
 
 impl PreprocessOptions {
     /// Options with an intensity mapping.
     pub fn with_intensity(mut self, intensity: IntensityMode) -> Self {
         self.intensity = intensity;
+        self
+    }
+
+    /// Options with a gamma curve after the intensity mapping ([`Self::gamma`]).
+    pub fn with_gamma(mut self, gamma: f32) -> Self {
+        self.gamma = gamma;
         self
     }
 }
@@ -81,6 +100,7 @@ pub struct IntensityMap {
     high: f32,
     keep_zero: bool,
     identity: bool,
+    gamma: f32,
 }
 
 impl IntensityMap {
@@ -119,6 +139,7 @@ impl IntensityMap {
                     high,
                     keep_zero: false,
                     identity: false,
+                    gamma: 1.0,
                 }
             }
             IntensityMode::Percentile => {
@@ -136,6 +157,7 @@ impl IntensityMap {
                     high: if high > low { high } else { max },
                     keep_zero: true,
                     identity: false,
+                    gamma: 1.0,
                 }
             }
             IntensityMode::MinMax | IntensityMode::Auto => IntensityMap {
@@ -143,17 +165,33 @@ impl IntensityMap {
                 high: max,
                 keep_zero: false,
                 identity: true,
+                gamma: 1.0,
             },
         })
+    }
+
+    /// The same mapping followed by a gamma curve, `255 * (v / 255)^gamma`
+    /// ([`PreprocessOptions::gamma`]).
+    pub fn with_gamma(mut self, gamma: f32) -> Self {
+        self.gamma = gamma;
+        self
     }
 
     /// Maps one voxel value to 0..255.
     #[inline]
     pub fn apply(&self, v: f32) -> f32 {
-        if self.identity || (self.keep_zero && v == 0.0) {
-            return if self.identity { v } else { 0.0 };
+        let mapped = if self.identity {
+            v
+        } else if self.keep_zero && v == 0.0 {
+            0.0
+        } else {
+            (v.clamp(self.low, self.high) - self.low) / (self.high - self.low) * 255.0
+        };
+        if self.gamma == 1.0 {
+            mapped
+        } else {
+            255.0 * (mapped / 255.0).clamp(0.0, 1.0).powf(self.gamma)
         }
-        (v.clamp(self.low, self.high) - self.low) / (self.high - self.low) * 255.0
     }
 }
 
@@ -469,6 +507,20 @@ mod tests {
         let m = IntensityMap::for_volume(&v, IntensityMode::Auto).unwrap();
         let out: Vec<f32> = v.voxels().iter().map(|&x| m.apply(x)).collect();
         assert_eq!(out, vec![0.0, 0.0, 127.5, 255.0, 255.0]);
+    }
+
+    #[test]
+    fn gamma_bends_the_mapped_range_and_keeps_its_ends() {
+        let v = volume(
+            ndarray::arr2(&[[-1000.0, -160.0, 40.0, 240.0, 3000.0]]),
+            Modality::Ct,
+        );
+        let plain = IntensityMap::for_volume(&v, IntensityMode::Auto).unwrap();
+        let bent = plain.with_gamma(2.0);
+        let out: Vec<f32> = v.voxels().iter().map(|&x| bent.apply(x)).collect();
+        // mid-window 127.5 -> 255 * 0.5^2
+        assert_eq!(out, vec![0.0, 0.0, 63.75, 255.0, 255.0]);
+        assert_eq!(plain.with_gamma(1.0), plain);
     }
 
     #[test]

@@ -186,6 +186,43 @@ fn int8_encoder_reaches_the_floors_and_agrees_with_fp32() {
     }
 }
 
+/// A gamma curve after the intensity mapping (`export-training --gamma`, test-time
+/// augmentation studies) reaches the encoder: the embedding changes, the intensity map is
+/// the plain one bent, and a box still finds the same liver.
+#[test]
+fn gamma_changes_what_the_encoder_sees_and_not_the_anatomy() {
+    use cosam::{ModelConfig, PreprocessOptions, SegmenterOptions};
+    let bent = Segmenter::new(
+        SegmenterOptions::default()
+            .with_model(ModelConfig::lite_medsam().with_encoder(EncoderPrecision::Fp32))
+            .with_preprocess(PreprocessOptions::default().with_gamma(1.5)),
+    )
+    .unwrap();
+    let volume = cosam::io::read(&demo("mr_abdomen.png")).unwrap();
+    assert_eq!(
+        bent.intensity_map(&volume).unwrap(),
+        segmenter().intensity_map(&volume).unwrap().with_gamma(1.5)
+    );
+    let (plain_slice, bent_slice) = (
+        segmenter().embed_slice(&volume, 0).unwrap(),
+        bent.embed_slice(&volume, 0).unwrap(),
+    );
+    let (a, b) = (
+        plain_slice.embedding().unwrap().tensor(),
+        bent_slice.embedding().unwrap().tensor(),
+    );
+    let change = (a - b).mapv(f32::abs).mean().unwrap() / a.mapv(f32::abs).mean().unwrap();
+    assert!(change > 0.01, "relative embedding change {change}");
+    let prompts = Prompts::from_box(BoxXyxy::new(10.0, 15.0, 62.0, 74.0).unwrap());
+    let plain_mask = segmenter()
+        .predict(&plain_slice, &prompts, None)
+        .unwrap()
+        .mask;
+    let bent_mask = bent.predict(&bent_slice, &prompts, None).unwrap().mask;
+    let dice = cosam::metrics::dice(&plain_mask.0, &bent_mask.0).unwrap();
+    assert!(dice > 0.8, "box-prompted Dice between contrasts {dice}");
+}
+
 /// `--cleanup` in the library: the segmenter's masks are its plain masks cleaned up in
 /// the documented order (largest component, then hole filling), and a volumetric step is
 /// refused at setup, since masks are post-processed in chunks of slices.

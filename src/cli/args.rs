@@ -391,6 +391,13 @@ fn parse_probability(s: &str) -> Result<f32, String> {
     }
 }
 
+fn parse_gamma(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(g) if (0.1..=10.0).contains(&g) => Ok(g),
+        _ => Err(format!("'{s}' is not a gamma between 0.1 and 10")),
+    }
+}
+
 impl SegmentArgs {
     /// The readers' budget from --max-voxels and --max-memory-mb.
     pub fn limits(&self) -> cosam::io::Limits {
@@ -595,6 +602,11 @@ pub struct ExportTrainingArgs {
     /// structure" (models/train/README.md, History 20).
     #[arg(long)]
     pub absent_labels: bool,
+    /// Bend the mapped intensities by a gamma curve, 255 * (v / 255)^G, before the
+    /// encoder: exports the same slices under a contrast change, for test-time augmentation
+    /// studies (models/train/signals.py --tta). 1 leaves them as mapped.
+    #[arg(long, value_name = "G", default_value_t = 1.0, value_parser = parse_gamma)]
+    pub gamma: f32,
     /// Models and runtime; the encoder is fp32 unless --encoder names one, so that training
     /// data does not depend on the CPU that exported it.
     #[command(flatten)]

@@ -5,7 +5,7 @@ use cosam::eval::{case_dir, export_case, Dataset};
 use cosam::io::Limits;
 use cosam::model::EncoderPrecision;
 use cosam::pipeline::EmbeddingCache;
-use cosam::Segmenter;
+use cosam::{PreprocessOptions, Segmenter};
 
 use super::args::{EncoderArg, ExportTrainingArgs};
 use super::open_cache;
@@ -32,7 +32,8 @@ pub fn run(args: &ExportTrainingArgs) -> anyhow::Result<bool> {
     structures.dedup();
     let options = args
         .model
-        .segmenter_options_or(EncoderArg::Fixed(EncoderPrecision::Fp32));
+        .segmenter_options_or(EncoderArg::Fixed(EncoderPrecision::Fp32))
+        .with_preprocess(PreprocessOptions::default().with_gamma(args.gamma));
     let segmenter = Segmenter::new(options).context("cannot load the model")?;
     let cache = open_cache(args.cache.as_deref(), args.no_cache, CACHE_BYTES)?;
     let mut written = Vec::new();
@@ -67,7 +68,7 @@ pub fn run(args: &ExportTrainingArgs) -> anyhow::Result<bool> {
         }
     }
     let index = serde_json::json!({ "task": args.task, "structures": structures,
-        "model_frame": cosam::io::FRAME_VERSION, "cases": written });
+        "model_frame": cosam::io::FRAME_VERSION, "gamma": args.gamma, "cases": written });
     cosam::io::write_bytes(
         &args.output.join("index.json"),
         &serde_json::to_vec_pretty(&index)?,

@@ -281,10 +281,8 @@ impl Segmenter {
     /// # Errors
     /// [`crate::preprocess::PreprocessError::ConstantImage`] for a constant volume.
     pub fn intensity_map(&self, volume: &Volume) -> Result<IntensityMap> {
-        Ok(IntensityMap::for_volume(
-            volume,
-            self.options.preprocess.intensity,
-        )?)
+        let preprocess = self.options.preprocess;
+        Ok(IntensityMap::for_volume(volume, preprocess.intensity)?.with_gamma(preprocess.gamma))
     }
 
     /// Runs the encoder on one slice. For many slices of one volume, compute
