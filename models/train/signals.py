@@ -9,6 +9,9 @@ as cosam runs it, and each round's mask is scored with candidate signals:
   stability     SAM's stability score: IoU of (logits > +1) and (logits > -1)
   neighbours    Dice of the slice's mask with the same round's masks on the adjacent
                 slices (slice-to-slice consistency)
+  tta           with --tta: Dice of the round's mask with the same round's mask when the
+                loop runs on the slice under a contrast change (test-time augmentation;
+                `cosam export-training --gamma G` exports the same slices so changed)
 
 Ranking is judged per volume and structure, as the benchmark scores (Dice over the
 volume): for every pair of rounds whose true Dice differs by more than 0.005, is the
@@ -21,6 +24,12 @@ area-weighted adjacent-slice Dice (neighbours).
   .venv-export/bin/python models/train/signals.py models/lodo/abdomen/* models/lodo/brain/* \
       --json out/signals-6folds.json
   .venv-export/bin/python models/train/signals.py --from-json out/signals-6folds.json
+
+With --tta, one export folder per augmentation of each task, named TASK-SUFFIX beside the
+plain export under --tta-root (default models/train/data-tta): e.g. `--tta g0.7,g1.5` reads
+models/train/data-tta/abdomen-g0.7 and abdomen-g1.5, made by
+`cosam export-training --dataset data/bench/manifest.json --task abdomen --gamma 0.7
+-o models/train/data-tta/abdomen-g0.7`.
 """
 
 import argparse
@@ -36,7 +45,7 @@ sys.path.insert(0, HERE)
 from diagnose import K, Heads, box_of_largest, structures  # noqa: E402
 
 ROUNDS = 4
-SIGNALS = ("iou_head", "error_frac", "stability", "neighbours")
+SIGNALS = ("iou_head", "error_frac", "stability", "neighbours", "tta")
 LOWER_IS_BETTER = {"error_frac"}
 
 
@@ -76,13 +85,25 @@ def slice_rounds(h, e, s, rows, cols, threshold, label_threshold):
 
 def slice_records(per_slice, gt):
     """Per slice, the true area and, per round, what a per-slice rule may look at and the
-    mask's overlap with the truth, so that any per-slice choice of round can be scored."""
-    return [{"truth": int(g.sum()),
-             "rounds": [{"area": x["area"], "overlap": int((x["mask"] & g).sum()),
-                         "error_px": x["error_px"], "iou_head": float(x["iou_head"]),
-                         "stability": float(x["stability"]), "peak": x["peak"]}
-                        for x in rounds]}
+    mask's overlap with the truth, so that any per-slice choice of round can be scored.
+    With augmented runs, `tta` is (2 |M & M'|, |M| + |M'|) summed over the augmentations."""
+    def record(x, g):
+        r = {"area": x["area"], "overlap": int((x["mask"] & g).sum()),
+             "error_px": x["error_px"], "iou_head": float(x["iou_head"]),
+             "stability": float(x["stability"]), "peak": x["peak"]}
+        if "tta" in x:
+            r["tta"] = x["tta"]
+        return r
+    return [{"truth": int(g.sum()), "rounds": [record(x, g) for x in rounds]}
             for rounds, g in zip(per_slice, gt)]
+
+
+def add_tta(rounds, augmented):
+    """Marks each round of the plain run with its agreement with the augmented runs."""
+    for t, x in enumerate(rounds):
+        inter = sum(2 * int((x["mask"] & a[t]["mask"]).sum()) for a in augmented)
+        total = sum(x["area"] + a[t]["area"] for a in augmented)
+        x["tta"] = [inter, total]
 
 
 def dice(a, b):
@@ -110,6 +131,9 @@ def volume_signals(rounds):
             "error_frac": sum(x["error_px"] for x in nonempty) / area if area else 1.0,
             "neighbours": inter / total if total else 0.0,
         })
+        if "tta" in rounds[0][r]:
+            pair = np.sum([rounds[z][r]["tta"] for z in range(n)], axis=0)
+            per[-1]["tta"] = pair[0] / pair[1] if pair[1] else 1.0
     return per
 
 
@@ -121,6 +145,10 @@ def main():
                     "running the loop")
     ap.add_argument("--domains", help="score these domains (comma-separated) instead of "
                     "each head set's held-out ones, e.g. the shipped heads' own")
+    ap.add_argument("--tta", help="augmented exports' suffixes (comma-separated), e.g. "
+                    "g0.7,g1.5: adds the tta signal")
+    ap.add_argument("--tta-root", default=os.path.join(HERE, "data-tta"),
+                    help="folder of the augmented exports TASK-SUFFIX")
     a = ap.parse_args()
     if a.from_json:
         rows = json.load(open(a.from_json))
@@ -136,22 +164,30 @@ def main():
         h = Heads(heads_dir)
         data_dir = os.path.join(HERE, "data", heads["task"])
         domains = a.domains.split(",") if a.domains else heads["held_out_domains"]
+        tta_dirs = [os.path.join(a.tta_root, f"{heads['task']}-{x}")
+                    for x in a.tta.split(",")] if a.tta else []
         for domain, meta, emb, lab, s, name in structures(data_dir, domains):
             gt = lab == s + 1
             if not gt.any():
                 continue
+            augmented = [augmented_embeddings(d, domain, meta) for d in tta_dirs]
+            args = (heads["error_threshold"], heads.get("point_label_threshold"))
             per_slice = []
             for i in range(lab.shape[0]):
                 rws, cls = meta["scaled"][i]
                 e = np.asarray(emb[i:i + 1], dtype=np.float32)
-                per_slice.append(slice_rounds(h, e, s, rws, cls, heads["error_threshold"],
-                                              heads.get("point_label_threshold")))
+                rounds = slice_rounds(h, e, s, rws, cls, *args)
+                if augmented:
+                    add_tta(rounds, [slice_rounds(h, np.asarray(x[i:i + 1], dtype=np.float32),
+                                                  s, rws, cls, *args) for x in augmented])
+                per_slice.append(rounds)
             per = volume_signals(per_slice)
             row = {"heads": heads_dir, "domain": domain, "structure": name,
                    "dice": [float(dice(np.stack(p["masks"]), gt)) for p in per],
                    "slices": slice_records(per_slice, gt)}
             for k in SIGNALS:
-                row[k] = [float(p[k]) for p in per]
+                if k in per[0]:
+                    row[k] = [float(p[k]) for p in per]
             rows.append(row)
             print(f"{domain} {name}: dice {np.round(row['dice'], 3).tolist()}", flush=True)
     if a.json:
@@ -160,6 +196,15 @@ def main():
     report(rows)
     if all("slices" in r for r in rows):
         report_rules(rows)
+
+
+def augmented_embeddings(tta_dir, domain, meta):
+    """The augmented export's embeddings of `domain`, checked to hold the same slices."""
+    d = os.path.join(tta_dir, domain)
+    other = json.load(open(os.path.join(d, "meta.json")))
+    if other["slices"] != meta["slices"] or other["scaled"] != meta["scaled"]:
+        sys.exit(f"{d}: not the same slices as the plain export of {domain}")
+    return np.load(os.path.join(d, "embeddings.npy"), mmap_mode="r")
 
 
 def stop_rule(counts):
@@ -191,6 +236,20 @@ RULES = {
     "stop; silent: stability": lambda r, c: max(range(len(r)), key=lambda t: r[t]["stability"])
     if c[0] == 0 else stop_rule(c),
 }
+
+
+def agreement(rnd):
+    inter, total = rnd["tta"]
+    return inter / total if total else 1.0
+
+
+# Rules that need --tta: the round whose mask the augmented runs agree with most (the
+# earliest on ties), and the stop rule's round only when it agrees no less than the coarse.
+TTA_RULES = {
+    "tta: most agreeing round": lambda r, c: max(range(len(r)), key=lambda t: agreement(r[t])),
+    "stop rule if tta agrees no less": lambda r, c: stop_rule(c)
+    if agreement(r[stop_rule(c)]) >= agreement(r[0]) else 0,
+}
 ABSENT_LOGIT = -2.0  # correct::DEFAULT_ABSENT_LOGIT: such slices get no rounds
 
 
@@ -214,7 +273,8 @@ def report_rules(rows):
                                    for f in folds) + " | all |")
     print("|---|" + "---|" * (len(folds) + 1))
     coarse = {id(r): rule_dice(r, RULES["coarse"]) for r in rows}
-    for name, rule in RULES.items():
+    has_tta = all("tta" in sl["rounds"][0] for r in rows for sl in r["slices"])
+    for name, rule in {**RULES, **(TTA_RULES if has_tta else {})}.items():
         cells = []
         for group in [[r for r in rows if r["heads"] == f] for f in folds] + [rows]:
             got = [rule_dice(r, rule) for r in group]
@@ -251,9 +311,10 @@ def report(rows):
     fixed = np.mean([r["dice"][ROUNDS] for r in rows])
     oracle = np.mean([max(r["dice"]) for r in rows])
     print(f"coarse {coarse:.3f}, fixed {ROUNDS} rounds {fixed:.3f}, oracle round {oracle:.3f}")
+    signals = [k for k in SIGNALS if all(k in r for r in rows)]
     print("| signal | concordant pairs | discordant pairs | concordance | Dice of the round it picks |")
     print("|---|---|---|---|---|")
-    for k in SIGNALS:
+    for k in signals:
         sign = -1 if k in LOWER_IS_BETTER else 1
         conc, disc = concordance(rows, k)
         picked = [r["dice"][max(range(ROUNDS + 1), key=lambda t: sign * r[k][t])]
@@ -263,12 +324,12 @@ def report(rows):
     # a signal worth a rule must rank rounds on every fold, not on the pool alone
     folds = sorted({r["heads"] for r in rows})
     print("\nConcordance per fold (concordant:discordant)")
-    print("| fold | pairs | " + " | ".join(SIGNALS) + " |")
-    print("|---|---|" + "---|" * len(SIGNALS))
+    print("| fold | pairs | " + " | ".join(signals) + " |")
+    print("|---|---|" + "---|" * len(signals))
     for fold in folds:
         mine = [r for r in rows if r["heads"] == fold]
         cells = []
-        for k in SIGNALS:
+        for k in signals:
             conc, disc = concordance(mine, k)
             share = f"{conc / (conc + disc):.2f}" if conc + disc else "n/a"
             cells.append(f"{share} ({conc}:{disc})")
