@@ -249,6 +249,9 @@ TTA_RULES = {
     "tta: most agreeing round": lambda r, c: max(range(len(r)), key=lambda t: agreement(r[t])),
     "stop rule if tta agrees no less": lambda r, c: stop_rule(c)
     if agreement(r[stop_rule(c)]) >= agreement(r[0]) else 0,
+    "stop; silent: most agreeing round": lambda r, c: max(range(len(r)),
+                                                            key=lambda t: agreement(r[t]))
+    if c[0] == 0 else stop_rule(c),
 }
 ABSENT_LOGIT = -2.0  # correct::DEFAULT_ABSENT_LOGIT: such slices get no rounds
 
