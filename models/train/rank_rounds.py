@@ -29,7 +29,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from signals import ABSENT_LOGIT, RULES, agreement, rule_dice  # noqa: E402
+from signals import ABSENT_LOGIT, RULES, agreement, order_pairs, rule_dice  # noqa: E402
 
 FEATURES = ("t", "d_iou", "d_stability", "d_error_share", "d_peak", "log_area_ratio",
             "silent", "iou0", "stability0", "error_share0", "peak0", "log_area0")
@@ -102,20 +102,6 @@ def volume_scores(model, row):
     return [0.0] + pred.mean(0).tolist()
 
 
-def concordance(rows, scores):
-    conc = disc = 0
-    for row, s in zip(rows, scores):
-        d = row["dice"]
-        for i in range(len(d)):
-            for j in range(i + 1, len(d)):
-                dd, ds = d[j] - d[i], s[j] - s[i]
-                if abs(dd) <= 0.005 or ds == 0:
-                    continue
-                conc += dd * ds > 0
-                disc += dd * ds < 0
-    return conc, disc
-
-
 def bootstrap_ci(x, n=10000, seed=0):
     rng = np.random.default_rng(seed)
     x = np.asarray(x)
@@ -167,7 +153,7 @@ def main():
     total = [0, 0]
     for f in folds:
         mine = [r for r in rows if fold_name(r) == f]
-        c, d = concordance(mine, [volume_scores(model_of[f], r) for r in mine])
+        c, d = order_pairs(mine, [volume_scores(model_of[f], r) for r in mine])
         total[0] += c
         total[1] += d
         share = f"{c / (c + d):.2f}" if c + d else "n/a"

@@ -293,19 +293,25 @@ def report_rules(rows):
                     for f in folds))
 
 
-def concordance(rows, k):
-    """(concordant, discordant) round pairs of signal k against the volume Dice."""
-    sign = -1 if k in LOWER_IS_BETTER else 1
+def order_pairs(rows, scores):
+    """(concordant, discordant) round pairs of per-round scores (higher = better) against
+    each row's volume Dice, skipping pairs whose Dice differs by 0.005 or less."""
     conc = disc = 0
-    for r in rows:
-        for i, j in itertools.combinations(range(ROUNDS + 1), 2):
+    for r, score in zip(rows, scores):
+        for i, j in itertools.combinations(range(len(r["dice"])), 2):
             dd = r["dice"][j] - r["dice"][i]
-            ds = sign * (r[k][j] - r[k][i])
+            ds = score[j] - score[i]
             if abs(dd) <= 0.005 or ds == 0:
                 continue
             conc += dd * ds > 0
             disc += dd * ds < 0
     return conc, disc
+
+
+def concordance(rows, k):
+    """(concordant, discordant) round pairs of signal k against the volume Dice."""
+    sign = -1 if k in LOWER_IS_BETTER else 1
+    return order_pairs(rows, [[sign * v for v in r[k]] for r in rows])
 
 
 def report(rows):
