@@ -58,6 +58,7 @@ from heads import (ErrorDecoder, ExportErrorDecoder, ExportTaskDecoder,  # noqa:
                    TaskDecoder)
 
 TOP_K = 64
+CURVE_SLICES = 64  # slices per side of a --eval-every point
 GUIDED_POINTS = 32
 GUIDED_SAMPLES = 2
 GUIDED_EVERY = 4
@@ -352,13 +353,14 @@ def calibrate_threshold(dec, err, data, limit=160):
     return max(THRESHOLDS, key=lambda t: (dice[t], t)), dice
 
 
-def evaluate(dec, err, data, rounds=2, limit=160, threshold=0.5):
+def evaluate(dec, err, data, rounds=2, limit=160, threshold=0.5, items=None):
     """Mean per-slice Dice of each stage over slices holding the structure (model frame; a
-    quick training-time check, not the benchmark's per-volume metric)."""
+    quick training-time check, not the benchmark's per-volume metric): the first `limit`
+    such slices, or `items`."""
     dec.eval()
     err.eval()
     sums, count = {}, 0
-    items = data.positives(limit)
+    items = data.positives(limit) if items is None else items
     with torch.no_grad(), autocast():
         for idx, s, emb, gt in batches(data, items):
             stages = run_loop_step(dec, err, emb, s, [data.scaled[i] for i in idx], rounds,
@@ -369,6 +371,24 @@ def evaluate(dec, err, data, rounds=2, limit=160, threshold=0.5):
     dec.train()
     err.train()
     return {k: round(v / max(count, 1), 4) for k, v in sums.items()}
+
+
+def spread(items, limit):
+    """Up to `limit` of `items`, evenly spaced, so that every domain is represented."""
+    return items[::max(1, -(-len(items) // limit))][:limit]
+
+
+def curve_point(dec, err, data, val, step):
+    """The model-frame Dice of training and held-out slices at `step` (the curve that shows
+    when the heads stop generalising; evaluation draws no random numbers, so the run
+    trains exactly as without it)."""
+    point = {"step": step,
+             "train": evaluate(dec, err, data, threshold=TRAIN_THRESHOLD,
+                               items=spread(data.positives(10 ** 9), CURVE_SLICES))}
+    if val is not None:
+        point["held_out"] = evaluate(dec, err, val, threshold=TRAIN_THRESHOLD,
+                                     items=spread(val.positives(10 ** 9), CURVE_SLICES))
+    return point
 
 
 # what must match for a checkpoint to continue a run
@@ -501,6 +521,10 @@ def train(args):
             running = {}
             log.append(entry)
             print(json.dumps(entry), flush=True)
+        if args.eval_every and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
+            point = curve_point(dec, err, data, val, step + 1)
+            log.append(point)
+            print(json.dumps(point), flush=True)
         if args.checkpoint and ((step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps):
             save_checkpoint(args, step + 1, time.time() - started, dec, err, opt, sched, rng,
                             log, running)
@@ -646,6 +670,9 @@ def main():
                    help="label the loop's points as the paper (opposite of the mask where p > 0.5) "
                         "or by the corrected mask (the first recipe)")
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="every N steps, log the model-frame Dice of up to %d training and "
+                        "held-out slices (0: off)" % CURVE_SLICES)
     args = p.parse_args()
     global POINT_LABELS, DEVICE, PRECISION
     POINT_LABELS = args.point_labels
