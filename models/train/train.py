@@ -384,10 +384,10 @@ def curve_point(dec, err, data, val, step):
     trains exactly as without it)."""
     point = {"step": step,
              "train": evaluate(dec, err, data, threshold=TRAIN_THRESHOLD,
-                               items=spread(data.positives(10 ** 9), CURVE_SLICES))}
+                               items=spread(data.positives(None), CURVE_SLICES))}
     if val is not None:
         point["held_out"] = evaluate(dec, err, val, threshold=TRAIN_THRESHOLD,
-                                     items=spread(val.positives(10 ** 9), CURVE_SLICES))
+                                     items=spread(val.positives(None), CURVE_SLICES))
     return point
 
 
