@@ -4,8 +4,12 @@ model-frame Dice of the training and held-out slices (coarse mask and two rounds
 column triple per run (and per run's averaged weights, --ema), and each one's best held-out
 step.
 
-Usage: models/train/curve.py LOG_OR_HEADS_JSON...  (a train.py log, or a heads.json whose
-training.loss_log holds the points)"""
+With --choose (one run per fold, same recipe): the training length each fold would get
+without seeing itself, the step where the other folds' mean held-out curve peaks, and the
+fold's held-out Dice there against its last step's.
+
+Usage: models/train/curve.py [--choose] LOG_OR_HEADS_JSON...  (a train.py log, or a
+heads.json whose training.loss_log holds the points)"""
 
 import json
 import os
@@ -23,7 +27,28 @@ def points(path):
     return {p["step"]: p for p in log if "train" in p}
 
 
-def main(paths):
+def choose(runs):
+    """Per fold, the step the other folds' mean held-out cosam:2 curve peaks at."""
+    held = {name: {s: p["held_out"]["cosam:2"] for s, p in pts.items() if "held_out" in p}
+            for name, pts in runs.items()}
+    chosen_sum, last_sum = 0.0, 0.0
+    for name, mine in held.items():
+        others = [h for n, h in held.items() if n != name]
+        steps = sorted(set(mine).intersection(*others)) if others else []
+        if not steps:
+            sys.exit(f"--choose: {name} shares no curve step with the other runs")
+        mean = {s: sum(h[s] for h in others) / len(others) for s in steps}
+        step = max(steps, key=lambda s: (mean[s], -s))  # the earlier step on a tie
+        last = max(mine)
+        chosen_sum += mine[step]
+        last_sum += mine[last]
+        print(f"{name}: other folds peak at step {step} ({mean[step]:.3f}); this fold there "
+              f"{mine[step]:.3f}, at its last step {last} {mine[last]:.3f}")
+    print(f"mean over {len(held)} folds: chosen step {chosen_sum / len(held):.3f}, "
+          f"last step {last_sum / len(held):.3f}")
+
+
+def main(paths, pick):
     runs = {}
     for path in paths:
         pts = points(path)
@@ -54,9 +79,17 @@ def main(paths):
             best = max(held, key=held.get)
             print(f"{name}: best held-out cosam:2 {held[best]:.3f} at step {best}, "
                   f"last {held[max(held)]:.3f} at step {max(held)}")
+    if pick:
+        for suffix in ("", " (average)"):
+            folds = {n: pts for n, pts in runs.items()
+                     if n.endswith(" (average)") == bool(suffix)}
+            if len(folds) > 1:
+                print(f"--choose{suffix}:")
+                choose(folds)
 
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         sys.exit(__doc__)
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    main([a for a in args if a != "--choose"], "--choose" in args)
