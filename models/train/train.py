@@ -514,7 +514,10 @@ def train(args):
         first, log, running = checkpoint["step"], checkpoint["log"], checkpoint["running"]
         started -= checkpoint["seconds"]
         print(f"resumed from {args.checkpoint} at step {first}", flush=True)
-    for step in range(first, args.steps):
+    stop = args.stop_at or args.steps
+    if first > stop:
+        raise SystemExit(f"{args.checkpoint}: at step {first}, past --stop-at {stop}")
+    for step in range(first, stop):
         items = data.sample(rng, args.batch, first_share=args.real_share)
         idx = torch.tensor([i for i, _ in items])
         s = torch.tensor([x for _, x in items])
@@ -559,18 +562,18 @@ def train(args):
                  "guided": loss_g, "total": loss}
         for k, v in parts.items():
             running[k] = running.get(k, 0.0) + float(v)
-        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+        if (step + 1) % args.log_every == 0 or step + 1 == stop:
             n = args.log_every if (step + 1) % args.log_every == 0 else (step + 1) % args.log_every
             entry = {"step": step + 1, "seconds": round(time.time() - started, 1),
                      **{k: round(v / n, 4) for k, v in running.items()}}
             running = {}
             log.append(entry)
             print(json.dumps(entry), flush=True)
-        if args.eval_every and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
+        if args.eval_every and ((step + 1) % args.eval_every == 0 or step + 1 == stop):
             point = curve_point(dec, err, average, data, val, step + 1)
             log.append(point)
             print(json.dumps(point), flush=True)
-        if args.checkpoint and ((step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps):
+        if args.checkpoint and ((step + 1) % args.checkpoint_every == 0 or step + 1 == stop):
             save_checkpoint(args, step + 1, time.time() - started, dec, err, average, opt,
                             sched, rng, log, running)
     return dec, err, average, data, val, train_domains, [
@@ -671,7 +674,8 @@ def export(args, out, weights, dec, err, data, train_domains, held_out, log, sum
         "files": files,
         "training": {
             "command": " ".join([".venv-export/bin/python", "models/train/train.py"] + sys.argv[1:]),
-            "seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+            "seed": args.seed, "steps": args.steps, "stop_at": args.stop_at or args.steps,
+            "batch": args.batch, "lr": args.lr,
             "lr_new": args.lr_new, "top_k": TOP_K, "flip_p": FLIP_P,
             "train_threshold": TRAIN_THRESHOLD,
             "guided_every": GUIDED_EVERY, "error2_every": ERROR2_EVERY,
@@ -711,6 +715,9 @@ def main():
     p.add_argument("--hold-out", nargs="*", default=[],
                    help="source domains to leave out, each with its synthetic shifts (DOMAIN+...)")
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="stop and export at this step of the --steps learning-rate schedule "
+                        "(a training length chosen on the folds' curves; default: --steps)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-new", type=float, default=1e-3)
@@ -739,6 +746,8 @@ def main():
     PRECISION = args.precision if args.precision != "auto" else (
         "bf16" if native_bf16(DEVICE) else "fp32")
     args.precision = PRECISION  # what a checkpoint must match to be resumed
+    if args.stop_at is not None and not 0 < args.stop_at <= args.steps:
+        raise SystemExit(f"--stop-at {args.stop_at}: must be within 1..--steps ({args.steps})")
     if args.last_out and not args.ema:
         raise SystemExit("--last-out needs --ema (without it --out holds the last weights)")
     print(f"training on {DEVICE} in {PRECISION}", flush=True)
