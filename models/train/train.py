@@ -690,7 +690,7 @@ def export(args, out, weights, dec, err, data, train_domains, held_out, log, sum
     with open(path + ".partial", "w") as f:
         json.dump(heads, f, indent=1)
     os.replace(path + ".partial", path)
-    print(f"wrote {out} ({weights} weights)", flush=True)
+    print(f"wrote {out} (weights: {weights})", flush=True)
 
 
 def main():
