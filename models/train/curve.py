@@ -27,10 +27,17 @@ def points(path):
     return {p["step"]: p for p in log if "train" in p}
 
 
+AVERAGE = " (average)"  # the name suffix of a run's averaged-weights curve
+
+
+def held_curve(pts):
+    """Step -> held-out model-frame Dice after two rounds."""
+    return {s: p["held_out"]["cosam:2"] for s, p in pts.items() if "held_out" in p}
+
+
 def choose(runs):
     """Per fold, the step the other folds' mean held-out cosam:2 curve peaks at."""
-    held = {name: {s: p["held_out"]["cosam:2"] for s, p in pts.items() if "held_out" in p}
-            for name, pts in runs.items()}
+    held = {name: held_curve(pts) for name, pts in runs.items()}
     chosen_sum, last_sum = 0.0, 0.0
     for name, mine in held.items():
         others = [h for n, h in held.items() if n != name]
@@ -55,7 +62,7 @@ def main(paths, pick):
         runs[os.path.basename(path)] = pts
         average = {s: {"step": s, **p["average"]} for s, p in pts.items() if "average" in p}
         if average:
-            runs[os.path.basename(path) + " (average)"] = average
+            runs[os.path.basename(path) + AVERAGE] = average
     runs = {name: pts for name, pts in runs.items() if pts}
     if not runs:
         sys.exit("no --eval-every points in " + ", ".join(paths))
@@ -74,15 +81,14 @@ def main(paths, pick):
                          f" / {held.get('cosam:2', float('nan')):.3f}")
         print(f"{step} | " + " | ".join(cells))
     for name, pts in runs.items():
-        held = {s: p["held_out"]["cosam:2"] for s, p in pts.items() if "held_out" in p}
+        held = held_curve(pts)
         if held:
             best = max(held, key=held.get)
             print(f"{name}: best held-out cosam:2 {held[best]:.3f} at step {best}, "
                   f"last {held[max(held)]:.3f} at step {max(held)}")
     if pick:
-        for suffix in ("", " (average)"):
-            folds = {n: pts for n, pts in runs.items()
-                     if n.endswith(" (average)") == bool(suffix)}
+        for suffix in ("", AVERAGE):
+            folds = {n: pts for n, pts in runs.items() if n.endswith(AVERAGE) == bool(suffix)}
             if len(folds) > 1:
                 print(f"--choose{suffix}:")
                 choose(folds)

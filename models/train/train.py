@@ -414,8 +414,9 @@ class Average:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         with torch.no_grad():
             for mine, theirs in ((self.dec, dec), (self.err, err)):
+                targets = mine.state_dict()
                 for name, value in theirs.state_dict().items():
-                    target = mine.state_dict()[name]
+                    target = targets[name]
                     if value.dtype.is_floating_point:
                         target.mul_(d).add_(value, alpha=1 - d)
                     else:
