@@ -448,6 +448,12 @@ def save_checkpoint(args, step, seconds, dec, err, average, opt, sched, rng, log
     tmp = args.checkpoint + ".partial"
     torch.save(state, tmp)
     os.replace(tmp, args.checkpoint)
+    if args.keep_checkpoints:
+        # a hard link: the next save replaces the name, not this file's contents
+        kept = f"{args.checkpoint}.step{step}"
+        if os.path.exists(kept):
+            os.remove(kept)
+        os.link(args.checkpoint, kept)
 
 
 def resume(args, dec, err, average, opt, sched, rng):
@@ -708,6 +714,9 @@ def main():
     p.add_argument("--checkpoint", help="checkpoint file: written every --checkpoint-every "
                    "steps, and resumed from when it exists (a long run survives a stop)")
     p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep each checkpoint as CHECKPOINT.stepN too; `--stop-at N --checkpoint "
+                        "COPY_OF_IT` then exports step N of the run without training again")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CUDA when PyTorch sees a GPU, else the CPU")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
@@ -749,6 +758,8 @@ def main():
     args.precision = PRECISION  # what a checkpoint must match to be resumed
     if args.stop_at is not None and not 0 < args.stop_at <= args.steps:
         raise SystemExit(f"--stop-at {args.stop_at}: must be within 1..--steps ({args.steps})")
+    if args.keep_checkpoints and not args.checkpoint:
+        raise SystemExit("--keep-checkpoints needs --checkpoint")
     if args.last_out and not args.ema:
         raise SystemExit("--last-out needs --ema (without it --out holds the last weights)")
     print(f"training on {DEVICE} in {PRECISION}", flush=True)
