@@ -1,6 +1,7 @@
 """Exports LiteMedSAM to ONNX for cosam and writes the parity fixture.
 
-Run from the repository root (about two minutes on 2 cores):
+Regenerate only on purpose: every committed version of these 20 MB files stays in the
+repository's history. Run from the repository root (about two minutes on 2 cores):
   python3 -m venv .venv-export && .venv-export/bin/pip install -r models/export/requirements.txt
   .venv-export/bin/python models/export/export.py
 
