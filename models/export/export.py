@@ -1,6 +1,6 @@
 """Exports LiteMedSAM to ONNX for cosam and writes the parity fixture.
 
-Regenerate only on purpose: every committed version of these 20 MB files stays in the
+Regenerate only on purpose: every committed version of these 16-28 MB files stays in the
 repository's history. Run from the repository root (about two minutes on 2 cores):
   python3 -m venv .venv-export && .venv-export/bin/pip install -r models/export/requirements.txt
   .venv-export/bin/python models/export/export.py
