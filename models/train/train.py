@@ -716,7 +716,7 @@ def main():
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep each checkpoint as CHECKPOINT.stepN too; `--stop-at N --checkpoint "
-                        "COPY_OF_IT` then exports step N of the run without training again")
+                        "CHECKPOINT.stepN` then exports step N of the run without training again")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CUDA when PyTorch sees a GPU, else the CPU")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
